@@ -1,0 +1,87 @@
+"""`aigw serve --demo`: the gateway in front of two simulated regional backends, with sample keys.
+
+As later features land, the demo turns them on with sample settings, so it always shows the whole product.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+from gateway_core.config import GatewayConfig, config_from_dict, sha256_hex
+from gateway_core.simulator.app import SimulatorApp
+from gateway_core.simulator.settings import SimConfig, SimDeployment
+
+from .serve import BackgroundServers
+
+DEMO_KEY = "aigw-demo-key"
+DEMO_ADMIN_KEY = "aigw-demo-admin"
+DEMO_DEPLOYMENTS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
+_BACKEND_KEY_ENV = "AIGW_DEMO_BACKEND_KEY"
+_REGIONS = (("sim-eastus", "eastus", 1), ("sim-swedencentral", "swedencentral", 2))
+
+
+def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
+    """Start the simulated backends and return the gateway config that fronts them."""
+    # A fresh backend key every run: the demo shows that only the gateway ever holds it.
+    backend_key = os.environ.setdefault(_BACKEND_KEY_ENV, secrets.token_hex(16))
+    backends: list[dict[str, Any]] = []
+    for name, region, priority in _REGIONS:
+        sim = SimConfig(
+            api_key=backend_key,
+            region=region,
+            ttft_ms=120.0,
+            tokens_per_s=120.0,
+            completion_tokens=24,
+            deployments=tuple(
+                SimDeployment(name=d, model=_model_of(d), embedding_dimensions=1536) for d in DEMO_DEPLOYMENTS
+            ),
+        )
+        port = servers.serve(SimulatorApp(sim))
+        backends.append(
+            {
+                "name": name,
+                "url": f"http://127.0.0.1:{port}",
+                "region": region,
+                "priority": priority,
+                "auth": {"type": "api_key", "key_env": _BACKEND_KEY_ENV},
+                "deployments": [{"name": d, "model": _model_of(d)} for d in DEMO_DEPLOYMENTS],
+            }
+        )
+    user_key = os.environ.get("AIGW_DEMO_KEY") or DEMO_KEY
+    return config_from_dict(
+        {
+            "backends": backends,
+            "keys": [
+                {"name": "demo", "sha256": sha256_hex(user_key), "user": "demo", "tenant": "demo"},
+                {"name": "demo-admin", "sha256": sha256_hex(DEMO_ADMIN_KEY), "user": "admin", "tenant": "demo", "admin": True},
+            ],
+        },
+        source="demo",
+    )
+
+
+def _model_of(deployment: str) -> str:
+    return {"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}.get(deployment, deployment)
+
+
+def banner(url: str) -> str:
+    key = os.environ.get("AIGW_DEMO_KEY") or DEMO_KEY
+    return f"""
+aigw demo gateway: {url}
+  backends: two simulated regions (eastus first, swedencentral as failover), deployments {", ".join(DEMO_DEPLOYMENTS)}
+  client key: {key}    admin key: {DEMO_ADMIN_KEY}
+
+Try it:
+  curl -s {url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
+    -H 'api-key: {key}' -H 'content-type: application/json' \\
+    -d '{{"messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python -c 'from openai import AzureOpenAI
+c = AzureOpenAI(azure_endpoint="{url}", api_key="{key}", api_version="2024-10-21")
+print(c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
+
+  curl -s {url}/status -H 'api-key: {key}'
+Press Ctrl+C to stop.
+"""

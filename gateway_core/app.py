@@ -1,0 +1,116 @@
+"""Wiring: the one place the pipeline is built, in the order ARCHITECTURE.md shows.
+
+A ``Gateway`` is created once per process by a host adapter (ASGI server, Functions app), started inside the
+running event loop, and then handles ``GatewayRequest``s.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+
+import orjson
+
+from .clock import Clock, SystemClock
+from .config import GatewayConfig
+from .context import EndpointKind, GatewayRequest, GatewayResponse, RequestContext
+from .pipeline import Handler, Policy, build_chain
+from .policies.auth import AuthPolicy
+from .policies.errors import ErrorsPolicy
+from .policies.validate import ValidatePolicy
+from .providers.client import UpstreamClient
+from .providers.credentials import Credential, credential_for
+from .routes import resolve
+from .routing.forward import Forwarder
+from .routing.health import HealthView
+from .routing.pools import PoolTable
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_JSON = [("content-type", "application/json")]
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.pools = PoolTable(config)
+        self.health = HealthView(self.clock, [b.name for b in config.backends])
+        self.client = UpstreamClient()
+        self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
+        self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock)
+        policies: list[Policy] = [
+            ErrorsPolicy(),  # 1 errors (outermost)
+            _ResolveEndpoint(),
+            # 2 usage: the usage issue
+            AuthPolicy(config, env),  # 3 auth
+            ValidatePolicy(config, self.pools),  # 4 validate
+            # 5 tokens, 6 cache, 7 limits: their issues
+        ]
+        self._handle: Handler = build_chain(policies, self._dispatch)
+
+    async def start(self) -> None:
+        """Open connections; call inside the event loop that will serve requests."""
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+        for credential in self._credentials.values():
+            await credential.close()
+
+    async def handle(self, request: GatewayRequest) -> GatewayResponse:
+        """Run ``request`` through the pipeline; never raises, every failure is an error response."""
+        client_id = request.headers.get("x-request-id", "")
+        request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        ctx = RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
+        return await self._handle(ctx)
+
+    async def _dispatch(self, ctx: RequestContext) -> GatewayResponse:
+        assert ctx.endpoint is not None
+        kind = ctx.endpoint.kind
+        if kind is EndpointKind.INFERENCE:
+            return await self._forward(ctx)
+        if kind is EndpointKind.HEALTHZ:
+            return GatewayResponse(200, list(_JSON), b'{"status":"ok"}')
+        if kind is EndpointKind.STATUS:
+            return GatewayResponse(200, list(_JSON), orjson.dumps(self.status()))
+        return GatewayResponse(200, list(_JSON), orjson.dumps(self._list_deployments(ctx.request.path)))
+
+    def status(self) -> dict[str, object]:
+        """Backends, the deployments they serve and this instance's view of their health."""
+        return {
+            "status": "ok",
+            "backends": [
+                {
+                    "name": b.name,
+                    "type": b.type,
+                    "region": b.region,
+                    "priority": b.priority,
+                    "weight": b.weight,
+                    "deployments": self.pools.deployments_of(b),
+                    "health": self.health.snapshot(b.name),
+                }
+                for b in self.config.backends
+            ],
+            "deployments": self.config.deployment_names(),
+            "any_deployment": self.pools.has_wildcard,
+        }
+
+    def _list_deployments(self, path: str) -> dict[str, object]:
+        names = self.config.deployment_names()
+        if path.startswith("/openai/deployments"):
+            # The shape of Azure OpenAI's (older) deployments list.
+            data = [{"id": n, "model": n, "object": "deployment", "status": "succeeded"} for n in names]
+        else:
+            data = [{"id": n, "object": "model", "created": 0, "owned_by": "aigw"} for n in names]
+        return {"object": "list", "data": data}
+
+
+class _ResolveEndpoint:
+    """Names the endpoint first, so that even a 404 for an unknown path gets the error format and headers."""
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
+        ctx.endpoint = resolve(ctx.request.method, ctx.request.path)
+        return await call_next(ctx)

@@ -1,0 +1,259 @@
+"""The gateway's configuration: one frozen, validated model, loaded once by the host and passed down.
+
+Secrets never live in the file: backend keys and client keys are named by environment variables (``*_env``),
+which in Azure are app settings or Key Vault references. Client keys may also appear as hex SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_API_VERSION = "2024-10-21"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+WILDCARD = "*"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message names the key (and file and line where known)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKeyAuth(_Model):
+    """The backend's own key, read from an environment variable (or a Key Vault reference in Azure)."""
+
+    type: Literal["api_key"] = "api_key"
+    key_env: str
+
+
+class EntraAuth(_Model):
+    """An Entra ID token from ``DefaultAzureCredential`` (managed identity in Azure, developer login locally)."""
+
+    type: Literal["entra"]
+    scope: str = "https://cognitiveservices.azure.com/.default"
+    managed_identity_client_id_env: str | None = None
+
+
+class NoAuth(_Model):
+    type: Literal["none"]
+
+
+BackendAuth = Annotated[ApiKeyAuth | EntraAuth | NoAuth, Field(discriminator="type")]
+
+
+class DeploymentRef(_Model):
+    """A gateway deployment served by a backend. ``name`` is what clients ask for; ``*`` serves any name."""
+
+    name: str = Field(min_length=1)
+    backend_name: str | None = None  # the backend's deployment (Azure) or model (OpenAI) name; default: name
+    model: str | None = None  # the model behind it (tokenizer, prices); default: name
+
+    @property
+    def upstream_name(self) -> str:
+        return self.backend_name or self.name
+
+
+class Backend(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    type: Literal["azure", "openai"] = "azure"
+    url: str
+    region: str = ""
+    priority: int = Field(default=1, ge=0)
+    weight: int = Field(default=1, ge=1)
+    api_version: str = DEFAULT_API_VERSION  # sent when the client sent none (the OpenAI surface)
+    auth: BackendAuth = Field(default_factory=lambda: ApiKeyAuth(key_env="AZURE_OPENAI_API_KEY"))
+    timeout_s: float = Field(default=300.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    deployments: tuple[DeploymentRef, ...] = Field(min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        # "- gpt-4o" is shorthand for "- name: gpt-4o".
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+
+class GatewayKey(_Model):
+    """A client key: its SHA-256 (hex) in the file, or the key itself in an environment variable."""
+
+    name: str = Field(min_length=1)
+    sha256: str | None = None
+    key_env: str | None = None
+    user: str = Field(min_length=1)
+    tenant: str = "default"
+    admin: bool = False
+    roles: tuple[str, ...] = ()
+    deployments: tuple[str, ...] | None = None  # allowed gateway deployments; absent: all
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _HEX64.match(value.lower()):
+            raise ValueError("must be 64 hex digits (the SHA-256 of the key)")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayKey:
+        if (self.sha256 is None) == (self.key_env is None):
+            raise ValueError("give exactly one of sha256 or key_env")
+        return self
+
+
+class ServerSettings(_Model):
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+
+
+class GatewayConfig(_Model):
+    server: ServerSettings = ServerSettings()
+    backends: tuple[Backend, ...] = Field(min_length=1)
+    keys: tuple[GatewayKey, ...] = ()
+    # Set by `aigw serve --no-auth` only, never from a file: every caller becomes the anonymous principal.
+    no_auth: bool = Field(default=False, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> GatewayConfig:
+        names = [b.name for b in self.backends]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backend names must be unique: {', '.join(dupes)}")
+        key_names = [k.name for k in self.keys]
+        dupes = sorted({n for n in key_names if key_names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"key names must be unique: {', '.join(dupes)}")
+        return self
+
+    def deployment_names(self) -> list[str]:
+        """Every gateway deployment that exists, sorted, without the wildcard."""
+        names = {d.name for b in self.backends for d in b.deployments if d.name != WILDCARD}
+        return sorted(names)
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def keys_from_env_list(value: str) -> list[GatewayKey]:
+    """``AIGW_API_KEYS``: comma-separated keys, each its own user (first 8 hex of its SHA-256), tenant default."""
+    keys = []
+    for raw in value.split(","):
+        secret = raw.strip()
+        if secret:
+            digest = sha256_hex(secret)
+            keys.append(GatewayKey(name=f"env-{digest[:8]}", sha256=digest, user=digest[:8], tenant="default"))
+    return keys
+
+
+def zero_config(env: Mapping[str, str]) -> GatewayConfig:
+    """The config `aigw serve` uses with no file: any deployment name proxied to ``AZURE_OPENAI_ENDPOINT``."""
+    endpoint = env.get("AZURE_OPENAI_ENDPOINT", "").strip()
+    if not endpoint:
+        raise ConfigError(
+            "no configuration: pass --config FILE (or set AIGW_CONFIG), or set AZURE_OPENAI_ENDPOINT and "
+            "AZURE_OPENAI_API_KEY to proxy every deployment to one Azure OpenAI resource, or run `aigw serve --demo`"
+        )
+    if not env.get("AZURE_OPENAI_API_KEY"):
+        raise ConfigError("AZURE_OPENAI_ENDPOINT is set but AZURE_OPENAI_API_KEY is not")
+    return _validate(
+        {
+            "backends": [
+                {
+                    "name": "default",
+                    "url": endpoint,
+                    "api_version": env.get("OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+                    "auth": {"type": "api_key", "key_env": "AZURE_OPENAI_API_KEY"},
+                    "deployments": [WILDCARD],
+                }
+            ]
+        },
+        source="zero-config (environment)",
+        nodes=None,
+    )
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and validate the YAML file at ``path`` (or zero-config when None); add ``AIGW_API_KEYS`` keys.
+
+    Raises ``ConfigError`` naming the bad key, file and line.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        config = zero_config(env)
+    else:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+            nodes = yaml.compose(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of settings")
+        config = _validate(data, source=str(file), nodes=nodes)
+    return with_env_keys(config, env)
+
+
+def with_env_keys(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
+    extra = keys_from_env_list(env.get("AIGW_API_KEYS", ""))
+    if not extra:
+        return config
+    return config.model_copy(update={"keys": (*config.keys, *extra)})
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> GatewayConfig:
+    return _validate(data, source=source, nodes=None)
+
+
+def _validate(data: dict[str, Any], *, source: str, nodes: yaml.Node | None) -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+            # Discriminated unions add the tag name to the location; drop what is not a real key.
+            key = ".".join(p for p in loc if p not in {"api_key", "entra", "none"}) or "(top level)"
+            line = _line_of(nodes, err["loc"])
+            where = f"{source}:{line}" if line else source
+            problems.append(f"{where}: {key}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
+    if node is None:
+        return None
+    line: int = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,114 @@
+"""The small types the pipeline speaks: request in, response out, and one context in between.
+
+No framework objects live here: the host adapters (ASGI, Azure Functions) translate to and from these.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True, frozen=True)
+class GatewayRequest:
+    """An HTTP request as the host adapter received it.
+
+    ``headers`` has lower-case names. ``body_size`` is the number of body bytes the client sent as far as the
+    adapter read them: an adapter stops reading past the configured limit, so ``body_size > len(body)``
+    means the body was too large and was not read in full.
+    """
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes = b""
+    body_size: int = 0
+    client_ip: str = ""
+
+
+@dataclass(slots=True)
+class GatewayResponse:
+    """A response: either a complete ``body`` or a ``stream`` of byte chunks (SSE), never both."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class Surface(enum.Enum):
+    """Which wire format the client spoke."""
+
+    AZURE = "azure"  # /openai/deployments/{deployment}/...?api-version=
+    OPENAI = "openai"  # /v1/... and /openai/v1/..., the deployment named by the body's "model"
+
+
+class EndpointKind(enum.Enum):
+    INFERENCE = "inference"
+    HEALTHZ = "healthz"
+    STATUS = "status"
+    LIST_DEPLOYMENTS = "list_deployments"
+
+
+@dataclass(slots=True, frozen=True)
+class Endpoint:
+    """What a path resolved to. ``operation`` is the backend path tail, e.g. ``chat/completions``."""
+
+    kind: EndpointKind
+    surface: Surface | None = None
+    operation: str = ""
+    deployment: str | None = None  # from the path (Azure surface); the OpenAI surface reads it from the body
+    public: bool = False  # no authentication needed (liveness)
+
+
+@dataclass(slots=True, frozen=True)
+class Principal:
+    """Who is calling: from a gateway key now, from a JWT later."""
+
+    user: str
+    tenant: str
+    key_id: str | None = None
+    roles: tuple[str, ...] = ()
+    admin: bool = False
+    # None: every deployment; otherwise only these gateway deployment names.
+    allowed_deployments: frozenset[str] | None = None
+
+    def may_use(self, deployment: str) -> bool:
+        return self.allowed_deployments is None or deployment in self.allowed_deployments
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at one backend, kept for logs, failover decisions and (later) usage records."""
+
+    backend: str
+    status: int | None = None
+    error: str | None = None
+    elapsed_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """The one object that flows through every policy of the pipeline."""
+
+    request: GatewayRequest
+    request_id: str
+    started_s: float
+    endpoint: Endpoint | None = None
+    principal: Principal | None = None
+    deployment: str | None = None
+    api_version: str | None = None
+    body_json: dict[str, Any] | None = None
+    stream: bool = False
+    backend: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)

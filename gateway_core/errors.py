@@ -1,0 +1,129 @@
+"""Errors that speak OpenAI.
+
+Every failure the gateway reports is a ``GatewayError``; each one knows its HTTP status, the OpenAI error
+``type`` and ``code``, extra headers, and whether a client may retry it::
+
+    GatewayError                     500 server_error
+    ├── BadRequest                   400 invalid_request_error
+    │   └── PayloadTooLarge          413 invalid_request_error / payload_too_large
+    ├── AuthenticationFailed         401 authentication_error / invalid_api_key
+    ├── PermissionDenied             403 permission_error
+    ├── NotFound                     404 not_found_error
+    │   └── DeploymentNotFound       404 not_found_error / DeploymentNotFound
+    ├── BackendUnreachable           502 bad_gateway / backend_unreachable     (retryable)
+    ├── ServiceUnavailable           503 service_unavailable                   (retryable)
+    └── BackendTimeout               504 timeout / backend_timeout             (retryable)
+
+``error_body`` turns any exception into ``{"error": {"message", "type", "param", "code"}}``; an exception that
+is not a ``GatewayError`` becomes a 500 that names the request id and nothing of the internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class DeploymentNotFound(NotFound):
+    # Azure OpenAI's own code for this case, so SDK users see what they would see without the gateway.
+    code = "DeploymentNotFound"
+
+
+class BackendUnreachable(GatewayError):
+    status = 502
+    type = "bad_gateway"
+    code = "backend_unreachable"
+    retryable = True
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+    retryable = True
+
+
+class BackendTimeout(GatewayError):
+    status = 504
+    type = "timeout"
+    code = "backend_timeout"
+    retryable = True
+
+
+def error_payload(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, JSON-able body and extra headers for ``exc``; internals of unknown errors never leak."""
+    if isinstance(exc, GatewayError):
+        body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+        return exc.status, body, exc.headers
+    body = {
+        "error": {
+            "message": f"The gateway failed to handle this request (request id {request_id}).",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    return 500, body, {}
+
+
+def error_body(exc: BaseException, request_id: str) -> tuple[int, bytes, dict[str, str]]:
+    """Like ``error_payload`` but with the body serialised."""
+    status, body, headers = error_payload(exc, request_id)
+    return status, orjson.dumps(body), headers
+
+
+def sse_error_event(exc: BaseException, request_id: str) -> bytes:
+    """The final SSE event sent when a stream fails after it has started."""
+    _, body, _ = error_body(exc, request_id)
+    return b"data: " + body + b"\n\n"

@@ -1,0 +1,126 @@
+"""The HTTP client on the hot path: aiohttp (measured far faster than httpx here, see PITFALLS.md).
+
+``send`` makes one call to one backend and returns its response, streaming SSE chunk by chunk as they arrive.
+Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); ``Unsent`` marks failures
+where the request certainly never reached the backend, which are always safe to try elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from ..config import Backend
+from ..context import GatewayResponse
+from ..errors import BackendTimeout, BackendUnreachable
+
+# Client headers that may go upstream; everything else (credentials above all) stays at the gateway.
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "traceparent", "tracestate")
+SIM_HEADER_PREFIX = "x-aigw-sim-"
+# Backend headers the client gets back; aigw adds its own x-request-id and x-aigw-* headers.
+RETURNED_RESPONSE_HEADERS = frozenset(
+    {"content-type", "retry-after", "retry-after-ms", "x-ms-region", "openai-processing-ms", "apim-request-id"}
+)
+_RATELIMIT_PREFIX = "x-ratelimit-"
+
+
+class Unsent(BackendUnreachable):
+    """The connection could not be made: the backend never saw the request."""
+
+
+class UpstreamClient:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+            # auto_decompress: the client gets plain bytes whatever the backend compressed.
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(
+        self,
+        backend: Backend,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        stream: bool,
+    ) -> GatewayResponse:
+        """POST ``body`` to ``url``; a 200 ``text/event-stream`` answer to a streaming call is relayed lazily."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        timeout = aiohttp.ClientTimeout(
+            total=None if stream else backend.timeout_s,
+            connect=backend.connect_timeout_s,
+            sock_read=backend.timeout_s,
+        )
+        try:
+            response = await self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise Unsent(f"Backend '{backend.name}' is unreachable: {_describe(exc)}.") from None
+        except (TimeoutError, asyncio.TimeoutError):
+            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {backend.timeout_s:g} s.") from None
+        except aiohttp.ClientError as exc:
+            raise BackendUnreachable(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
+        out_headers = _returned_headers(response.headers)
+        content_type = response.headers.get("content-type", "")
+        if stream and response.status == 200 and content_type.startswith("text/event-stream"):
+            return GatewayResponse(response.status, out_headers, stream=_relay(backend, response))
+        try:
+            data = await response.read()
+        except (TimeoutError, asyncio.TimeoutError):
+            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {backend.timeout_s:g} s.") from None
+        except aiohttp.ClientError as exc:
+            raise BackendUnreachable(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
+        finally:
+            response.release()
+        return GatewayResponse(response.status, out_headers, data)
+
+
+async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+        finished = True
+    except (TimeoutError, asyncio.TimeoutError):
+        raise BackendTimeout(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
+    except aiohttp.ClientError as exc:
+        raise BackendUnreachable(f"Backend '{backend.name}' broke off the stream: {_describe(exc)}.") from None
+    finally:
+        # An unfinished stream (client gone, error) closes the connection, which cancels the upstream call.
+        if finished:
+            response.release()
+        else:
+            response.close()
+
+
+def forwarded_headers(client_headers: Mapping[str, str], request_id: str) -> list[tuple[str, str]]:
+    headers = [(name, client_headers[name]) for name in FORWARDED_REQUEST_HEADERS if name in client_headers]
+    headers.extend((k, v) for k, v in client_headers.items() if k.startswith(SIM_HEADER_PREFIX))
+    headers.append(("x-request-id", request_id))
+    if not any(k == "content-type" for k, _ in headers):
+        headers.append(("content-type", "application/json"))
+    return headers
+
+
+def _returned_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in RETURNED_RESPONSE_HEADERS or lower.startswith(_RATELIMIT_PREFIX):
+            out.append((lower, value))
+    return out
+
+
+def _describe(exc: BaseException) -> str:
+    # aiohttp's messages name host and port, never credentials; keep them short and on one line.
+    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return text[:300]

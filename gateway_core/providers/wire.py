@@ -1,0 +1,24 @@
+"""How one call looks on each backend's wire: the URL and, where needed, the body."""
+
+from __future__ import annotations
+
+import orjson
+
+from ..context import RequestContext
+from ..routing.pools import Target
+
+
+def upstream_url(target: Target, ctx: RequestContext, operation: str) -> str:
+    backend = target.backend
+    if backend.type == "azure":
+        api_version = ctx.api_version or backend.api_version
+        return f"{backend.url}/openai/deployments/{target.upstream_name}/{operation}?api-version={api_version}"
+    return f"{backend.url}/v1/{operation}"
+
+
+def upstream_body(target: Target, ctx: RequestContext) -> bytes:
+    """The client's bytes unchanged, unless an OpenAI-format backend knows the model by another name."""
+    body = ctx.body_json
+    if target.backend.type == "openai" and body is not None and body.get("model") != target.upstream_name:
+        return orjson.dumps({**body, "model": target.upstream_name})
+    return ctx.request.body

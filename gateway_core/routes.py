@@ -1,0 +1,39 @@
+"""Which endpoint a path names. Unknown paths raise a 404 that names the path."""
+
+from __future__ import annotations
+
+from .context import Endpoint, EndpointKind, Surface
+from .errors import NotFound
+
+OPERATIONS = ("chat/completions", "completions", "embeddings")
+_HEALTHZ = Endpoint(EndpointKind.HEALTHZ, public=True)
+_STATUS = Endpoint(EndpointKind.STATUS)
+_LIST = Endpoint(EndpointKind.LIST_DEPLOYMENTS)
+_OPENAI_OPS = {
+    f"{prefix}{op}": Endpoint(EndpointKind.INFERENCE, Surface.OPENAI, op)
+    for prefix in ("/v1/", "/openai/v1/")
+    for op in OPERATIONS
+}
+_AZURE_PREFIX = "/openai/deployments/"
+
+
+def resolve(method: str, path: str) -> Endpoint:
+    """Map ``method`` + ``path`` to an ``Endpoint``; raise ``NotFound`` for anything aigw does not serve."""
+    path = path.rstrip("/") or "/"
+    if method == "POST":
+        endpoint = _OPENAI_OPS.get(path)
+        if endpoint is not None:
+            return endpoint
+        if path.startswith(_AZURE_PREFIX):
+            deployment, _, operation = path[len(_AZURE_PREFIX) :].partition("/")
+            if deployment and operation in OPERATIONS:
+                return Endpoint(EndpointKind.INFERENCE, Surface.AZURE, operation, deployment)
+    elif method in ("GET", "HEAD"):
+        if path == "/healthz":
+            return _HEALTHZ
+        if path == "/status":
+            return _STATUS
+        if path in ("/v1/models", "/openai/v1/models", "/openai/deployments", "/openai/models"):
+            return _LIST
+    raise NotFound(f"aigw does not serve {method} {path}: it serves chat/completions, completions and embeddings "
+                   "under /openai/deployments/{deployment}/, /v1/ and /openai/v1/", code="path_not_found")

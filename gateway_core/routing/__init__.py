@@ -1,0 +1,1 @@
+"""Where a request goes: pools per deployment, ordering strategies, the failover loop, health state."""

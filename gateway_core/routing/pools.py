@@ -1,0 +1,55 @@
+"""The pool of (backend, deployment) targets behind each gateway deployment, built once from config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import WILDCARD, Backend, DeploymentRef, GatewayConfig
+from ..errors import DeploymentNotFound
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    backend: Backend
+    upstream_name: str  # the deployment (Azure) or model (OpenAI) name on that backend
+    model: str
+
+
+class PoolTable:
+    def __init__(self, config: GatewayConfig) -> None:
+        self._pools: dict[str, list[Target]] = {}
+        self._wildcard: list[Backend] = []
+        for backend in config.backends:
+            for ref in backend.deployments:
+                if ref.name == WILDCARD:
+                    self._wildcard.append(backend)
+                else:
+                    self._pools.setdefault(ref.name, []).append(_target(backend, ref))
+
+    @property
+    def has_wildcard(self) -> bool:
+        return bool(self._wildcard)
+
+    def check_exists(self, deployment: str) -> None:
+        """Raise ``DeploymentNotFound`` unless some backend serves ``deployment``."""
+        if deployment not in self._pools and not self._wildcard:
+            raise DeploymentNotFound(
+                f"The deployment '{deployment}' does not exist on this gateway.", param="model"
+            )
+
+    def targets(self, deployment: str) -> list[Target]:
+        """Every target that serves ``deployment``, unordered; wildcard backends pass the name through."""
+        named = self._pools.get(deployment)
+        if named is not None:
+            return named
+        if self._wildcard:
+            return [Target(b, deployment, deployment) for b in self._wildcard]
+        self.check_exists(deployment)
+        return []
+
+    def deployments_of(self, backend: Backend) -> list[str]:
+        return [ref.name for ref in backend.deployments]
+
+
+def _target(backend: Backend, ref: DeploymentRef) -> Target:
+    return Target(backend, ref.upstream_name, ref.model or ref.name)

@@ -1,0 +1,326 @@
+"""The simulator's HTTP surface, a raw ASGI app (served by uvicorn in `aigw simulate`).
+
+Fault injection by header (each overrides the deployment's configured faults):
+``x-aigw-sim-fault: 429|500|503|slow|drop``, ``x-aigw-sim-retry-after: <s>``, ``x-aigw-sim-latency-ms: <ms>``
+(added before the first byte), ``x-aigw-sim-completion-tokens: <n>``. ``GET /_sim/requests`` lists the
+recent requests it received (method, path, query, headers), so tests can see what a gateway sent upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from .generate import (
+    chat_prompt_tokens,
+    count_tokens,
+    embed,
+    embedding_inputs,
+    encode_embedding,
+    prompt_text_tokens,
+    reply_words,
+)
+from .settings import Fault, SimConfig, SimDeployment
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_OPERATIONS = ("chat/completions", "completions", "embeddings")
+
+
+class _Dropped(Exception):
+    """Raised after a partial response: the server then aborts the connection, as a crashed backend would."""
+
+
+class SimulatorApp:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self._deployments = {d.name: d for d in config.deployments}
+        self._rng = random.Random(config.seed)
+        self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.record_requests)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        body = await _read_all(receive)
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/_sim/requests":
+            if method == "DELETE":
+                self.requests.clear()
+            await _json(send, 200, {"requests": list(self.requests)})
+            return
+        if path == "/_sim/health":
+            await _json(send, 200, {"status": "ok", "region": self.config.region})
+            return
+        self.requests.append({"method": method, "path": path, "query": query, "headers": headers})
+        await self._inference(method, path, query, headers, body, send)
+
+    async def _inference(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes, send: Send
+    ) -> None:
+        deployment_name, operation = _parse_path(path, body)
+        if method != "POST" or operation is None:
+            await _error(send, 404, "404", "Resource not found")
+            return
+        if self.config.api_key is not None and _credential(headers) != self.config.api_key:
+            await _error(send, 401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+            return
+        if path.startswith("/openai/deployments/") and "api-version" not in query:
+            await _error(send, 404, "404", "Resource not found")
+            return
+        try:
+            request = orjson.loads(body)
+            assert isinstance(request, dict)
+        except (orjson.JSONDecodeError, AssertionError):
+            await _error(send, 400, "BadRequest", "Request body must be a JSON object.")
+            return
+        if deployment_name is None:
+            deployment_name = str(request.get("model", ""))
+        deployment = self._deployments.get(deployment_name)
+        if deployment is None:
+            if self._deployments:
+                await _error(send, 404, "DeploymentNotFound", f"The API deployment {deployment_name} does not exist.")
+                return
+            deployment = SimDeployment(name=deployment_name)
+        fault = self._fault(deployment, headers)
+        ttft_s = (deployment.ttft_ms if deployment.ttft_ms is not None else self.config.ttft_ms) / 1000
+        if "x-aigw-sim-latency-ms" in headers:
+            ttft_s += float(headers["x-aigw-sim-latency-ms"]) / 1000
+        if fault is not None:
+            if fault.kind == "slow":
+                ttft_s += fault.extra_latency_ms / 1000
+            elif fault.kind != "drop":
+                await self._fail(send, fault, headers)
+                return
+        model = deployment.model or deployment.name
+        if operation == "embeddings":
+            await _sleep(ttft_s)
+            await self._embeddings(send, request, deployment, model)
+            return
+        answer = self._answer(operation, request, deployment, model, headers)
+        if request.get("stream") is True:
+            await self._stream(send, operation, request, answer, deployment, ttft_s, dropped=fault is not None and fault.kind == "drop")
+            return
+        await _sleep(ttft_s)
+        payload = orjson.dumps(answer["response"])
+        if fault is not None and fault.kind == "drop":
+            await _start(send, 200, "application/json")
+            await send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
+            raise _Dropped("simulated dropped connection")
+        await _start(send, 200, "application/json", self._region_headers())
+        await send({"type": "http.response.body", "body": payload})
+
+    def _fault(self, deployment: SimDeployment, headers: dict[str, str]) -> Fault | None:
+        forced = headers.get("x-aigw-sim-fault")
+        if forced:
+            if forced not in ("429", "500", "503", "slow", "drop"):
+                return None
+            retry = float(headers.get("x-aigw-sim-retry-after", "1"))
+            return Fault(kind=forced, retry_after_s=retry)  # type: ignore[arg-type]
+        for fault in deployment.faults:
+            if self._rng.random() < fault.rate:
+                return fault
+        return None
+
+    async def _fail(self, send: Send, fault: Fault, headers: dict[str, str]) -> None:
+        retry_after = fault.retry_after_s
+        extra = [("retry-after", str(max(1, round(retry_after)))), ("retry-after-ms", str(int(retry_after * 1000)))]
+        if fault.kind == "429":
+            message = (
+                "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have "
+                f"exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after "
+                f"{max(1, round(retry_after))} seconds."
+            )
+            await _error(send, 429, "429", message, extra + [("x-ratelimit-remaining-tokens", "0")])
+        elif fault.kind == "503":
+            await _error(send, 503, "ServiceUnavailable", "The service is temporarily unable to process your request.", extra)
+        else:
+            await _error(send, 500, "InternalServerError", "The server had an error while processing your request.")
+
+    def _region_headers(self) -> list[tuple[str, str]]:
+        return [("x-ms-region", self.config.region), ("apim-request-id", str(uuid.uuid4()))]
+
+    def _answer(
+        self, operation: str, request: dict[str, Any], deployment: SimDeployment, model: str, headers: dict[str, str]
+    ) -> dict[str, Any]:
+        """The complete response, plus the reply's words for streaming."""
+        target = int(headers.get("x-aigw-sim-completion-tokens", 0)) or deployment.completion_tokens or self.config.completion_tokens
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit <= target:
+            target, finish = limit, "length"
+        n = request.get("n") if isinstance(request.get("n"), int) and request["n"] > 0 else 1
+        if operation == "chat/completions":
+            prompt_tokens = chat_prompt_tokens(request.get("messages"), model)
+            seed = orjson.dumps(request.get("messages")).decode()
+        else:
+            prompt_tokens = prompt_text_tokens(request.get("prompt"), model)
+            seed = orjson.dumps(request.get("prompt")).decode()
+        words = reply_words(seed, target)
+        text = " ".join(words)
+        completion_tokens = count_tokens(text, model) * n
+        created = int(time.time())
+        if operation == "chat/completions":
+            choices: list[dict[str, Any]] = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                    "content_filter_results": {},
+                }
+                for i in range(n)
+            ]
+            rid, obj = f"chatcmpl-{uuid.uuid4().hex[:24]}", "chat.completion"
+        else:
+            choices = [{"index": i, "text": text, "finish_reason": finish, "logprobs": None} for i in range(n)]
+            rid, obj = f"cmpl-{uuid.uuid4().hex[:24]}", "text_completion"
+        response = {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_aigw_sim",
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return {"response": response, "words": words, "finish": finish, "n": n}
+
+    async def _stream(
+        self,
+        send: Send,
+        operation: str,
+        request: dict[str, Any],
+        answer: dict[str, Any],
+        deployment: SimDeployment,
+        ttft_s: float,
+        *,
+        dropped: bool,
+    ) -> None:
+        response = answer["response"]
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        tps = deployment.tokens_per_s if deployment.tokens_per_s is not None else self.config.tokens_per_s
+        gap_s = 1.0 / tps if tps > 0 else 0.0
+        chat = operation == "chat/completions"
+        base = {"id": response["id"], "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": response["created"], "model": response["model"], "system_fingerprint": "fp_aigw_sim"}
+        await _sleep(ttft_s)
+        await _start(send, 200, "text/event-stream", [("cache-control", "no-cache"), *self._region_headers()])
+
+        async def event(choices: list[dict[str, Any]], usage: Any = None) -> None:
+            chunk = {**base, "choices": choices}
+            if include_usage:
+                chunk["usage"] = usage
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+
+        n = answer["n"]
+        if chat:
+            await event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None} for i in range(n)])
+        words: list[str] = answer["words"]
+        for position, word in enumerate(words):
+            if dropped and position == len(words) // 2:
+                raise _Dropped("simulated dropped connection")
+            piece = word if position == 0 else " " + word
+            if chat:
+                choices = [{"index": i, "delta": {"content": piece}, "finish_reason": None, "logprobs": None} for i in range(n)]
+            else:
+                choices = [{"index": i, "text": piece, "finish_reason": None, "logprobs": None} for i in range(n)]
+            await event(choices)
+            if gap_s:
+                await asyncio.sleep(gap_s)
+        finish = answer["finish"]
+        if chat:
+            await event([{"index": i, "delta": {}, "finish_reason": finish, "logprobs": None} for i in range(n)])
+        else:
+            await event([{"index": i, "text": "", "finish_reason": finish, "logprobs": None} for i in range(n)])
+        if include_usage:
+            chunk = {**base, "choices": [], "usage": response["usage"]}
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _embeddings(self, send: Send, request: dict[str, Any], deployment: SimDeployment, model: str) -> None:
+        texts = embedding_inputs(request.get("input"))
+        if not texts:
+            await _error(send, 400, "BadRequest", "'input' must be a string or a list of strings or tokens.")
+            return
+        dims = request.get("dimensions") if isinstance(request.get("dimensions"), int) else deployment.embedding_dimensions
+        fmt = request.get("encoding_format") or "float"
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode_embedding(embed(text, dims), fmt)}
+            for i, text in enumerate(texts)
+        ]
+        tokens = sum(count_tokens(t, model) for t in texts)
+        payload = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        await _start(send, 200, "application/json", self._region_headers())
+        await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+def _parse_path(path: str, body: bytes) -> tuple[str | None, str | None]:
+    """(deployment from the path or None, operation or None)."""
+    if path.startswith("/openai/deployments/"):
+        deployment, _, operation = path[len("/openai/deployments/") :].partition("/")
+        return deployment, operation if operation in _OPERATIONS else None
+    for prefix in ("/v1/", "/openai/v1/"):
+        if path.startswith(prefix) and path[len(prefix) :] in _OPERATIONS:
+            return None, path[len(prefix) :]
+    return None, None
+
+
+def _credential(headers: dict[str, str]) -> str | None:
+    if "api-key" in headers:
+        return headers["api-key"]
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return value if scheme.lower() == "bearer" else None
+
+
+async def _read_all(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+async def _start(send: Send, status: int, content_type: str, extra: list[tuple[str, str]] | None = None) -> None:
+    headers = [(b"content-type", content_type.encode())]
+    headers.extend((k.encode(), v.encode()) for k, v in extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def _json(send: Send, status: int, payload: Any, extra: list[tuple[str, str]] | None = None) -> None:
+    await _start(send, status, "application/json", extra)
+    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+async def _error(send: Send, status: int, code: str, message: str, extra: list[tuple[str, str]] | None = None) -> None:
+    # Azure OpenAI's error shape: code and message (no type/param).
+    await _json(send, status, {"error": {"code": code, "message": message}}, extra)

@@ -1,0 +1,54 @@
+"""The simulator's settings: latency and faults, per deployment or by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+FaultKind = Literal["429", "500", "503", "slow", "drop"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Fault(_Model):
+    """A fault injected into a share (``rate``) of a deployment's requests."""
+
+    kind: FaultKind
+    rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    retry_after_s: float = Field(default=1.0, ge=0.0)
+    extra_latency_ms: float = Field(default=2000.0, ge=0.0)  # for "slow"
+
+
+class SimDeployment(_Model):
+    name: str
+    model: str | None = None  # what the response's "model" field says; default: the deployment name
+    ttft_ms: float | None = Field(default=None, ge=0.0)
+    tokens_per_s: float | None = Field(default=None, ge=0.0)
+    completion_tokens: int | None = Field(default=None, ge=1)
+    embedding_dimensions: int = Field(default=1536, ge=1, le=8192)
+    faults: tuple[Fault, ...] = ()
+
+
+class SimConfig(_Model):
+    # When set, callers must send it as `api-key` or `Authorization: Bearer`, as Azure OpenAI requires a key.
+    api_key: str | None = None
+    # Empty: every deployment name exists. Otherwise unknown names answer 404 DeploymentNotFound.
+    deployments: tuple[SimDeployment, ...] = ()
+    ttft_ms: float = Field(default=0.0, ge=0.0)  # time to first token (and to a non-streamed answer)
+    tokens_per_s: float = Field(default=0.0, ge=0.0)  # 0: as fast as possible
+    completion_tokens: int = Field(default=16, ge=1)  # reply length when max_tokens does not cut it
+    region: str = "simulated"
+    seed: int = 0
+    record_requests: int = Field(default=200, ge=0)  # how many recent requests /_sim/requests keeps
+
+
+def load_sim_config(path: str | Path | None) -> SimConfig:
+    if path is None:
+        return SimConfig()
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return SimConfig.model_validate(data)

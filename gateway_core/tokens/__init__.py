@@ -1,0 +1,1 @@
+"""Token counting with tiktoken, using encoding files shipped with the install (never downloaded)."""

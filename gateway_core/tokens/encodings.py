@@ -1,0 +1,62 @@
+"""tiktoken encodings without the network.
+
+tiktoken downloads its BPE files on first use; these machines and many locked-down Azure networks cannot.
+The PyPI package ``bpe-openai`` ships ``o200k_base`` and ``cl100k_base`` (gzipped) whose bytes match tiktoken's
+expected SHA-256, so we write them, decompressed, into tiktoken's cache directory under the name tiktoken
+looks for (the SHA-1 of the file's URL), and tiktoken loads them from there.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import tiktoken
+
+SHIPPED = ("o200k_base", "cl100k_base")
+_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "aigw-tiktoken"
+
+
+def seed_cache(directory: Path | None = None) -> Path:
+    """Write the shipped encodings into ``directory`` (default: ``cache_dir()``) and point tiktoken at it."""
+    directory = directory or cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    data = resources.files("bpe_openai") / "data"
+    for name in SHIPPED:
+        target = directory / hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
+        if not target.exists():
+            raw = gzip.decompress((data / f"{name}.tiktoken.gz").read_bytes())
+            # Write then rename, so a concurrent worker never reads a half-written file.
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(raw)
+            tmp.replace(target)
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+    return directory
+
+
+@functools.cache
+def encoding(name: str) -> tiktoken.Encoding:
+    """The named encoding, loaded offline; raises ``ValueError`` for encodings aigw does not ship."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown encoding {name!r}: aigw ships {', '.join(SHIPPED)}")
+    seed_cache()
+    return tiktoken.get_encoding(name)
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    """o200k_base for gpt-4o, gpt-4.1, gpt-5 and o-series models; cl100k_base for gpt-4, gpt-3.5 and ada/3-embeddings."""
+    lowered = model.lower()
+    legacy = ("gpt-4-", "gpt-4", "gpt-35", "gpt-3.5", "text-embedding")
+    if lowered.startswith(legacy) and not lowered.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5")):
+        return encoding("cl100k_base")
+    return encoding("o200k_base")
