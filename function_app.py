@@ -19,4 +19,4 @@ host = FunctionsHost(Path(__file__).parent)
 @app.function_name("gateway")
 @app.route(route="{*path}", methods=["GET", "POST", "HEAD"], auth_level=func.AuthLevel.ANONYMOUS)
 async def gateway(req: Request) -> StreamingResponse:
-    return await host.handle(req)  # type: ignore[no-any-return]
+    return await host.handle(req)

@@ -74,13 +74,10 @@ class GatewayASGI:
             client_ip=client[0] if client else "",
         )
         response = await self.gateway.handle(request)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
-            }
-        )
+        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        if response.stream is None:
+            out_headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         if response.stream is None:
             await send({"type": "http.response.body", "body": response.body})
         else:

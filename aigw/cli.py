@@ -87,13 +87,24 @@ def _simulate(args: argparse.Namespace) -> int:
     from .serve import bind
 
     sim = load_sim_config(args.config)
-    updates = {k: v for k, v in {"api_key": args.api_key, "ttft_ms": args.ttft_ms, "tokens_per_s": args.tokens_per_s}.items() if v is not None}
+    updates = {
+        k: v
+        for k, v in {"api_key": args.api_key, "ttft_ms": args.ttft_ms, "tokens_per_s": args.tokens_per_s}.items()
+        if v is not None
+    }
     sim = sim.model_copy(update=updates)
     sock = bind(args.host, args.port)
     print(f"aigw simulator listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(SimulatorApp(sim), loop="uvloop", http="httptools", lifespan="off",
-                       log_level=args.log_level, access_log=False, server_header=False)
+        uvicorn.Config(
+            SimulatorApp(sim),
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            log_level=args.log_level,
+            access_log=False,
+            server_header=False,
+        )
     )
     server.run(sockets=[sock])
     return 0

@@ -55,7 +55,13 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
             "backends": backends,
             "keys": [
                 {"name": "demo", "sha256": sha256_hex(user_key), "user": "demo", "tenant": "demo"},
-                {"name": "demo-admin", "sha256": sha256_hex(DEMO_ADMIN_KEY), "user": "admin", "tenant": "demo", "admin": True},
+                {
+                    "name": "demo-admin",
+                    "sha256": sha256_hex(DEMO_ADMIN_KEY),
+                    "user": "admin",
+                    "tenant": "demo",
+                    "admin": True,
+                },
             ],
         },
         source="demo",
@@ -80,7 +86,8 @@ Try it:
 
   python -c 'from openai import AzureOpenAI
 c = AzureOpenAI(azure_endpoint="{url}", api_key="{key}", api_version="2024-10-21")
-print(c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
+r = c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello"}}])
+print(r.choices[0].message.content)'
 
   curl -s {url}/status -H 'api-key: {key}'
 Press Ctrl+C to stop.

@@ -59,7 +59,7 @@ def run_gateway(config: GatewayConfig, sock: socket.socket, *, workers: int = 1,
     payload["no_auth"] = config.no_auth
     os.environ[CONFIG_ENV] = orjson.dumps(payload).decode()
     uv_config = _uvicorn_config("aigw.asgi:create_app", workers=workers, log_level=log_level, factory=True)
-    Multiprocess(uv_config, target=uvicorn.Server(uv_config).run, sockets=[sock]).run()
+    Multiprocess(uv_config, sockets=[sock]).run()
 
 
 class BackgroundServers:

@@ -32,7 +32,9 @@ _JSON = [("content-type", "application/json")]
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         env = os.environ if env is None else env
         self.config = config
         self.clock = clock or SystemClock()
@@ -100,6 +102,7 @@ class Gateway:
 
     def _list_deployments(self, path: str) -> dict[str, object]:
         names = self.config.deployment_names()
+        data: list[dict[str, object]]
         if path.startswith("/openai/deployments"):
             # The shape of Azure OpenAI's (older) deployments list.
             data = [{"id": n, "model": n, "object": "deployment", "status": "succeeded"} for n in names]

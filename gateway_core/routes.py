@@ -35,5 +35,8 @@ def resolve(method: str, path: str) -> Endpoint:
             return _STATUS
         if path in ("/v1/models", "/openai/v1/models", "/openai/deployments", "/openai/models"):
             return _LIST
-    raise NotFound(f"aigw does not serve {method} {path}: it serves chat/completions, completions and embeddings "
-                   "under /openai/deployments/{deployment}/, /v1/ and /openai/v1/", code="path_not_found")
+    raise NotFound(
+        f"aigw does not serve {method} {path}: it serves chat/completions, completions and embeddings "
+        "under /openai/deployments/{deployment}/, /v1/ and /openai/v1/",
+        code="path_not_found",
+    )

@@ -43,7 +43,7 @@ class ErrorsPolicy:
         try:
             async for chunk in stream:
                 yield chunk
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not isinstance(exc, GatewayError):
                 log.exception("request %s failed mid-stream", ctx.request_id)
             yield sse_error_event(exc, ctx.request_id)

@@ -20,14 +20,13 @@ class ValidatePolicy:
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         endpoint = ctx.endpoint
-        assert endpoint is not None and ctx.principal is not None
+        assert endpoint is not None
         if endpoint.kind is not EndpointKind.INFERENCE:
             return await call_next(ctx)
+        assert ctx.principal is not None
         request = ctx.request
         if request.body_size > self._max_body_bytes or len(request.body) > self._max_body_bytes:
-            raise PayloadTooLarge(
-                f"Request body is larger than this gateway's limit of {self._max_body_bytes} bytes."
-            )
+            raise PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body_bytes} bytes.")
         body = _parse_object(request.body)
         if endpoint.surface is Surface.OPENAI:
             model = body.get("model")

@@ -7,7 +7,6 @@ where the request certainly never reached the backend, which are always safe to 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -65,7 +64,7 @@ class UpstreamClient:
             response = await self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise Unsent(f"Backend '{backend.name}' is unreachable: {_describe(exc)}.") from None
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise BackendTimeout(f"Backend '{backend.name}' did not answer within {backend.timeout_s:g} s.") from None
         except aiohttp.ClientError as exc:
             raise BackendUnreachable(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
@@ -75,7 +74,7 @@ class UpstreamClient:
             return GatewayResponse(response.status, out_headers, stream=_relay(backend, response))
         try:
             data = await response.read()
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise BackendTimeout(f"Backend '{backend.name}' did not answer within {backend.timeout_s:g} s.") from None
         except aiohttp.ClientError as exc:
             raise BackendUnreachable(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
@@ -90,7 +89,7 @@ async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIte
         async for chunk in response.content.iter_any():
             yield chunk
         finished = True
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise BackendTimeout(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
     except aiohttp.ClientError as exc:
         raise BackendUnreachable(f"Backend '{backend.name}' broke off the stream: {_describe(exc)}.") from None

@@ -33,9 +33,7 @@ class PoolTable:
     def check_exists(self, deployment: str) -> None:
         """Raise ``DeploymentNotFound`` unless some backend serves ``deployment``."""
         if deployment not in self._pools and not self._wildcard:
-            raise DeploymentNotFound(
-                f"The deployment '{deployment}' does not exist on this gateway.", param="model"
-            )
+            raise DeploymentNotFound(f"The deployment '{deployment}' does not exist on this gateway.", param="model")
 
     def targets(self, deployment: str) -> list[Target]:
         """Every target that serves ``deployment``, unordered; wildcard backends pass the name through."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import time
 import uuid
@@ -38,6 +39,31 @@ _OPERATIONS = ("chat/completions", "completions", "embeddings")
 
 class _Dropped(Exception):
     """Raised after a partial response: the server then aborts the connection, as a crashed backend would."""
+
+
+class _Watch:
+    """Notices a client that hangs up mid-stream, so the simulator stops as a real backend would."""
+
+    def __init__(self, receive: Receive, record: dict[str, Any]) -> None:
+        self._receive = receive
+        self.record = record
+        self.disconnected = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def _wait(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+
+    async def __aenter__(self) -> _Watch:
+        self._task = asyncio.ensure_future(self._wait())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class SimulatorApp:
@@ -71,11 +97,19 @@ class SimulatorApp:
         if path == "/_sim/health":
             await _json(send, 200, {"status": "ok", "region": self.config.region})
             return
-        self.requests.append({"method": method, "path": path, "query": query, "headers": headers})
-        await self._inference(method, path, query, headers, body, send)
+        record: dict[str, Any] = {"method": method, "path": path, "query": query, "headers": headers}
+        self.requests.append(record)
+        await self._inference(method, path, query, headers, body, send, _Watch(receive, record))
 
     async def _inference(
-        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes, send: Send
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+        send: Send,
+        watch: _Watch,
     ) -> None:
         deployment_name, operation = _parse_path(path, body)
         if method != "POST" or operation is None:
@@ -118,7 +152,9 @@ class SimulatorApp:
             return
         answer = self._answer(operation, request, deployment, model, headers)
         if request.get("stream") is True:
-            await self._stream(send, operation, request, answer, deployment, ttft_s, dropped=fault is not None and fault.kind == "drop")
+            dropped = fault is not None and fault.kind == "drop"
+            async with watch:
+                await self._stream(send, operation, request, answer, deployment, ttft_s, watch, dropped=dropped)
             return
         await _sleep(ttft_s)
         payload = orjson.dumps(answer["response"])
@@ -150,9 +186,11 @@ class SimulatorApp:
                 f"exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after "
                 f"{max(1, round(retry_after))} seconds."
             )
-            await _error(send, 429, "429", message, extra + [("x-ratelimit-remaining-tokens", "0")])
+            await _error(send, 429, "429", message, [*extra, ("x-ratelimit-remaining-tokens", "0")])
         elif fault.kind == "503":
-            await _error(send, 503, "ServiceUnavailable", "The service is temporarily unable to process your request.", extra)
+            await _error(
+                send, 503, "ServiceUnavailable", "The service is temporarily unable to process your request.", extra
+            )
         else:
             await _error(send, 500, "InternalServerError", "The server had an error while processing your request.")
 
@@ -163,12 +201,17 @@ class SimulatorApp:
         self, operation: str, request: dict[str, Any], deployment: SimDeployment, model: str, headers: dict[str, str]
     ) -> dict[str, Any]:
         """The complete response, plus the reply's words for streaming."""
-        target = int(headers.get("x-aigw-sim-completion-tokens", 0)) or deployment.completion_tokens or self.config.completion_tokens
+        target = (
+            int(headers.get("x-aigw-sim-completion-tokens", 0))
+            or deployment.completion_tokens
+            or self.config.completion_tokens
+        )
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
         finish = "stop"
         if isinstance(limit, int) and 0 < limit <= target:
             target, finish = limit, "length"
-        n = request.get("n") if isinstance(request.get("n"), int) and request["n"] > 0 else 1
+        requested_n = request.get("n")
+        n = requested_n if isinstance(requested_n, int) and requested_n > 0 else 1
         if operation == "chat/completions":
             prompt_tokens = chat_prompt_tokens(request.get("messages"), model)
             seed = orjson.dumps(request.get("messages")).decode()
@@ -217,6 +260,7 @@ class SimulatorApp:
         answer: dict[str, Any],
         deployment: SimDeployment,
         ttft_s: float,
+        watch: _Watch,
         *,
         dropped: bool,
     ) -> None:
@@ -225,8 +269,13 @@ class SimulatorApp:
         tps = deployment.tokens_per_s if deployment.tokens_per_s is not None else self.config.tokens_per_s
         gap_s = 1.0 / tps if tps > 0 else 0.0
         chat = operation == "chat/completions"
-        base = {"id": response["id"], "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": response["created"], "model": response["model"], "system_fingerprint": "fp_aigw_sim"}
+        base = {
+            "id": response["id"],
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": response["created"],
+            "model": response["model"],
+            "system_fingerprint": "fp_aigw_sim",
+        }
         await _sleep(ttft_s)
         await _start(send, 200, "text/event-stream", [("cache-control", "no-cache"), *self._region_headers()])
 
@@ -234,18 +283,31 @@ class SimulatorApp:
             chunk = {**base, "choices": choices}
             if include_usage:
                 chunk["usage"] = usage
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True}
+            )
 
         n = answer["n"]
         if chat:
-            await event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None} for i in range(n)])
+            await event(
+                [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
+                    for i in range(n)
+                ]
+            )
         words: list[str] = answer["words"]
         for position, word in enumerate(words):
+            if watch.disconnected:
+                watch.record["outcome"] = "client_disconnected"
+                return
             if dropped and position == len(words) // 2:
                 raise _Dropped("simulated dropped connection")
             piece = word if position == 0 else " " + word
+            choices: list[dict[str, Any]]
             if chat:
-                choices = [{"index": i, "delta": {"content": piece}, "finish_reason": None, "logprobs": None} for i in range(n)]
+                choices = [
+                    {"index": i, "delta": {"content": piece}, "finish_reason": None, "logprobs": None} for i in range(n)
+                ]
             else:
                 choices = [{"index": i, "text": piece, "finish_reason": None, "logprobs": None} for i in range(n)]
             await event(choices)
@@ -258,22 +320,35 @@ class SimulatorApp:
             await event([{"index": i, "text": "", "finish_reason": finish, "logprobs": None} for i in range(n)])
         if include_usage:
             chunk = {**base, "choices": [], "usage": response["usage"]}
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True}
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        watch.record["outcome"] = "completed"
 
     async def _embeddings(self, send: Send, request: dict[str, Any], deployment: SimDeployment, model: str) -> None:
         texts = embedding_inputs(request.get("input"))
         if not texts:
             await _error(send, 400, "BadRequest", "'input' must be a string or a list of strings or tokens.")
             return
-        dims = request.get("dimensions") if isinstance(request.get("dimensions"), int) else deployment.embedding_dimensions
+        requested_dims = request.get("dimensions")
+        dims = (
+            requested_dims
+            if isinstance(requested_dims, int) and requested_dims > 0
+            else deployment.embedding_dimensions
+        )
         fmt = request.get("encoding_format") or "float"
         data = [
             {"object": "embedding", "index": i, "embedding": encode_embedding(embed(text, dims), fmt)}
             for i, text in enumerate(texts)
         ]
         tokens = sum(count_tokens(t, model) for t in texts)
-        payload = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         await _start(send, 200, "application/json", self._region_headers())
         await send({"type": "http.response.body", "body": orjson.dumps(payload)})
 

@@ -54,7 +54,7 @@ def encoding(name: str) -> tiktoken.Encoding:
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:
-    """o200k_base for gpt-4o, gpt-4.1, gpt-5 and o-series models; cl100k_base for gpt-4, gpt-3.5 and ada/3-embeddings."""
+    """o200k_base for gpt-4o, gpt-4.1, gpt-5 and o-series; cl100k_base for gpt-4, gpt-3.5 and embeddings."""
     lowered = model.lower()
     legacy = ("gpt-4-", "gpt-4", "gpt-35", "gpt-3.5", "text-embedding")
     if lowered.startswith(legacy) and not lowered.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5")):

@@ -1,0 +1,119 @@
+"""Start `aigw serve` and `aigw simulate` as real processes on free loopback ports, and stop them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+BACKEND_KEY = "sim-backend-secret-0123456789"
+CLIENT_KEY = "client-key-alice"
+OTHER_KEY = "client-key-bob"
+
+
+@dataclass
+class Running:
+    url: str
+    process: subprocess.Popen[str]
+    output: list[str]
+
+
+@contextmanager
+def run_aigw(args: list[str], env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Run `aigw ARGS --port 0`; yield once it printed its URL (its socket is bound and listening)."""
+    full_env = {**os.environ, **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aigw.cli", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+    )
+    assert process.stdout is not None
+    url = None
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        match = _LISTENING.search(line) or re.search(r"gateway: (http://\S+)", line)
+        if match:
+            url = match.group(1)
+            break
+    if url is None:
+        process.wait(timeout=10)
+        raise RuntimeError("aigw did not start:\n" + "".join(output))
+    # Keep draining the pipe so a chatty server never blocks on a full pipe buffer.
+    drain = threading.Thread(target=lambda: output.extend(process.stdout or []), daemon=True)
+    drain.start()
+    try:
+        yield Running(url, process, output)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        drain.join(timeout=5)
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
+    """A gateway config in front of one simulator, with two client keys (alice in contoso, bob in fabrikam)."""
+    config: dict[str, Any] = {
+        "backends": [
+            {
+                "name": "sim-east",
+                "url": sim_url,
+                "region": "eastus",
+                "auth": {"type": "api_key", "key_env": "TEST_BACKEND_KEY"},
+                "deployments": [
+                    {"name": "gpt-4o", "model": "gpt-4o"},
+                    "gpt-4o-mini",
+                    "text-embedding-3-small",
+                    {"name": "slow-stream", "backend_name": "slow"},
+                ],
+            }
+        ],
+        "keys": [
+            {"name": "alice", "key_env": "TEST_CLIENT_KEY", "user": "alice", "tenant": "contoso"},
+            {
+                "name": "bob",
+                "key_env": "TEST_OTHER_KEY",
+                "user": "bob",
+                "tenant": "fabrikam",
+                "deployments": ["gpt-4o-mini"],
+            },
+        ],
+    }
+    config.update(overrides)
+    return config
+
+
+GATEWAY_ENV = {"TEST_BACKEND_KEY": BACKEND_KEY, "TEST_CLIENT_KEY": CLIENT_KEY, "TEST_OTHER_KEY": OTHER_KEY}
+
+
+def sim_requests(sim_url: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{sim_url}/_sim/requests", timeout=5) as response:
+        return list(json.load(response)["requests"])
+
+
+def clear_sim_requests(sim_url: str) -> None:
+    request = urllib.request.Request(f"{sim_url}/_sim/requests", method="DELETE")
+    with urllib.request.urlopen(request, timeout=5):
+        pass
