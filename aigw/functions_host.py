@@ -44,6 +44,12 @@ class FunctionsHost:
                 self._gateway, self._loop = gateway, loop
         return self._gateway
 
+    async def close(self) -> None:
+        """Close the gateway's connections (worker shutdown, and the end of each in-process test)."""
+        if self._gateway is not None:
+            await self._gateway.close()
+            self._gateway, self._loop = None, None
+
     async def handle(self, request: Request) -> Response:
         gateway = await self.gateway()
         limit = gateway.config.server.max_body_bytes

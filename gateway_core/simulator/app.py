@@ -127,6 +127,7 @@ class SimulatorApp:
         except (orjson.JSONDecodeError, AssertionError):
             await _error(send, 400, "BadRequest", "Request body must be a JSON object.")
             return
+        watch.record["model"] = request.get("model")
         if deployment_name is None:
             deployment_name = str(request.get("model", ""))
         deployment = self._deployments.get(deployment_name)

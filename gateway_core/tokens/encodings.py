@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import importlib.util
 import os
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import tiktoken
@@ -31,7 +31,7 @@ def seed_cache(directory: Path | None = None) -> Path:
     """Write the shipped encodings into ``directory`` (default: ``cache_dir()``) and point tiktoken at it."""
     directory = directory or cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    data = resources.files("bpe_openai") / "data"
+    data = _shipped_data_dir()
     for name in SHIPPED:
         target = directory / hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
         if not target.exists():
@@ -42,6 +42,14 @@ def seed_cache(directory: Path | None = None) -> Path:
             tmp.replace(target)
     os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
     return directory
+
+
+def _shipped_data_dir() -> Path:
+    # Locate the files without importing bpe_openai: its import builds both encodings, slowly.
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the package bpe-openai (which ships the tokenizer files) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 @functools.cache

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway_core.config import ConfigError, config_from_dict, load_config, sha256_hex
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = "backends:\n  - name: b1\n    url: http://127.0.0.1:1\n    deployments: [gpt-4o]\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_file_is_valid_and_complete() -> None:
+    config = load_config(ROOT / "gateway.example.yaml", env={})
+    assert [b.name for b in config.backends] == ["aoai-eastus", "aoai-swedencentral", "openai-compatible"]
+    assert config.backends[0].deployments[0].upstream_name == "gpt-4o-prod"
+    assert config.backends[0].deployments[1].name == "text-embedding-3-small"
+    assert config.backends[1].auth.type == "entra"
+    assert config.keys[1].admin is True
+    assert config.deployment_names() == ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+
+
+def test_unknown_key_is_named_with_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    wieght: 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    message = str(exc.value)
+    assert "backends.0.wieght" in message
+    assert f"{path}:5" in message
+    assert "Extra inputs are not permitted" in message
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key"),
+    [
+        ("    url: ftp://x\n", "backends.0.url"),
+        ("    priority: -1\n", "backends.0.priority"),
+        ("    auth: {type: api_key}\n", "backends.0.auth.key_env"),
+        ("    auth: {type: magic}\n", "backends.0.auth"),
+        ("    type: bedrock\n", "backends.0.type"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, snippet: str, key: str) -> None:
+    text = MINIMAL.replace("    url: http://127.0.0.1:1\n", "") if snippet.startswith("    url") else MINIMAL
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text + snippet), env={})
+    assert key in str(exc.value)
+
+
+def test_duplicate_backends_and_bad_key_entries_are_refused() -> None:
+    backend = {"name": "b", "url": "http://h", "deployments": ["d"]}
+    with pytest.raises(ConfigError, match="backend names must be unique: b"):
+        config_from_dict({"backends": [backend, backend]})
+    with pytest.raises(ConfigError, match="64 hex digits"):
+        config_from_dict({"backends": [backend], "keys": [{"name": "k", "sha256": "abc", "user": "u"}]})
+    with pytest.raises(ConfigError, match="exactly one of sha256 or key_env"):
+        config_from_dict({"backends": [backend], "keys": [{"name": "k", "user": "u"}]})
+
+
+def test_not_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "backends: [\n"), env={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", env={})
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n"), env={})
+
+
+def test_zero_config_needs_endpoint_and_key() -> None:
+    with pytest.raises(ConfigError, match="AZURE_OPENAI_ENDPOINT"):
+        load_config(None, env={})
+    with pytest.raises(ConfigError, match="AZURE_OPENAI_API_KEY is not"):
+        load_config(None, env={"AZURE_OPENAI_ENDPOINT": "https://x.openai.azure.com"})
+    config = load_config(
+        None,
+        env={
+            "AZURE_OPENAI_ENDPOINT": "https://x.openai.azure.com/",
+            "AZURE_OPENAI_API_KEY": "k",
+            "OPENAI_API_VERSION": "2025-01-01-preview",
+            "AIGW_API_KEYS": "one, two,",
+        },
+    )
+    (backend,) = config.backends
+    assert backend.url == "https://x.openai.azure.com"
+    assert backend.api_version == "2025-01-01-preview"
+    assert [d.name for d in backend.deployments] == ["*"]
+    assert [k.user for k in config.keys] == [sha256_hex("one")[:8], sha256_hex("two")[:8]]
+    assert {k.tenant for k in config.keys} == {"default"}
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(None, env={"AZURE_OPENAI_ENDPOINT": "https://x", "AZURE_OPENAI_API_KEY": "k"})
+    with pytest.raises(ValueError, match="frozen"):
+        config.backends[0].weight = 5
