@@ -6,6 +6,7 @@ running event loop, and then handles ``GatewayRequest``s.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -13,12 +14,15 @@ from collections.abc import Mapping
 
 import orjson
 
+from .background import BackgroundTasks
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import EndpointKind, GatewayRequest, GatewayResponse, RequestContext
 from .pipeline import Handler, Policy, build_chain
 from .policies.auth import AuthPolicy
 from .policies.errors import ErrorsPolicy
+from .policies.limits import LimitsPolicy
+from .policies.tokens import TokensPolicy
 from .policies.validate import ValidatePolicy
 from .providers.client import UpstreamClient
 from .providers.credentials import Credential, credential_for
@@ -26,7 +30,10 @@ from .routes import resolve
 from .routing.forward import Forwarder
 from .routing.health import HealthView
 from .routing.pools import PoolTable
+from .storage.factory import counter_store, default_counters_url
+from .storage.ports import CounterStore, StorageError
 
+log = logging.getLogger("aigw")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON = [("content-type", "application/json")]
 
@@ -43,22 +50,40 @@ class Gateway:
         self.client = UpstreamClient()
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
         self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock)
+        self.tasks = BackgroundTasks()
+        # The counters store is opened only when there are rules to count for.
+        self.counters: CounterStore | None = None
+        if config.limits.rules:
+            self.counters = counter_store(config.stores.counters or default_counters_url(env), env)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),
             # 2 usage: the usage issue
             AuthPolicy(config, env),  # 3 auth
-            ValidatePolicy(config, self.pools),  # 4 validate
-            # 5 tokens, 6 cache, 7 limits: their issues
+            ValidatePolicy(config, self.pools),  # 4 validate (transform: a later issue)
+            TokensPolicy(self.pools, config.limits),  # 5 tokens
+            # 6 cache: the caching issue
         ]
+        if self.counters is not None:
+            policies.append(LimitsPolicy(config.limits, self.counters, self.clock, self.tasks))  # 7 limits
         self._handle: Handler = build_chain(policies, self._dispatch)
 
     async def start(self) -> None:
         """Open connections; call inside the event loop that will serve requests."""
         await self.client.start()
+        if self.counters is not None:
+            try:
+                await self.counters.start()
+            except StorageError as exc:
+                # Start anyway: limited requests follow on_store_error (503 or unchecked) until the store answers.
+                log.error("limits store unreachable at start (%s): %s", self.config.limits.on_store_error, exc)
 
     async def close(self) -> None:
+        """Finish background work (limit settlements) first, then close connections."""
+        await self.tasks.drain()
         await self.client.close()
+        if self.counters is not None:
+            await self.counters.close()
         for credential in self._credentials.values():
             await credential.close()
 

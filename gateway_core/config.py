@@ -58,6 +58,7 @@ class DeploymentRef(_Model):
     name: str = Field(min_length=1)
     backend_name: str | None = None  # the backend's deployment (Azure) or model (OpenAI) name; default: name
     model: str | None = None  # the model behind it (tokenizer, prices); default: name
+    encoding: Literal["o200k_base", "cl100k_base"] | None = None  # default: from the model's name
 
     @property
     def upstream_name(self) -> str:
@@ -123,10 +124,65 @@ class ServerSettings(_Model):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
 
 
+COUNTER_KEYS = ("user", "tenant", "key", "ip", "deployment")
+QuotaPeriod = Literal["hourly", "daily", "weekly", "monthly"]
+
+
+class LimitRule(_Model):
+    """A token limit: per counter key, a tokens-per-minute rate and/or a token quota per period."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    key: str  # user | tenant | key | ip | deployment | header:<name>
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    token_quota: int | None = Field(default=None, ge=1)
+    quota_period: QuotaPeriod | None = None
+    deployments: tuple[str, ...] | None = None  # applies only to these gateway deployments
+    tenants: tuple[str, ...] | None = None  # applies only to callers in these tenants
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if value in COUNTER_KEYS or (value.startswith("header:") and len(value) > len("header:")):
+            return value.lower() if value.startswith("header:") else value
+        raise ValueError(f"must be one of {', '.join(COUNTER_KEYS)} or header:<name>")
+
+    @model_validator(mode="after")
+    def _something_to_limit(self) -> LimitRule:
+        if self.tokens_per_minute is None and self.token_quota is None:
+            raise ValueError("give tokens_per_minute, token_quota (with quota_period), or both")
+        if (self.token_quota is None) != (self.quota_period is None):
+            raise ValueError("token_quota and quota_period go together")
+        return self
+
+
+class LimitsSettings(_Model):
+    rules: tuple[LimitRule, ...] = ()
+    # Completion tokens assumed for admission when a request sets no max_tokens / max_completion_tokens.
+    default_completion_tokens: int = Field(default=1024, ge=0)
+    quota_exceeded_status: Literal[403, 429] = 403  # 403 as APIM's llm-token-limit answers
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+
+    @model_validator(mode="after")
+    def _unique(self) -> LimitsSettings:
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class StoreSettings(_Model):
+    """One URL per port; unset: AIGW_COUNTERS_URL, else Cosmos DB at COSMOS_ENDPOINT, else SQLite in ./.aigw/."""
+
+    counters: str | None = None
+
+
 class GatewayConfig(_Model):
     server: ServerSettings = ServerSettings()
     backends: tuple[Backend, ...] = Field(min_length=1)
     keys: tuple[GatewayKey, ...] = ()
+    limits: LimitsSettings = LimitsSettings()
+    stores: StoreSettings = StoreSettings()
     # Set by `aigw serve --no-auth` only, never from a file: every caller becomes the anonymous principal.
     no_auth: bool = Field(default=False, exclude=True)
 

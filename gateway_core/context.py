@@ -98,6 +98,25 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class TokenUsage:
+    """Tokens of one request: the estimate admitted before the call, and the actuals after it."""
+
+    encoding: str = ""
+    prompt_estimate: int = 0  # counted with tiktoken before the call
+    estimate: int = 0  # prompt + n x max completion tokens: what limits reserve
+    prompt: int | None = None  # actuals: from the backend's usage, or counted from a stream's text
+    completion: int | None = None
+    source: str = ""  # "backend" | "counted" (a stream that ended without usage) | "" (no answer)
+    usage_injected: bool = False  # aigw asked for stream usage; the client did not, so it is stripped
+
+    @property
+    def actual_total(self) -> int | None:
+        if self.prompt is None and self.completion is None:
+            return None
+        return (self.prompt or 0) + (self.completion or 0)
+
+
+@dataclass(slots=True)
 class RequestContext:
     """The one object that flows through every policy of the pipeline."""
 
@@ -109,6 +128,8 @@ class RequestContext:
     deployment: str | None = None
     api_version: str | None = None
     body_json: dict[str, Any] | None = None
+    body_modified: bool = False  # body_json differs from the client's bytes (e.g. stream_options added)
     stream: bool = False
+    tokens: TokenUsage = field(default_factory=TokenUsage)
     backend: str | None = None
     attempts: list[Attempt] = field(default_factory=list)

@@ -8,6 +8,7 @@ Every failure the gateway reports is a ``GatewayError``; each one knows its HTTP
     │   └── PayloadTooLarge          413 invalid_request_error / payload_too_large
     ├── AuthenticationFailed         401 authentication_error / invalid_api_key
     ├── PermissionDenied             403 permission_error
+    ├── TokenLimitExceeded           429 rate_limit_exceeded / tokens_per_minute, or 403/429 quota_exceeded
     ├── NotFound                     404 not_found_error
     │   └── DeploymentNotFound       404 not_found_error / DeploymentNotFound
     ├── BackendUnreachable           502 bad_gateway / backend_unreachable     (retryable)
@@ -67,6 +68,18 @@ class PermissionDenied(GatewayError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class TokenLimitExceeded(GatewayError):
+    """A token rule refused the request; ``status`` is per instance (429 for rates, 403 or 429 for quotas)."""
+
+    type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, status: int, code: str, headers: dict[str, str]) -> None:
+        super().__init__(message, code=code, headers=headers)
+        self.status = status
+        if code == "quota_exceeded":
+            self.type = "insufficient_quota"
 
 
 class NotFound(GatewayError):

@@ -37,3 +37,11 @@ def gateway_url(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture
 def tmp_config(tmp_path: Path) -> Path:
     return tmp_path / "gateway.yaml"
+
+
+@pytest.fixture(scope="session")
+def cosmos_address() -> Iterator[str]:
+    from tests.servers import run_cosmos
+
+    with run_cosmos() as address:
+        yield address

@@ -117,3 +117,38 @@ def clear_sim_requests(sim_url: str) -> None:
     request = urllib.request.Request(f"{sim_url}/_sim/requests", method="DELETE")
     with urllib.request.urlopen(request, timeout=5):
         pass
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COSMOS_KEY_ENV = {
+    "AIGW_TEST_COSMOS_KEY": "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+}
+
+
+@contextmanager
+def run_cosmos() -> Iterator[str]:
+    """The Cosmos DB API server (npm @vercel/cosmosdb-server, patched to answer 404) on a free port."""
+    binary = ROOT / "node_modules" / ".bin" / "cosmosdb-server"
+    if not binary.exists():
+        raise RuntimeError("the Cosmos DB API server is not installed: run scripts/test (it runs npm ci)")
+    process = subprocess.Popen(
+        [str(binary), "-p", "0", "--host", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    address = None
+    for line in process.stdout:
+        match = re.search(r"connections at (127\.0\.0\.1:\d+)", line)
+        if match:
+            address = match.group(1)
+            break
+    if address is None:
+        process.kill()
+        raise RuntimeError("the Cosmos DB API server did not start")
+    drain = threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True)
+    drain.start()
+    try:
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        drain.join(timeout=5)

@@ -17,8 +17,13 @@ def upstream_url(target: Target, ctx: RequestContext, operation: str) -> str:
 
 
 def upstream_body(target: Target, ctx: RequestContext) -> bytes:
-    """The client's bytes unchanged, unless an OpenAI-format backend knows the model by another name."""
+    """The client's bytes unchanged, unless a policy changed the body or an OpenAI-format backend knows the
+    model by another name."""
     body = ctx.body_json
-    if target.backend.type == "openai" and body is not None and body.get("model") != target.upstream_name:
+    if body is None:
+        return ctx.request.body
+    if target.backend.type == "openai" and body.get("model") != target.upstream_name:
         return orjson.dumps({**body, "model": target.upstream_name})
+    if ctx.body_modified:
+        return orjson.dumps(body)
     return ctx.request.body

@@ -14,6 +14,7 @@ from ..errors import BackendUnreachable, GatewayError
 from ..providers.client import Unsent, UpstreamClient, forwarded_headers
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
+from ..tokens.usage import record_json_usage, scan_sse
 from .health import HealthView
 from .pools import PoolTable
 from .strategies import by_priority_then_weight
@@ -68,6 +69,11 @@ class Forwarder:
             attempt.elapsed_ms = (self._clock.monotonic_s() - started) * 1000
             self._health.observe(backend.name, status=response.status)
             ctx.backend = backend.name
+            if response.status == 200:
+                if response.stream is not None:
+                    response.stream = scan_sse(response.stream, ctx.tokens)
+                else:
+                    record_json_usage(response.body, ctx.tokens)
             return response
         if last_error is not None and len(targets) > 1:
             raise BackendUnreachable(f"No backend for '{ctx.deployment}' could be reached; last: {last_error.message}")

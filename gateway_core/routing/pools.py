@@ -45,6 +45,14 @@ class PoolTable:
         self.check_exists(deployment)
         return []
 
+    def deployment_ref(self, deployment: str) -> DeploymentRef | None:
+        """The first backend's definition of ``deployment`` (model, encoding); None for wildcard-served names."""
+        for target in self._pools.get(deployment, ()):
+            for ref in target.backend.deployments:
+                if ref.name == deployment:
+                    return ref
+        return None
+
     def deployments_of(self, backend: Backend) -> list[str]:
         return [ref.name for ref in backend.deployments]
 

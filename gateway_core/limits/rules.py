@@ -1,0 +1,63 @@
+"""Which token limits apply to a request, and the counter each one uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import LimitRule
+from ..context import RequestContext
+
+ABSENT = "(none)"  # the counter for requests that lack the key's value (e.g. a missing header)
+
+
+@dataclass(slots=True, frozen=True)
+class Limit:
+    """One limit of one rule: its tokens-per-minute rate, or its quota."""
+
+    rule: LimitRule
+    kind: str  # "tpm" | "quota"
+    tokens: int
+
+    @property
+    def label(self) -> str:
+        if self.kind == "tpm":
+            return f"rule '{self.rule.name}' ({self.tokens} tokens per minute per {self.rule.key})"
+        return f"rule '{self.rule.name}' ({self.rules_quota_text()})"
+
+    def rules_quota_text(self) -> str:
+        return f"{self.rule.quota_period} quota of {self.tokens} tokens per {self.rule.key}"
+
+
+def limits_of(rules: tuple[LimitRule, ...]) -> list[Limit]:
+    limits = []
+    for rule in rules:
+        if rule.tokens_per_minute is not None:
+            limits.append(Limit(rule, "tpm", rule.tokens_per_minute))
+        if rule.token_quota is not None:
+            limits.append(Limit(rule, "quota", rule.token_quota))
+    return limits
+
+
+def applies(rule: LimitRule, ctx: RequestContext) -> bool:
+    if rule.deployments is not None and ctx.deployment not in rule.deployments:
+        return False
+    return not (rule.tenants is not None and (ctx.principal is None or ctx.principal.tenant not in rule.tenants))
+
+
+def counter_value(rule: LimitRule, ctx: RequestContext) -> str:
+    """The value the rule counts by for this request (the user's name, the header's value, ...)."""
+    principal = ctx.principal
+    key = rule.key
+    if key == "user":
+        value = principal.user if principal else None
+    elif key == "tenant":
+        value = principal.tenant if principal else None
+    elif key == "key":
+        value = principal.key_id if principal else None
+    elif key == "ip":
+        value = ctx.request.client_ip
+    elif key == "deployment":
+        value = ctx.deployment
+    else:
+        value = ctx.request.headers.get(key[len("header:") :])
+    return value or ABSENT

@@ -1,0 +1,273 @@
+"""Token limits: admit and reserve the estimate in every matching rule, settle with the actual usage after.
+
+Admission adds the estimate to each rule's counter (one store round trip per limit) and takes it back if the
+new total is over the limit, so the tokens admitted never exceed a limit: concurrent requests each see a
+total that includes everyone admitted before them. After the response the reservation is replaced by the
+backend's reported usage (off the response path, in the background); a backend error releases it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ..background import BackgroundTasks
+from ..clock import Clock
+from ..config import LimitsSettings
+from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..errors import ServiceUnavailable, TokenLimitExceeded
+from ..limits.rules import Limit, applies, counter_value, limits_of
+from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
+from ..pipeline import Handler
+from ..storage.ports import CounterStore, StorageError
+
+log = logging.getLogger("aigw")
+_TPM_TTL_S = 3 * MINUTE_S  # the previous window is read for one more minute; keep a margin
+
+
+@dataclass(slots=True)
+class Reservation:
+    limit: Limit
+    store_key: str
+    window: int
+    ttl_s: int
+    reserved: int
+    used: float  # tokens counted in the window, this reservation included
+    reset_s: float  # seconds until the window is back to empty (headers)
+
+
+class _Refused(Exception):
+    def __init__(self, error: TokenLimitExceeded) -> None:
+        self.error = error
+
+
+class LimitsPolicy:
+    def __init__(self, settings: LimitsSettings, store: CounterStore, clock: Clock, tasks: BackgroundTasks) -> None:
+        self._limits = limits_of(settings.rules)
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._tasks = tasks
+        self._previous: dict[str, int] = {}  # previous-minute totals by store key, for the current minute
+        self._previous_window = -1
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
+        endpoint = ctx.endpoint
+        if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE:
+            return await call_next(ctx)
+        limits = [limit for limit in self._limits if applies(limit.rule, ctx)]
+        if not limits:
+            return await call_next(ctx)
+        estimate = ctx.tokens.estimate
+        for limit in limits:
+            if estimate > limit.tokens:
+                raise self._too_big(limit, estimate)
+        reservations: list[Reservation] = []
+        try:
+            for limit in limits:
+                reservations.append(await self._reserve(limit, ctx, estimate))
+        except _Refused as refused:
+            self._settle_later(reservations, 0)
+            raise refused.error from None
+        except StorageError as exc:
+            self._settle_later(reservations, 0)
+            if self._settings.on_store_error == "fail_closed":
+                log.error("token limits unavailable, refusing request %s: %s", ctx.request_id, exc)
+                raise ServiceUnavailable(
+                    "Token limits cannot be checked right now (the limits store is unreachable); try again shortly.",
+                    code="limits_store_unavailable",
+                    headers={"retry-after": "5"},
+                ) from None
+            log.warning("token limits store unreachable, admitting request %s unchecked: %s", ctx.request_id, exc)
+            return await self._unchecked(ctx, call_next, limits)
+        try:
+            response = await call_next(ctx)
+        except BaseException:
+            self._settle_later(reservations, 0)
+            raise
+        self._replace_ratelimit_headers(response, reservations, estimate)
+        if response.stream is None:
+            actual = self._actual(ctx, response)
+            response.headers.append(("x-aigw-tokens-consumed", str(actual)))
+            self._settle_later(reservations, actual)
+        else:
+            response.stream = self._settle_after_stream(ctx, response.stream, reservations)
+        return response
+
+    # -- admission
+
+    async def _reserve(self, limit: Limit, ctx: RequestContext, amount: int) -> Reservation:
+        value = counter_value(limit.rule, ctx)
+        now = self._clock.now_s()
+        if limit.kind == "tpm":
+            window, elapsed = minute_window(now)
+            key = f"tpm:{limit.rule.name}:{value}"
+            previous = await self._previous_total(key, window)
+            current = await self._store.add(key, window, amount, _TPM_TTL_S)
+            used = sliding_used(previous, current, elapsed)
+            if used > limit.tokens:
+                await self._store.add(key, window, -amount, _TPM_TTL_S)
+                wait_s = tpm_retry_after_s(previous, current - amount, elapsed, amount, limit.tokens)
+                raise _Refused(self._tpm_refusal(limit, wait_s, used - amount))
+            reset = (MINUTE_S - elapsed) + (MINUTE_S if current > 0 else 0)
+            return Reservation(limit, key, window, _TPM_TTL_S, amount, used, reset)
+        start, end = quota_period(now, limit.rule.quota_period or "daily")
+        key = f"quota:{limit.rule.name}:{value}"
+        ttl = end - start + 3600
+        total = await self._store.add(key, start, amount, ttl)
+        if total > limit.tokens:
+            await self._store.add(key, start, -amount, ttl)
+            raise _Refused(self._quota_refusal(limit, end - now, total - amount))
+        return Reservation(limit, key, start, ttl, amount, float(total), end - now)
+
+    async def _previous_total(self, key: str, window: int) -> int:
+        # The previous minute is closed: read it once per minute per key, not once per request.
+        if window != self._previous_window:
+            self._previous.clear()
+            self._previous_window = window
+        cached = self._previous.get(key)
+        if cached is None:
+            cached = await self._store.get(key, window - MINUTE_S)
+            self._previous[key] = cached
+        return cached
+
+    # -- refusals
+
+    def _too_big(self, limit: Limit, estimate: int) -> TokenLimitExceeded:
+        headers = {"x-should-retry": "false", **self._limit_headers(limit, 0.0, 0.0)}
+        status = 429 if limit.kind == "tpm" else self._settings.quota_exceeded_status
+        return TokenLimitExceeded(
+            f"This request needs up to {estimate} tokens (prompt plus max completion), more than {limit.label} "
+            "allows at all; shorten the prompt or lower max_tokens.",
+            status=status,
+            code="tokens_exceed_limit",
+            headers=headers,
+        )
+
+    def _tpm_refusal(self, limit: Limit, wait_s: float, used: float) -> TokenLimitExceeded:
+        wait_s = max(wait_s, 0.001)
+        headers = {
+            "retry-after": str(max(1, math.ceil(wait_s))),
+            "retry-after-ms": str(max(1, math.ceil(wait_s * 1000))),
+            **self._limit_headers(limit, used, wait_s),
+        }
+        return TokenLimitExceeded(
+            f"Token rate limit exceeded: {limit.label}. Retry after {math.ceil(wait_s)} seconds.",
+            status=429,
+            code="tokens_per_minute_exceeded",
+            headers=headers,
+        )
+
+    def _quota_refusal(self, limit: Limit, wait_s: float, used: float) -> TokenLimitExceeded:
+        headers = {
+            "retry-after": str(max(1, math.ceil(wait_s))),
+            "x-should-retry": "false",
+            "x-aigw-quota-remaining-tokens": str(max(0, int(limit.tokens - used))),
+        }
+        return TokenLimitExceeded(
+            f"Token quota exhausted: {limit.label}. It renews in {math.ceil(wait_s)} seconds.",
+            status=self._settings.quota_exceeded_status,
+            code="quota_exceeded",
+            headers=headers,
+        )
+
+    @staticmethod
+    def _limit_headers(limit: Limit, used: float, reset_s: float) -> dict[str, str]:
+        if limit.kind != "tpm":
+            return {"x-aigw-quota-remaining-tokens": str(max(0, int(limit.tokens - used)))}
+        return {
+            "x-ratelimit-limit-tokens": str(limit.tokens),
+            "x-ratelimit-remaining-tokens": str(max(0, int(limit.tokens - used))),
+            "x-ratelimit-reset-tokens": _duration(reset_s),
+        }
+
+    # -- after the response
+
+    def _replace_ratelimit_headers(
+        self, response: GatewayResponse, reservations: list[Reservation], estimate: int
+    ) -> None:
+        """Show the tightest rate and quota (least remaining), in place of the backend's own x-ratelimit-*."""
+        response.headers = [(k, v) for k, v in response.headers if not k.startswith("x-ratelimit-")]
+        rates = [r for r in reservations if r.limit.kind == "tpm"]
+        quotas = [r for r in reservations if r.limit.kind == "quota"]
+        if rates:
+            tight = min(rates, key=lambda r: r.limit.tokens - r.used)
+            response.headers.extend(self._limit_headers(tight.limit, tight.used, tight.reset_s).items())
+        if quotas:
+            tight = min(quotas, key=lambda r: r.limit.tokens - r.used)
+            response.headers.extend(self._limit_headers(tight.limit, tight.used, tight.reset_s).items())
+
+    @staticmethod
+    def _actual(ctx: RequestContext, response: GatewayResponse) -> int:
+        # Backends do not charge refused requests; a success without usage keeps the estimate.
+        if response.status >= 400:
+            return 0
+        total = ctx.tokens.actual_total
+        return ctx.tokens.estimate if total is None else total
+
+    async def _settle_after_stream(
+        self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation]
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # lets the usage scanner count what passed, if the stream was cut short
+            total = ctx.tokens.actual_total
+            self._settle_later(reservations, ctx.tokens.estimate if total is None else total)
+
+    def _settle_later(self, reservations: list[Reservation], actual: int) -> None:
+        for reservation in reservations:
+            delta = actual - reservation.reserved
+            if delta:
+                self._tasks.spawn(
+                    self._store.add(reservation.store_key, reservation.window, delta, reservation.ttl_s),
+                    f"settle {reservation.store_key}",
+                )
+
+    async def _unchecked(self, ctx: RequestContext, call_next: Handler, limits: list[Limit]) -> GatewayResponse:
+        """fail_open: admit without reservations, and count the actual usage once the store answers again."""
+        response = await call_next(ctx)
+        now = self._clock.now_s()
+
+        def count(actual: int) -> None:
+            for limit in limits:
+                value = counter_value(limit.rule, ctx)
+                if limit.kind == "tpm":
+                    window, _ = minute_window(now)
+                    key, ttl = f"tpm:{limit.rule.name}:{value}", _TPM_TTL_S
+                else:
+                    window, end = quota_period(now, limit.rule.quota_period or "daily")
+                    key, ttl = f"quota:{limit.rule.name}:{value}", end - window + 3600
+                self._tasks.spawn(self._store.add(key, window, actual, ttl), f"count later {key}")
+
+        if response.stream is None:
+            count(self._actual(ctx, response))
+            return response
+        inner = response.stream
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in inner:
+                    yield chunk
+            finally:
+                aclose = getattr(inner, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                count(ctx.tokens.actual_total or ctx.tokens.estimate)
+
+        response.stream = relay()
+        return response
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``1m30s``, ``12s``, ``250ms``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

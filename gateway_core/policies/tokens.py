@@ -1,0 +1,80 @@
+"""Counts prompt tokens before the call and sets the estimate that limits reserve.
+
+For streams it asks the backend for a final usage chunk (``stream_options.include_usage``) when the client
+did not, so the actual usage is known; that chunk is then stripped from what the client receives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import LimitsSettings
+from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..pipeline import Handler
+from ..routing.pools import PoolTable
+from ..tokens.counting import chat_prompt_tokens, completion_prompt_tokens, embedding_input_tokens
+from ..tokens.encodings import encoding, encoding_for_model
+
+# Azure OpenAI accepts stream_options from this api-version on; older versions answer 400 to it.
+_STREAM_OPTIONS_SINCE = "2024-09-01"
+
+
+class TokensPolicy:
+    def __init__(self, pools: PoolTable, limits: LimitsSettings) -> None:
+        self._pools = pools
+        self._default_completion = limits.default_completion_tokens
+        encoding("o200k_base")  # load (and seed offline) at start, not on the first request
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
+        endpoint = ctx.endpoint
+        if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE or ctx.body_json is None:
+            return await call_next(ctx)
+        body = ctx.body_json
+        assert ctx.deployment is not None
+        enc = self._encoding_of(ctx.deployment)
+        tokens = ctx.tokens
+        tokens.encoding = enc.name
+        operation = endpoint.operation
+        if operation == "chat/completions":
+            tokens.prompt_estimate = chat_prompt_tokens(body, enc)
+        elif operation == "completions":
+            tokens.prompt_estimate = completion_prompt_tokens(body, enc)
+        else:
+            tokens.prompt_estimate = embedding_input_tokens(body, enc)
+        tokens.estimate = tokens.prompt_estimate
+        if operation != "embeddings":
+            tokens.estimate += self._choices(body) * self._max_completion(body)
+            if ctx.stream:
+                self._ask_for_usage(ctx, body)
+        return await call_next(ctx)
+
+    def _encoding_of(self, deployment: str) -> Any:
+        ref = self._pools.deployment_ref(deployment)
+        if ref is not None and ref.encoding:
+            return encoding(ref.encoding)
+        return encoding_for_model(ref.model or ref.name if ref is not None else deployment)
+
+    def _max_completion(self, body: dict[str, Any]) -> int:
+        for field in ("max_completion_tokens", "max_tokens"):
+            value = body.get(field)
+            if isinstance(value, int) and value >= 0:
+                return value
+        return self._default_completion
+
+    @staticmethod
+    def _choices(body: dict[str, Any]) -> int:
+        n = body.get("n")
+        best_of = body.get("best_of")  # completions: best_of candidates are generated and billed
+        counts = [v for v in (n, best_of) if isinstance(v, int) and v > 0]
+        return max(counts, default=1)
+
+    @staticmethod
+    def _ask_for_usage(ctx: RequestContext, body: dict[str, Any]) -> None:
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return
+        if ctx.api_version is not None and ctx.api_version < _STREAM_OPTIONS_SINCE:
+            return  # the backend would refuse the field; the usage will be counted from the streamed text
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        ctx.body_modified = True
+        ctx.tokens.usage_injected = True

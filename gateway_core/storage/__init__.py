@@ -1,0 +1,1 @@
+"""State behind small async ports (``ports.py``), one adapter module per backend, chosen by URL."""

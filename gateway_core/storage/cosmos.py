@@ -1,0 +1,117 @@
+"""Cosmos DB adapters (``cosmos://host[:port]/database?key_env=VAR``): the Azure default.
+
+Counters: one document per (key, window) in container ``counters``, partitioned by the key (``/pk``), the
+window start as the id, updated by atomic ``patch_item`` ``incr``; a missing document is created, and a
+creation race (409) falls back to the patch. Each document carries ``ttl`` so Cosmos DB deletes it after the
+window; callers also ignore old windows by arithmetic, so an emulator without TTL still answers rightly.
+Without ``key_env`` the adapter authenticates with ``DefaultAzureCredential`` (managed identity in Azure).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .ports import StorageError
+
+
+class CosmosTarget:
+    """Where a ``cosmos://`` URL points: endpoint, database, credential."""
+
+    def __init__(self, url: str, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        scheme = query.pop("scheme", "https")
+        self.endpoint = f"{scheme}://{parts.netloc}/"
+        self.database = parts.path.strip("/") or "aigw"
+        key_env = query.pop("key_env", None)
+        self.key: str | None = None
+        if key_env is not None:
+            self.key = env.get(key_env)
+            if not self.key:
+                raise StorageError(f"Cosmos DB store {self.endpoint}: environment variable {key_env} is not set")
+        if query:
+            raise StorageError(f"Cosmos DB store URL has unknown parameters: {', '.join(sorted(query))}")
+
+    def client(self) -> Any:
+        from azure.cosmos.aio import CosmosClient
+
+        if self.key is not None:
+            return CosmosClient(self.endpoint, credential=self.key)
+        from azure.identity.aio import DefaultAzureCredential
+
+        return CosmosClient(self.endpoint, credential=DefaultAzureCredential())
+
+
+class CosmosCounters:
+    def __init__(self, target: CosmosTarget, container: str = "counters") -> None:
+        self._target = target
+        self._container_name = container
+        self._client: Any = None
+        self._container: Any = None
+
+    async def start(self) -> None:
+        from azure.core.exceptions import AzureError
+        from azure.cosmos import PartitionKey
+
+        try:
+            self._client = self._target.client()
+            database = await self._client.create_database_if_not_exists(self._target.database)
+            # default_ttl=-1: TTL on, each document sets its own.
+            self._container = await database.create_container_if_not_exists(
+                id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
+            )
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+
+    async def _ready(self) -> None:
+        # A store that was unreachable at start (fail_open) is connected on first use instead.
+        if self._container is None:
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
+            await self.start()
+
+    async def add(self, key: str, window: int, amount: int, ttl_s: int) -> int:
+        await self._ready()
+        from azure.core.exceptions import AzureError
+        from azure.cosmos.exceptions import CosmosResourceExistsError, CosmosResourceNotFoundError
+
+        doc_id = str(window)
+        operations = [{"op": "incr", "path": "/value", "value": amount}]
+        try:
+            try:
+                item = await self._container.patch_item(item=doc_id, partition_key=key, patch_operations=operations)
+            except CosmosResourceNotFoundError:
+                try:
+                    item = await self._container.create_item({"id": doc_id, "pk": key, "value": amount, "ttl": ttl_s})
+                except CosmosResourceExistsError:  # another instance created it first: add to theirs
+                    item = await self._container.patch_item(item=doc_id, partition_key=key, patch_operations=operations)
+            return int(item["value"])
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+
+    async def get(self, key: str, window: int) -> int:
+        await self._ready()
+        from azure.core.exceptions import AzureError
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        try:
+            item = await self._container.read_item(item=str(window), partition_key=key)
+        except CosmosResourceNotFoundError:
+            return 0
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+        return int(item["value"])
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

@@ -1,0 +1,71 @@
+"""One contract for every counters adapter, each against its real server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway_core.storage.factory import counter_store
+from gateway_core.storage.ports import CounterStore, StorageError
+from tests.servers import COSMOS_KEY_ENV
+
+
+@pytest.fixture(params=["memory", "sqlite", "cosmos"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CounterStore]:
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/counters.db"
+    else:
+        address = request.getfixturevalue("cosmos_address")
+        url = f"cosmos://{address}/t{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+    adapter = counter_store(url, COSMOS_KEY_ENV)
+    await adapter.start()
+    yield adapter
+    await adapter.close()
+
+
+async def test_missing_counter_reads_zero(store: CounterStore) -> None:
+    assert await store.get("tpm:r:nobody", 1_700_000_000) == 0
+
+
+async def test_add_returns_running_total_per_key_and_window(store: CounterStore) -> None:
+    assert await store.add("tpm:r:alice", 60, 100, 120) == 100
+    assert await store.add("tpm:r:alice", 60, 50, 120) == 150
+    assert await store.add("tpm:r:alice", 60, -30, 120) == 120
+    assert await store.add("tpm:r:alice", 120, 7, 120) == 7
+    assert await store.add("tpm:r:bob", 60, 1, 120) == 1
+    assert await store.get("tpm:r:alice", 60) == 120
+    assert await store.get("tpm:r:alice", 120) == 7
+
+
+async def test_concurrent_adds_lose_nothing(store: CounterStore) -> None:
+    results = await asyncio.gather(*(store.add("quota:r:tenant-x", 0, 3, 60) for _ in range(100)))
+    assert await store.get("quota:r:tenant-x", 0) == 300
+    assert sorted(results) == list(range(3, 301, 3))  # each add saw a distinct total
+
+
+async def test_keys_with_odd_characters(store: CounterStore) -> None:
+    key = "tpm:per-header:x-team:ops/α β?#"
+    assert await store.add(key, 5, 2, 60) == 2
+    assert await store.get(key, 5) == 2
+
+
+async def test_unreachable_cosmos_raises_storage_error() -> None:
+    adapter = counter_store("cosmos://127.0.0.1:9/db?key_env=AIGW_TEST_COSMOS_KEY", COSMOS_KEY_ENV)
+    with pytest.raises(StorageError, match="Cosmos DB store"):
+        await adapter.start()
+    await adapter.close()
+
+
+async def test_unwritable_sqlite_raises_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    adapter = counter_store(f"sqlite:///{blocker}/counters.db")
+    with pytest.raises(StorageError, match="SQLite store"):
+        await adapter.add("k", 0, 1, 60)
+    await adapter.close()
