@@ -63,6 +63,13 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
                     "admin": True,
                 },
             ],
+            # The demo user's limits, so every answer shows x-ratelimit-* and quota headers counting down.
+            "limits": {
+                "rules": [
+                    {"name": "demo-user-tpm", "key": "user", "tokens_per_minute": 50_000},
+                    {"name": "demo-user-daily", "key": "user", "token_quota": 1_000_000, "quota_period": "daily"},
+                ]
+            },
         },
         source="demo",
     )
@@ -78,9 +85,11 @@ def banner(url: str) -> str:
 aigw demo gateway: {url}
   backends: two simulated regions (eastus first, swedencentral as failover), deployments {", ".join(DEMO_DEPLOYMENTS)}
   client key: {key}    admin key: {DEMO_ADMIN_KEY}
+  limits: the demo user has 50,000 tokens per minute and 1,000,000 per day (headers x-ratelimit-*,
+          x-aigw-quota-remaining-tokens, x-aigw-tokens-consumed; counters in ./.aigw/counters.db)
 
 Try it:
-  curl -s {url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
+  curl -si {url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
     -H 'api-key: {key}' -H 'content-type: application/json' \\
     -d '{{"messages": [{{"role": "user", "content": "Hello"}}]}}'
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh [--quick] -> the gateway's added latency and throughput, JSON and streaming, against the same
-# static nginx upstream called directly; prints a markdown table (results in bench/results/).
-# One command: installs nginx and wrk from Debian if missing (root), builds .venv if missing.
+# static nginx upstream called directly, with no limits and with a token limit on SQLite and on the Cosmos DB
+# API server; prints a markdown table (results in bench/results/).
+# One command: installs nginx and wrk from Debian if missing (root), builds .venv and node_modules if missing.
 # Everything listens on 127.0.0.1; every load run is bounded by wrk -d.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,19 +11,24 @@ H="$HERE/harness"
 WORKERS=${WORKERS:-2}
 JSON_SC=${JSON_SC:-"1:10 32:15 128:15"}
 STREAM_SC=${STREAM_SC:-"1:10 32:15 128:15"}
-if [ "${1:-}" = "--quick" ]; then JSON_SC="1:5 32:5 128:5"; STREAM_SC="1:5 32:5 128:5"; export WARMUP=2; fi
+if [ "${1:-}" = "--quick" ]; then JSON_SC="1:5 32:5 128:5"; STREAM_SC="1:5 32:5"; export WARMUP=2; fi
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
 fi
 [ -x "$ROOT/.venv/bin/aigw" ] || "$ROOT/scripts/bootstrap"
+if [ ! -x "$ROOT/node_modules/.bin/cosmosdb-server" ]; then
+  (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error && node scripts/patch-cosmosdb-server.cjs)
+fi
 
 WORK="$(mktemp -d /tmp/aigw-bench.XXXXXX)"
 export NGINX_PREFIX="$WORK/nginx"
 mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp" "$HERE/results"
-GW_PID=""
+GW_PID=""; COSMOS_PID=""
+stop_gateway() { if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; GW_PID=""; fi; }
 cleanup() {
-  [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null
+  stop_gateway
+  [ -n "$COSMOS_PID" ] && kill "$COSMOS_PID" 2>/dev/null
   [ -s "$NGINX_PREFIX/logs/upstream.pid" ] && kill "$(cat "$NGINX_PREFIX/logs/upstream.pid")" 2>/dev/null
   rm -rf "$WORK"
 }
@@ -30,10 +36,15 @@ trap cleanup EXIT
 
 nginx -p "$NGINX_PREFIX/" -c "$H/nginx-upstream.conf"
 for _ in $(seq 1 50); do [ -s "$NGINX_PREFIX/logs/upstream.pid" ] && break; sleep 0.1; done
+"$ROOT/node_modules/.bin/cosmosdb-server" -p 18081 --host 127.0.0.1 > "$WORK/cosmos.log" 2>&1 &
+COSMOS_PID=$!
 
-# The gateway: one Azure-type backend on the static upstream (JSON under /, SSE under /stream).
 export BENCH_BACKEND_KEY=bench-backend-key BENCH_CLIENT_KEY=bench-client-key
-cat > "$WORK/gateway.yaml" <<YAML
+export BENCH_COSMOS_KEY="C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+# gateway_config COUNTERS_URL: one Azure-type backend on the static upstream (JSON under /, SSE under /stream);
+# with a counters URL, one tokens-per-minute rule high enough never to refuse, so every request is counted.
+gateway_config() {
+  cat <<YAML
 backends:
   - name: nginx
     url: http://127.0.0.1:18000
@@ -46,9 +57,22 @@ backends:
 keys:
   - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
 YAML
-"$ROOT/.venv/bin/aigw" serve --config "$WORK/gateway.yaml" --port 18080 --workers "$WORKERS" > "$WORK/gw.log" 2>&1 &
-GW_PID=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+  if [ -n "${1:-}" ]; then
+    cat <<YAML
+limits:
+  rules:
+    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
+stores:
+  counters: "$1"
+YAML
+  fi
+}
+start_gateway() {
+  gateway_config "${1:-}" > "$WORK/gateway.yaml"
+  (cd "$WORK" && exec "$ROOT/.venv/bin/aigw" serve --config "$WORK/gateway.yaml" --port 18080 --workers "$WORKERS") > "$WORK/gw.log" 2>&1 &
+  GW_PID=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+}
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 CSV="$HERE/results/$STAMP.csv"
@@ -61,7 +85,16 @@ bench() { "$H/bench.sh" "$@" || true; }
   echo "=== aigw bench $STAMP, $(nproc) cores, aigw workers=$WORKERS, $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
   bench -l direct -p "/openai/deployments/gpt-4o/chat/completions" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18000
   bench -l direct-stream -s -p "/stream/openai/deployments/gpt-4o/chat/completions" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18000
+  start_gateway
   bench -l "aigw-w$WORKERS" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
   bench -l "aigw-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+  stop_gateway
+  start_gateway "sqlite:///$WORK/counters.db"
+  bench -l "aigw-w$WORKERS-tpm-sqlite" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+  bench -l "aigw-w$WORKERS-tpm-sqlite-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+  stop_gateway
+  start_gateway "cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY"
+  bench -l "aigw-w$WORKERS-tpm-cosmos" -g "$GW_PID,$COSMOS_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+  stop_gateway
 } 2>&1 | tee "$HERE/results/$STAMP.log"
 python3 "$H/summarize.py" "$CSV" | tee "$HERE/results/$STAMP.md"

@@ -31,7 +31,7 @@ class Running:
 
 
 @contextmanager
-def run_aigw(args: list[str], env: dict[str, str] | None = None) -> Iterator[Running]:
+def run_aigw(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Running]:
     """Run `aigw ARGS --port 0`; yield once it printed its URL (its socket is bound and listening)."""
     full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
@@ -40,6 +40,7 @@ def run_aigw(args: list[str], env: dict[str, str] | None = None) -> Iterator[Run
         stderr=subprocess.STDOUT,
         text=True,
         env=full_env,
+        cwd=cwd,
     )
     assert process.stdout is not None
     url = None

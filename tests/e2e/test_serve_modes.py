@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,14 +15,18 @@ from tests.servers import BACKEND_KEY, run_aigw
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_demo_serves_its_three_deployments_to_the_openai_sdk(workers: str) -> None:
-    with run_aigw(["serve", "--demo", "--workers", workers]) as demo:
+def test_demo_serves_its_three_deployments_to_the_openai_sdk(workers: str, tmp_path: Path) -> None:
+    # The demo keeps its counters in ./.aigw/ of the directory it runs in.
+    with run_aigw(["serve", "--demo", "--workers", workers], cwd=tmp_path) as demo:
         client = AzureOpenAI(azure_endpoint=demo.url, api_key="aigw-demo-key", api_version="2024-10-21", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o", messages=[{"role": "user", "content": "Hello"}]
         )
         assert raw.parse().model == "gpt-4o-2024-08-06"
         assert raw.headers["x-aigw-backend"] == "sim-eastus"  # priority 1
+        assert raw.headers["x-ratelimit-limit-tokens"] == "50000"
+        assert int(raw.headers["x-aigw-quota-remaining-tokens"]) < 1_000_000
+        assert int(raw.headers["x-aigw-tokens-consumed"]) == raw.parse().usage.total_tokens  # type: ignore[union-attr]
         mini = OpenAI(base_url=demo.url + "/v1", api_key="aigw-demo-admin", max_retries=0)
         assert mini.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]).choices
         vectors = client.embeddings.create(model="text-embedding-3-small", input="hello")
