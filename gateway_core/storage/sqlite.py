@@ -21,6 +21,22 @@ T = TypeVar("T")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
 
 
+def _retry_busy(fn: Callable[[], T], budget_s: float = 10.0) -> T:
+    """Run ``fn``, retrying while another process holds the database lock, for at most ``budget_s``."""
+    deadline = time.monotonic() + budget_s
+    pause_s = 0.00005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause_s)  # on the store's own thread, never the event loop's
+            pause_s = min(pause_s * 2, 0.002)
+
+
 class _SqliteThread:
     """One connection, used only from its own thread."""
 
@@ -32,19 +48,21 @@ class _SqliteThread:
 
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        # timeout=0: SQLite's own busy handler sleeps 1, 2, 5, 10... ms while another process holds the write
+        # lock, which measured as 20 ms p50 at 32 connections over 2 workers; we retry in short steps instead.
+        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+        _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(self._schema)
+        _retry_busy(lambda: conn.executescript(self._schema))
         self._conn = conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             if self._conn is None:
                 self._open()
-            assert self._conn is not None
-            return fn(self._conn)
+            conn = self._conn
+            assert conn is not None
+            return _retry_busy(lambda: fn(conn))
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
