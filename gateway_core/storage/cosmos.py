@@ -9,6 +9,7 @@ Without ``key_env`` the adapter authenticates with ``DefaultAzureCredential`` (m
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -52,27 +53,38 @@ class CosmosCounters:
         self._container_name = container
         self._client: Any = None
         self._container: Any = None
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         from azure.core.exceptions import AzureError
         from azure.cosmos import PartitionKey
+        from azure.cosmos.exceptions import CosmosResourceExistsError
 
-        try:
-            self._client = self._target.client()
-            database = await self._client.create_database_if_not_exists(self._target.database)
-            # default_ttl=-1: TTL on, each document sets its own.
-            self._container = await database.create_container_if_not_exists(
-                id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
-            )
-        except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+        async with self._lock:
+            if self._container is not None:
+                return
+            if self._client is None:
+                self._client = self._target.client()
+            try:
+                # *_if_not_exists reads, then creates: several workers starting at once can race (409); the
+                # second try then finds what the winner created.
+                for attempt in range(3):
+                    try:
+                        database = await self._client.create_database_if_not_exists(self._target.database)
+                        # default_ttl=-1: TTL on, each document sets its own.
+                        self._container = await database.create_container_if_not_exists(
+                            id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
+                        )
+                        return
+                    except CosmosResourceExistsError:
+                        if attempt == 2:
+                            raise
+            except (AzureError, OSError) as exc:
+                raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
 
     async def _ready(self) -> None:
-        # A store that was unreachable at start (fail_open) is connected on first use instead.
+        # A store that was unreachable at start is set up on first use instead (one caller at a time).
         if self._container is None:
-            if self._client is not None:
-                await self._client.close()
-                self._client = None
             await self.start()
 
     async def add(self, key: str, window: int, amount: int, ttl_s: int) -> int:

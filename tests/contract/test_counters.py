@@ -69,3 +69,12 @@ async def test_unwritable_sqlite_raises_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="SQLite store"):
         await adapter.add("k", 0, 1, 60)
     await adapter.close()
+
+
+async def test_many_instances_starting_at_once_share_one_cosmos_container(cosmos_address: str) -> None:
+    url = f"cosmos://{cosmos_address}/race{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+    adapters = [counter_store(url, COSMOS_KEY_ENV) for _ in range(6)]
+    await asyncio.gather(*(a.start() for a in adapters))  # as 6 workers starting together
+    totals = await asyncio.gather(*(a.add("k", 0, 1, 60) for a in adapters))
+    assert sorted(totals) == [1, 2, 3, 4, 5, 6]
+    await asyncio.gather(*(a.close() for a in adapters))

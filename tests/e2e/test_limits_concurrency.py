@@ -51,13 +51,19 @@ def test_four_workers_never_admit_more_than_the_limit(
     if store == "sqlite":
         counters = f"sqlite:///{tmp_path}/counters.db"
     else:
-        counters = f"cosmos://{request.getfixturevalue('cosmos_address')}/c{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+        counters = (
+            f"cosmos://{request.getfixturevalue('cosmos_address')}/c{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+        )
     rules = {"rules": [{"name": "team-tpm", "key": "tenant", "tokens_per_minute": LIMIT}]}
     config = write_yaml(tmp_path / "g.yaml", gateway_config(sim_url, limits=rules, stores={"counters": counters}))
     with run_aigw(["serve", "--config", str(config), "--workers", "4"], env={**GATEWAY_ENV, **COSMOS_KEY_ENV}) as gw:
         _align_to_a_fresh_minute()
         started_minute = int(time.time() // 60)
-        admitted, refused = asyncio.run(_burst(gw.url))
+        try:
+            admitted, refused = asyncio.run(_burst(gw.url))
+        except Exception:
+            print("".join(gw.output))
+            raise
         assert int(time.time() // 60) == started_minute, "the burst crossed a minute boundary; run again"
     estimate = 10 + 40  # a prompt of ~10 tokens plus max_tokens
     overshoot = sum(admitted) - LIMIT
