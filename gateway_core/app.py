@@ -17,9 +17,10 @@ import orjson
 from .background import BackgroundTasks
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
-from .context import EndpointKind, GatewayRequest, GatewayResponse, RequestContext
+from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
 from .pipeline import Handler, Policy, build_chain
 from .policies.auth import AuthPolicy
+from .policies.cache import CachePolicy
 from .policies.errors import ErrorsPolicy
 from .policies.limits import LimitsPolicy
 from .policies.tokens import TokensPolicy
@@ -30,8 +31,8 @@ from .routes import resolve
 from .routing.forward import Forwarder
 from .routing.health import HealthView
 from .routing.pools import PoolTable
-from .storage.factory import counter_store, default_counters_url
-from .storage.ports import CounterStore, StorageError
+from .storage.factory import cache_store, counter_store, default_cache_url, default_counters_url
+from .storage.ports import CacheStore, CounterStore, StorageError
 
 log = logging.getLogger("aigw")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -55,6 +56,9 @@ class Gateway:
         self.counters: CounterStore | None = None
         if config.limits.rules:
             self.counters = counter_store(config.stores.counters or default_counters_url(env), env)
+        self.cache: CacheStore | None = None
+        if config.cache.enabled or any(rule.enabled for rule in config.cache.rules):
+            self.cache = cache_store(config.stores.cache or default_cache_url(env), env, config.cache.max_store_bytes)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),
@@ -62,8 +66,13 @@ class Gateway:
             AuthPolicy(config, env),  # 3 auth
             ValidatePolicy(config, self.pools),  # 4 validate (transform: a later issue)
             TokensPolicy(self.pools, config.limits),  # 5 tokens
-            # 6 cache: the caching issue
         ]
+        if self.cache is not None:
+            semantic = config.cache.semantic
+            if semantic is not None:
+                for name in (*semantic.deployments, semantic.embedding_deployment):
+                    self.pools.check_exists(name)
+            policies.append(CachePolicy(config.cache, self.cache, self.pools, self.clock, self.tasks, self.embed))  # 6
         if self.counters is not None:
             policies.append(LimitsPolicy(config.limits, self.counters, self.clock, self.tasks))  # 7 limits
         self._handle: Handler = build_chain(policies, self._dispatch)
@@ -71,6 +80,11 @@ class Gateway:
     async def start(self) -> None:
         """Open connections; call inside the event loop that will serve requests."""
         await self.client.start()
+        if self.cache is not None:
+            try:
+                await self.cache.start()
+            except StorageError as exc:
+                log.error("cache store unreachable at start, caching skipped until it answers: %s", exc)
         if self.counters is not None:
             try:
                 await self.counters.start()
@@ -84,6 +98,8 @@ class Gateway:
         await self.client.close()
         if self.counters is not None:
             await self.counters.close()
+        if self.cache is not None:
+            await self.cache.close()
         for credential in self._credentials.values():
             await credential.close()
 
@@ -93,6 +109,20 @@ class Gateway:
         request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
         ctx = RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
         return await self._handle(ctx)
+
+    async def embed(self, deployment: str, text: str) -> tuple[float, ...]:
+        """An embedding of ``text`` from one of this gateway's own deployments (the semantic cache's input)."""
+        body = {"input": text, "encoding_format": "float"}
+        raw = orjson.dumps(body)
+        request = GatewayRequest("POST", f"/openai/deployments/{deployment}/embeddings", {}, {}, raw, len(raw))
+        ctx = RequestContext(request=request, request_id=uuid.uuid4().hex, started_s=self.clock.now_s())
+        ctx.endpoint = Endpoint(EndpointKind.INFERENCE, Surface.AZURE, "embeddings", deployment)
+        ctx.principal = Principal(user="aigw-semantic-cache", tenant="aigw")
+        ctx.deployment, ctx.body_json = deployment, body
+        response = await self._forward(ctx)
+        if response.status != 200:
+            raise RuntimeError(f"embedding deployment {deployment!r} answered {response.status}")
+        return tuple(orjson.loads(response.body)["data"][0]["embedding"])
 
     async def _dispatch(self, ctx: RequestContext) -> GatewayResponse:
         assert ctx.endpoint is not None

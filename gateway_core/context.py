@@ -106,7 +106,7 @@ class TokenUsage:
     estimate: int = 0  # prompt + n x max completion tokens: what limits reserve
     prompt: int | None = None  # actuals: from the backend's usage, or counted from a stream's text
     completion: int | None = None
-    source: str = ""  # "backend" | "counted" (a stream that ended without usage) | "" (no answer)
+    source: str = ""  # "backend" | "counted" (a stream that ended without usage) | "cache" | "" (no answer)
     usage_injected: bool = False  # aigw asked for stream usage; the client did not, so it is stripped
 
     @property
@@ -133,3 +133,5 @@ class RequestContext:
     tokens: TokenUsage = field(default_factory=TokenUsage)
     backend: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    cache_status: str = ""  # HIT | SEMANTIC-HIT | MISS | BYPASS | "" (caching off for this request)
+    cache_score: float | None = None  # similarity of a semantic hit

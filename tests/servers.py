@@ -21,6 +21,7 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 BACKEND_KEY = "sim-backend-secret-0123456789"
 CLIENT_KEY = "client-key-alice"
 OTHER_KEY = "client-key-bob"
+THIRD_KEY = "client-key-carol"
 
 
 @dataclass
@@ -75,7 +76,7 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
-    """A gateway config in front of one simulator, with two client keys (alice in contoso, bob in fabrikam)."""
+    """A gateway config in front of one simulator; client keys for alice and carol (contoso) and bob (fabrikam)."""
     config: dict[str, Any] = {
         "backends": [
             {
@@ -100,13 +101,19 @@ def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
                 "tenant": "fabrikam",
                 "deployments": ["gpt-4o-mini"],
             },
+            {"name": "carol", "key_env": "TEST_THIRD_KEY", "user": "carol", "tenant": "contoso"},
         ],
     }
     config.update(overrides)
     return config
 
 
-GATEWAY_ENV = {"TEST_BACKEND_KEY": BACKEND_KEY, "TEST_CLIENT_KEY": CLIENT_KEY, "TEST_OTHER_KEY": OTHER_KEY}
+GATEWAY_ENV = {
+    "TEST_BACKEND_KEY": BACKEND_KEY,
+    "TEST_CLIENT_KEY": CLIENT_KEY,
+    "TEST_OTHER_KEY": OTHER_KEY,
+    "TEST_THIRD_KEY": THIRD_KEY,
+}
 
 
 def sim_requests(sim_url: str) -> list[dict[str, Any]]:

@@ -10,12 +10,15 @@ Without ``key_env`` the adapter authenticates with ``DefaultAzureCredential`` (m
 from __future__ import annotations
 
 import asyncio
+import base64
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .ports import StorageError
+from .ports import CacheEntry, StorageError
+from .vectors import cosine
 
 
 class CosmosTarget:
@@ -127,3 +130,141 @@ class CosmosCounters:
 
 def _short(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+class CosmosCache:
+    """Cache entries in container ``cache``: partitioned by bucket, the key as id, ``ttl`` for expiry.
+
+    Semantic lookups use Cosmos DB vector search (``VectorDistance``) where the container has a vector
+    policy; where the server lacks it (the emulator, older accounts) they fall back to reading the bucket's
+    vectors and ranking them here. The fallback is what the tests exercise.
+    """
+
+    def __init__(self, target: CosmosTarget, container: str = "cache") -> None:
+        self._target = target
+        self._container_name = container
+        self._client: Any = None
+        self._container: Any = None
+        self._lock = asyncio.Lock()
+        self._vector_search = True  # until the server shows it cannot
+
+    async def start(self) -> None:
+        from azure.core.exceptions import AzureError
+        from azure.cosmos import PartitionKey
+        from azure.cosmos.exceptions import CosmosResourceExistsError
+
+        async with self._lock:
+            if self._container is not None:
+                return
+            if self._client is None:
+                self._client = self._target.client()
+            try:
+                for attempt in range(3):
+                    try:
+                        database = await self._client.create_database_if_not_exists(self._target.database)
+                        self._container = await database.create_container_if_not_exists(
+                            id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
+                        )
+                        return
+                    except CosmosResourceExistsError:
+                        if attempt == 2:
+                            raise
+            except (AzureError, OSError) as exc:
+                raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+
+    async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+        if self._container is None:
+            await self.start()
+        from azure.core.exceptions import AzureError
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        try:
+            item = await self._container.read_item(item=key, partition_key=bucket)
+        except CosmosResourceNotFoundError:
+            return None
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+        entry = _cache_entry(item)
+        return entry if entry.expires_s > now_s else None
+
+    async def put(self, entry: CacheEntry) -> None:
+        if self._container is None:
+            await self.start()
+        from azure.core.exceptions import AzureError
+
+        item: dict[str, Any] = {
+            "id": entry.key,
+            "pk": entry.bucket,
+            "body": base64.b64encode(entry.body).decode(),
+            "created_s": entry.created_s,
+            "expires_s": entry.expires_s,
+            "ttl": max(1, math.ceil(entry.expires_s - entry.created_s)),
+            "prompt_tokens": entry.prompt_tokens,
+            "completion_tokens": entry.completion_tokens,
+        }
+        if entry.vector is not None:
+            item["vector"] = list(entry.vector)
+        try:
+            await self._container.upsert_item(item)
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+
+    async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
+        if self._container is None:
+            await self.start()
+        from azure.core.exceptions import AzureError
+
+        params: list[dict[str, Any]] = [
+            {"name": "@b", "value": bucket},
+            {"name": "@now", "value": now_s},
+            {"name": "@v", "value": list(vector)},
+        ]
+        try:
+            if self._vector_search:
+                try:
+                    query = (
+                        "SELECT TOP 1 c.id, VectorDistance(c.vector, @v) AS score FROM c "
+                        "WHERE c.pk = @b AND c.expires_s > @now AND IS_DEFINED(c.vector) "
+                        "ORDER BY VectorDistance(c.vector, @v)"
+                    )
+                    rows = [
+                        r async for r in self._container.query_items(query, parameters=params, partition_key=bucket)
+                    ]
+                    if not rows:
+                        return None
+                    entry = await self.get(bucket, rows[0]["id"], now_s)
+                    return (entry, float(rows[0]["score"])) if entry is not None else None
+                except AzureError:
+                    self._vector_search = False  # no vector policy or no support: rank here from now on
+            query = "SELECT c.id, c.vector FROM c WHERE c.pk = @b AND c.expires_s > @now AND IS_DEFINED(c.vector)"
+            rows = [r async for r in self._container.query_items(query, parameters=params[:2], partition_key=bucket)]
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+        best: tuple[str, float] | None = None
+        for row in rows:
+            score = cosine(tuple(row["vector"]), vector)
+            if best is None or score > best[1]:
+                best = (row["id"], score)
+        if best is None:
+            return None
+        entry = await self.get(bucket, best[0], now_s)
+        return (entry, best[1]) if entry is not None else None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _cache_entry(item: dict[str, Any]) -> CacheEntry:
+    vector = item.get("vector")
+    return CacheEntry(
+        key=item["id"],
+        bucket=item["pk"],
+        body=base64.b64decode(item["body"]),
+        created_s=float(item["created_s"]),
+        expires_s=float(item["expires_s"]),
+        prompt_tokens=int(item.get("prompt_tokens", 0)),
+        completion_tokens=int(item.get("completion_tokens", 0)),
+        vector=tuple(vector) if vector is not None else None,
+    )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .ports import CounterStore, StorageError
+from .ports import CacheStore, CounterStore, StorageError
 
 DEFAULT_STATE_DIR = ".aigw"
 
@@ -22,6 +22,33 @@ def default_counters_url(env: Mapping[str, str]) -> str:
         key = "?key_env=COSMOS_KEY" if env.get("COSMOS_KEY") else ""
         return f"cosmos://{netloc}/aigw{key}"
     return f"sqlite:///{DEFAULT_STATE_DIR}/counters.db"
+
+
+def default_cache_url(env: Mapping[str, str]) -> str:
+    """``AIGW_CACHE_URL``; else Cosmos DB at ``COSMOS_ENDPOINT``; else SQLite under ./.aigw/."""
+    if env.get("AIGW_CACHE_URL"):
+        return env["AIGW_CACHE_URL"]
+    counters = default_counters_url({k: v for k, v in env.items() if k != "AIGW_COUNTERS_URL"})
+    return counters.replace("counters.db", "cache.db")
+
+
+def cache_store(url: str, env: Mapping[str, str] | None = None, max_bytes: int = 256 * 1024 * 1024) -> CacheStore:
+    """The cache adapter for ``url`` (same schemes as ``counter_store``); ``max_bytes`` bounds SQLite."""
+    env = os.environ if env is None else env
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "memory":
+        from .memory import MemoryCache
+
+        return MemoryCache()
+    if scheme == "sqlite":
+        from .sqlite import SqliteCache
+
+        return SqliteCache(_sqlite_path(url), max_bytes)
+    if scheme == "cosmos":
+        from .cosmos import CosmosCache, CosmosTarget
+
+        return CosmosCache(CosmosTarget(url, env))
+    raise StorageError(f"unknown store URL {url!r}: use memory://, sqlite:///path or cosmos://host/database")
 
 
 def counter_store(url: str, env: Mapping[str, str] | None = None) -> CounterStore:

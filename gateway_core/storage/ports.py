@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -30,6 +31,42 @@ class CounterStore(Protocol):
 
     async def get(self, key: str, window: int) -> int:
         """The counter's total, 0 if it does not exist."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class CacheEntry:
+    """A cached answer: the backend's JSON body and what it saved, plus its embedding for semantic lookups."""
+
+    key: str  # SHA-256 hex of the canonical request (exact) or of the prompt within its bucket (semantic)
+    bucket: str  # deployment + scope (+ vary-by values): exact and semantic entries never cross buckets
+    body: bytes
+    created_s: float
+    expires_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    vector: tuple[float, ...] | None = None  # semantic entries only (unit length)
+
+
+class CacheStore(Protocol):
+    """Cached answers with expiry; semantic entries carry a vector searched within their bucket."""
+
+    async def start(self) -> None:
+        """Connect and create what is missing. Raises ``StorageError``."""
+        ...
+
+    async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+        """The entry, or None if absent or expired at ``now_s``."""
+        ...
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Store (or replace) ``entry``; it is gone after ``entry.expires_s``."""
+        ...
+
+    async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
+        """The unexpired semantic entry of ``bucket`` with the highest cosine similarity, and that similarity."""
         ...
 
     async def close(self) -> None: ...

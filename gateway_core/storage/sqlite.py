@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .ports import StorageError
+import numpy as np
+
+from .ports import CacheEntry, StorageError
+from .vectors import pack, unpack
 
 T = TypeVar("T")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
@@ -125,3 +128,186 @@ class SqliteCounters:
 
     async def close(self) -> None:
         await self._db.close()
+
+
+_CACHE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache (
+    id INTEGER PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    vector BLOB,
+    created_s REAL NOT NULL,
+    expires_s REAL NOT NULL,
+    last_used_s REAL NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS cache_key ON cache (bucket, key);
+CREATE INDEX IF NOT EXISTS cache_lru ON cache (last_used_s);
+-- The running total of entry sizes, kept by triggers, so every put can check the budget in O(1).
+CREATE TABLE IF NOT EXISTS cache_size (id INTEGER PRIMARY KEY CHECK (id = 1), total INTEGER NOT NULL);
+INSERT OR IGNORE INTO cache_size (id, total) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS cache_size_insert AFTER INSERT ON cache
+  BEGIN UPDATE cache_size SET total = total + new.size WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS cache_size_delete AFTER DELETE ON cache
+  BEGIN UPDATE cache_size SET total = total - old.size WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS cache_size_update AFTER UPDATE OF size ON cache
+  BEGIN UPDATE cache_size SET total = total - old.size + new.size WHERE id = 1; END;
+"""
+_ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
+
+
+class SqliteCache:
+    """Exact and semantic cache in one table; evicts least recently used entries past ``max_bytes``.
+
+    Semantic lookups keep, per bucket, an in-memory matrix of the bucket's vectors, topped up with the rows
+    other processes added since (``id > last seen``), so a lookup is one small query plus one matrix product.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._db = _SqliteThread(path, _CACHE_SCHEMA)
+        self._max_bytes = max_bytes
+        self._index: dict[str, _BucketIndex] = {}
+        self._puts = 0
+
+    async def start(self) -> None:
+        await self._db.run(lambda conn: None)
+
+    async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+        def get(conn: sqlite3.Connection) -> CacheEntry | None:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM cache WHERE bucket = ? AND key = ? AND expires_s > ?",
+                (bucket, key, now_s),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE cache SET last_used_s = ? WHERE id = ?", (now_s, row[0]))
+            return _entry(row)
+
+        return await self._db.run(get)
+
+    async def put(self, entry: CacheEntry) -> None:
+        self._puts += 1
+        drop_expired = self._puts % 100 == 1
+        vector = pack(entry.vector) if entry.vector is not None else None
+        size = len(entry.body) + (len(vector) if vector else 0) + 200
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO cache (bucket, key, body, vector, created_s, expires_s, last_used_s, prompt_tokens, "
+                "completion_tokens, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, created_s = excluded.created_s, "
+                "expires_s = excluded.expires_s, last_used_s = excluded.last_used_s, "
+                "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
+                "size = excluded.size",
+                (
+                    entry.bucket,
+                    entry.key,
+                    entry.body,
+                    vector,
+                    entry.created_s,
+                    entry.expires_s,
+                    entry.created_s,
+                    entry.prompt_tokens,
+                    entry.completion_tokens,
+                    size,
+                ),
+            )
+            if drop_expired:
+                conn.execute("DELETE FROM cache WHERE expires_s <= ?", (entry.created_s,))
+            total = conn.execute("SELECT total FROM cache_size WHERE id = 1").fetchone()[0]
+            if total > self._max_bytes:
+                self._evict(conn, total)
+
+        await self._db.run(put)
+
+    def _evict(self, conn: sqlite3.Connection, total: int) -> None:
+        # Least recently used first, down to 90% of the budget so eviction does not run on every put.
+        excess = total - int(self._max_bytes * 0.9)
+        victims: list[tuple[int]] = []
+        for row_id, size in conn.execute("SELECT id, size FROM cache ORDER BY last_used_s, id"):
+            if excess <= 0:
+                break
+            victims.append((row_id,))
+            excess -= size
+        conn.executemany("DELETE FROM cache WHERE id = ?", victims)
+
+    async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
+        index = self._index.setdefault(bucket, _BucketIndex())
+
+        def refresh(conn: sqlite3.Connection) -> list[tuple[int, bytes, float]]:
+            return conn.execute(
+                "SELECT id, vector, expires_s FROM cache WHERE bucket = ? AND id > ? AND vector IS NOT NULL",
+                (bucket, index.last_id),
+            ).fetchall()
+
+        index.add(await self._db.run(refresh))
+        best = index.best(vector, now_s)
+        if best is None:
+            return None
+        row_id, score = best
+
+        def load(conn: sqlite3.Connection) -> CacheEntry | None:
+            row = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM cache WHERE id = ?", (row_id,)).fetchone()
+            return _entry(row) if row is not None else None
+
+        entry = await self._db.run(load)
+        if entry is None or entry.expires_s <= now_s:
+            index.forget(row_id)  # evicted or replaced meanwhile
+            return None
+        return entry, score
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+class _BucketIndex:
+    def __init__(self) -> None:
+        self.last_id = 0
+        self._ids: list[int] = []
+        self._expires: list[float] = []
+        self._vectors: list[tuple[float, ...]] = []
+        self._matrix: np.ndarray[Any, np.dtype[np.float32]] | None = None
+
+    def add(self, rows: list[tuple[int, bytes, float]]) -> None:
+        for row_id, raw, expires_s in rows:
+            self._ids.append(row_id)
+            self._expires.append(expires_s)
+            self._vectors.append(unpack(raw))
+            self.last_id = max(self.last_id, row_id)
+        if rows:
+            self._matrix = None
+
+    def forget(self, row_id: int) -> None:
+        if row_id in self._ids:
+            i = self._ids.index(row_id)
+            del self._ids[i], self._expires[i], self._vectors[i]
+            self._matrix = None
+
+    def best(self, vector: tuple[float, ...], now_s: float) -> tuple[int, float] | None:
+        same_dims = [i for i, v in enumerate(self._vectors) if len(v) == len(vector) and self._expires[i] > now_s]
+        if not same_dims:
+            return None
+        if self._matrix is None or self._matrix.shape[0] != len(self._vectors):
+            dims = len(vector)
+            rows = [v if len(v) == dims else (0.0,) * dims for v in self._vectors]
+            self._matrix = np.asarray(rows, dtype=np.float32)
+        scores = self._matrix @ np.asarray(vector, dtype=np.float32)
+        live = np.asarray(same_dims)
+        i = int(live[int(np.argmax(scores[live]))])
+        return self._ids[i], float(scores[i])
+
+
+def _entry(row: tuple[Any, ...]) -> CacheEntry:
+    return CacheEntry(
+        key=row[2],
+        bucket=row[1],
+        body=bytes(row[3]),
+        vector=unpack(row[4]) if row[4] is not None else None,
+        created_s=row[5],
+        expires_s=row[6],
+        prompt_tokens=row[7],
+        completion_tokens=row[8],
+    )

@@ -1,0 +1,99 @@
+"""Cache keys, buckets and cacheability.
+
+The key is the SHA-256 of a canonical JSON of everything that can change the answer: deployment, model,
+api-version, operation, scope, and the whole request body minus an explicit list of fields known not to
+change it. A field aigw has never heard of therefore changes the key instead of causing a wrong hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from ..config import CacheSettings
+from ..context import RequestContext
+
+# Fields that never change the answer (the stream is rebuilt from the stored JSON either way).
+NEVER_IN_KEY = frozenset({"stream", "stream_options"})
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def scope_value(settings: CacheSettings, ctx: RequestContext) -> str:
+    principal = ctx.principal
+    if settings.scope == "global" or principal is None:
+        return "global"
+    if settings.scope == "tenant":
+        return f"tenant:{principal.tenant}"
+    if settings.scope == "user":
+        return f"user:{principal.tenant}/{principal.user}"
+    return f"key:{principal.key_id}"
+
+
+def keyed_body(settings: CacheSettings, body: dict[str, Any]) -> dict[str, Any]:
+    excluded = NEVER_IN_KEY if settings.key_includes_user else NEVER_IN_KEY | {"user"}
+    return {k: v for k, v in body.items() if k not in excluded}
+
+
+def exact_key(settings: CacheSettings, ctx: RequestContext, model: str) -> tuple[str, str]:
+    """(bucket, key) of the exact cache entry for ``ctx``."""
+    assert ctx.endpoint is not None and ctx.body_json is not None
+    scope = scope_value(settings, ctx)
+    bucket = _digest(["exact", ctx.deployment, scope])
+    key = _digest(
+        {
+            "deployment": ctx.deployment,
+            "model": model,
+            "api_version": ctx.api_version or "",
+            "operation": ctx.endpoint.operation,
+            "scope": scope,
+            "body": keyed_body(settings, ctx.body_json),
+        }
+    )
+    return bucket, key
+
+
+def semantic_bucket(settings: CacheSettings, ctx: RequestContext, model: str, vary: list[str]) -> str:
+    """Prompts are compared only with prompts of the same deployment, scope, parameters and vary-by values."""
+    assert ctx.body_json is not None and ctx.endpoint is not None
+    params = {k: v for k, v in keyed_body(settings, ctx.body_json).items() if k not in ("messages", "prompt")}
+    return _digest(
+        [
+            "semantic",
+            ctx.deployment,
+            model,
+            ctx.api_version or "",
+            ctx.endpoint.operation,
+            scope_value(settings, ctx),
+            params,
+            vary,
+        ]
+    )
+
+
+def request_is_cacheable(settings: CacheSettings, ctx: RequestContext) -> bool:
+    """Deterministic in intent: embeddings always; otherwise temperature 0 or a fixed seed (unless configured)."""
+    assert ctx.endpoint is not None and ctx.body_json is not None
+    if ctx.endpoint.operation == "embeddings" or not settings.deterministic_only:
+        return True
+    body = ctx.body_json
+    temperature = body.get("temperature")
+    seed = body.get("seed")
+    return (isinstance(temperature, int | float) and temperature == 0) or (
+        isinstance(seed, int) and not isinstance(seed, bool)
+    )
+
+
+def answer_is_cacheable(settings: CacheSettings, body: dict[str, Any]) -> bool:
+    """A complete success: no choice cut by content filtering, nor by max_tokens unless configured."""
+    for choice in body.get("choices") or ():
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if reason == "content_filter" or reason is None:
+            return False
+        if reason == "length" and not settings.cache_truncated:
+            return False
+    return body.get("object") != "error"

@@ -1,0 +1,291 @@
+"""Response cache: answers identical deterministic requests from the store, safely scoped.
+
+Before the call: decide whether this request may use the cache (config rules, client ``Cache-Control``,
+determinism), look up the exact key (and, where on, the nearest earlier prompt), and let concurrent identical
+misses wait for the first one (single flight, within this instance). A hit answers here: limits never see it,
+so it costs no tokens. After the call: store complete, successful answers (streams once they ended with usage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..background import BackgroundTasks
+from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, semantic_bucket
+from ..cache.replay import StreamAssembler, replay_as_sse
+from ..clock import Clock
+from ..config import CacheSettings
+from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..pipeline import Handler
+from ..routing.pools import PoolTable
+from ..storage.ports import CacheEntry, CacheStore, StorageError
+from ..storage.vectors import normalise
+
+log = logging.getLogger("aigw")
+Embedder = Callable[[str, str], Awaitable[tuple[float, ...]]]  # (embedding deployment, text) -> vector
+
+
+@dataclass(slots=True)
+class _Plan:
+    bucket: str
+    key: str
+    ttl_s: int
+    lookup: bool  # False for Cache-Control: no-cache (refresh)
+    semantic_bucket: str | None = None
+    vector: tuple[float, ...] | None = None
+
+
+class CachePolicy:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        store: CacheStore,
+        pools: PoolTable,
+        clock: Clock,
+        tasks: BackgroundTasks,
+        embed: Embedder | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._pools = pools
+        self._clock = clock
+        self._tasks = tasks
+        self._embed = embed
+        self._semantic = settings.semantic
+        if self._semantic is not None and embed is None:
+            raise ValueError("semantic caching needs an embedder")
+        self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
+        endpoint = ctx.endpoint
+        if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE or ctx.body_json is None:
+            return await call_next(ctx)
+        enabled, ttl_s = self._rule_for(ctx)
+        if not enabled:
+            return await call_next(ctx)
+        plan = self._plan(ctx, ttl_s)
+        if plan is None:
+            ctx.cache_status = "BYPASS"
+            return _tag(await call_next(ctx), ctx)
+        if plan.lookup:
+            hit = await self._lookup(ctx, plan)
+            if hit is not None:
+                return hit
+            leader = self._inflight.get(plan.key)
+            if leader is not None:
+                shared = await self._wait_for(leader)
+                if shared is not None:
+                    return self._answer(ctx, shared, "HIT")
+        if plan.key in self._inflight:  # a refresh while another miss is in flight: go alone, do not lead
+            ctx.cache_status = "MISS"
+            return _tag(await call_next(ctx), ctx)
+        future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
+        self._inflight[plan.key] = future
+        ctx.cache_status = "MISS"
+        try:
+            response = await call_next(ctx)
+        except BaseException:
+            self._finish(plan.key, future, None)
+            raise
+        _tag(response, ctx)
+        if response.status != 200:
+            self._finish(plan.key, future, None)
+        elif response.stream is None:
+            self._store_later(ctx, plan, future, response.body)
+        else:
+            response.stream = self._store_after_stream(ctx, plan, future, response.stream)
+        return response
+
+    # -- deciding
+
+    def _rule_for(self, ctx: RequestContext) -> tuple[bool, int]:
+        enabled, ttl_s = self._settings.enabled, self._settings.ttl_s
+        tenant = ctx.principal.tenant if ctx.principal else None
+        for rule in self._settings.rules:
+            if rule.deployments is not None and ctx.deployment not in rule.deployments:
+                continue
+            if rule.tenants is not None and tenant not in rule.tenants:
+                continue
+            enabled = rule.enabled
+            ttl_s = rule.ttl_s or ttl_s
+        return enabled, ttl_s
+
+    def _plan(self, ctx: RequestContext, ttl_s: int) -> _Plan | None:
+        directives = {d.strip().lower() for d in ctx.request.headers.get("cache-control", "").split(",")}
+        if "no-store" in directives or not request_is_cacheable(self._settings, ctx):
+            return None
+        requested = ctx.request.headers.get("x-aigw-cache-ttl")
+        if requested is not None and requested.strip().isdigit():
+            ttl_s = int(requested)
+            if ttl_s == 0:
+                return None
+        assert ctx.deployment is not None
+        bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.deployment))
+        return _Plan(bucket, key, ttl_s, lookup="no-cache" not in directives)
+
+    def _model_of(self, deployment: str) -> str:
+        ref = self._pools.deployment_ref(deployment)
+        return (ref.model or ref.name) if ref is not None else deployment
+
+    # -- looking up
+
+    async def _lookup(self, ctx: RequestContext, plan: _Plan) -> GatewayResponse | None:
+        now = self._clock.now_s()
+        try:
+            entry = await self._store.get(plan.bucket, plan.key, now)
+            if entry is not None:
+                return self._answer(ctx, entry, "HIT")
+            if self._semantic is not None and ctx.deployment in self._semantic.deployments:
+                return await self._semantic_lookup(ctx, plan, now)
+        except StorageError as exc:
+            log.warning("cache lookup failed, treating as a miss: %s", exc)
+        return None
+
+    async def _semantic_lookup(self, ctx: RequestContext, plan: _Plan, now: float) -> GatewayResponse | None:
+        semantic = self._semantic
+        assert semantic is not None and self._embed is not None and ctx.deployment is not None
+        text = prompt_text(ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages)
+        if not text:
+            return None
+        vary = [ctx.request.headers.get(h.lower(), "") for h in semantic.vary_by_headers]
+        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary)
+        try:
+            plan.vector = normalise(await self._embed(semantic.embedding_deployment, text))
+        except Exception as exc:  # noqa: BLE001 - a failed embedding must not fail the request
+            log.warning("semantic cache: embedding failed, skipping lookup: %s", exc)
+            return None
+        found = await self._store.nearest(plan.semantic_bucket, plan.vector, now)
+        if found is None or found[1] < semantic.similarity_threshold:
+            return None
+        ctx.cache_score = found[1]
+        return self._answer(ctx, found[0], "SEMANTIC-HIT")
+
+    async def _wait_for(self, leader: asyncio.Future[CacheEntry | None]) -> CacheEntry | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(leader), self._settings.single_flight_wait_s)
+        except TimeoutError:
+            return None
+
+    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: str) -> GatewayResponse:
+        ctx.cache_status = status
+        ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = (
+            entry.prompt_tokens,
+            entry.completion_tokens,
+            "cache",
+        )
+        age = str(max(0, math.floor(self._clock.now_s() - entry.created_s)))
+        if ctx.stream:
+            options = (ctx.body_json or {}).get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+            response = GatewayResponse(200, headers, stream=replay_as_sse(orjson.loads(entry.body), include_usage))
+        else:
+            response = GatewayResponse(200, [("content-type", "application/json")], entry.body)
+        response.headers.append(("age", age))
+        if ctx.cache_score is not None:
+            response.headers.append(("x-aigw-cache-score", f"{ctx.cache_score:.4f}"))
+        return _tag(response, ctx)
+
+    # -- storing
+
+    def _entries(self, ctx: RequestContext, plan: _Plan, body: bytes) -> list[CacheEntry]:
+        now = self._clock.now_s()
+        prompt, completion = ctx.tokens.prompt or 0, ctx.tokens.completion or 0
+        entries = [CacheEntry(plan.key, plan.bucket, body, now, now + plan.ttl_s, prompt, completion)]
+        if plan.semantic_bucket is not None and plan.vector is not None:
+            entries.append(
+                CacheEntry(plan.key, plan.semantic_bucket, body, now, now + plan.ttl_s, prompt, completion, plan.vector)
+            )
+        return entries
+
+    def _store_later(
+        self, ctx: RequestContext, plan: _Plan, future: asyncio.Future[CacheEntry | None], body: bytes
+    ) -> None:
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict) or len(body) > self._settings.max_entry_bytes:
+            self._finish(plan.key, future, None)
+            return
+        if not answer_is_cacheable(self._settings, answer):
+            self._finish(plan.key, future, None)
+            return
+        entries = self._entries(ctx, plan, body)
+        self._finish(plan.key, future, entries[0])  # waiters are answered now, the store write follows
+        self._tasks.spawn(self._put(entries), "cache store")
+
+    async def _put(self, entries: list[CacheEntry]) -> None:
+        try:
+            for entry in entries:
+                await self._store.put(entry)
+        except StorageError as exc:
+            log.warning("cache store failed: %s", exc)
+
+    async def _store_after_stream(
+        self, ctx: RequestContext, plan: _Plan, future: asyncio.Future[CacheEntry | None], stream: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        assembler = StreamAssembler()
+        try:
+            async for chunk in stream:
+                assembler.feed(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            answer = None
+            if ctx.tokens.source == "backend":
+                usage = {
+                    "prompt_tokens": ctx.tokens.prompt or 0,
+                    "completion_tokens": ctx.tokens.completion or 0,
+                    "total_tokens": ctx.tokens.actual_total or 0,
+                }
+                answer = assembler.answer(usage)
+            if answer is None:
+                self._finish(plan.key, future, None)
+            else:
+                self._store_later(ctx, plan, future, orjson.dumps(answer))
+
+    def _finish(self, key: str, future: asyncio.Future[CacheEntry | None], entry: CacheEntry | None) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+        if not future.done():
+            future.set_result(entry)
+
+
+def _tag(response: GatewayResponse, ctx: RequestContext) -> GatewayResponse:
+    response.headers.append(("x-aigw-cache", ctx.cache_status))
+    return response
+
+
+def prompt_text(body: dict[str, Any], max_messages: int, include_system: bool) -> str:
+    """What the semantic cache embeds: the last user message, or the last N messages of the conversation."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+    kept = [
+        m for m in messages if isinstance(m, dict) and (include_system or m.get("role") not in ("system", "developer"))
+    ]
+    if max_messages == 1:
+        users = [m for m in kept if m.get("role") == "user"]
+        kept = users[-1:]
+    else:
+        kept = kept[-max_messages:]
+    return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in kept)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""

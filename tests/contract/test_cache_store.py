@@ -1,0 +1,90 @@
+"""One contract for every cache adapter, each against its real server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway_core.storage.factory import cache_store
+from gateway_core.storage.ports import CacheEntry, CacheStore
+from gateway_core.storage.vectors import normalise
+from tests.servers import COSMOS_KEY_ENV
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["memory", "sqlite", "cosmos"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CacheStore]:
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/cache.db"
+    else:
+        url = (
+            f"cosmos://{request.getfixturevalue('cosmos_address')}/k{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+        )
+    adapter = cache_store(url, COSMOS_KEY_ENV)
+    await adapter.start()
+    yield adapter
+    await adapter.close()
+
+
+def entry(key: str, bucket: str = "b1", ttl_s: float = 60, vector: tuple[float, ...] | None = None) -> CacheEntry:
+    return CacheEntry(
+        key=key,
+        bucket=bucket,
+        body=b'{"answer": "' + key.encode() + b'"}',
+        created_s=NOW,
+        expires_s=NOW + ttl_s,
+        prompt_tokens=11,
+        completion_tokens=7,
+        vector=vector,
+    )
+
+
+async def test_put_get_and_replace(store: CacheStore) -> None:
+    assert await store.get("b1", "k1", NOW) is None
+    await store.put(entry("k1"))
+    got = await store.get("b1", "k1", NOW + 1)
+    assert got is not None and got.body == b'{"answer": "k1"}'
+    assert (got.prompt_tokens, got.completion_tokens, got.created_s) == (11, 7, NOW)
+    await store.put(CacheEntry("k1", "b1", b"{}", NOW + 5, NOW + 100))
+    replaced = await store.get("b1", "k1", NOW + 6)
+    assert replaced is not None and replaced.body == b"{}"
+
+
+async def test_entries_expire_and_buckets_are_separate(store: CacheStore) -> None:
+    await store.put(entry("k2", ttl_s=10))
+    assert await store.get("b1", "k2", NOW + 9) is not None
+    assert await store.get("b1", "k2", NOW + 10) is None  # expiry by stored time, whether or not the server has TTL
+    assert await store.get("other-bucket", "k2", NOW) is None
+
+
+async def test_nearest_finds_the_most_similar_unexpired_vector_in_the_bucket(store: CacheStore) -> None:
+    assert await store.nearest("sem", normalise((1.0, 0.0, 0.0)), NOW) is None
+    await store.put(entry("x", "sem", vector=normalise((1.0, 0.0, 0.0))))
+    await store.put(entry("xy", "sem", vector=normalise((1.0, 1.0, 0.0))))
+    await store.put(entry("old", "sem", ttl_s=1, vector=normalise((0.0, 0.0, 1.0))))
+    await store.put(entry("elsewhere", "other", vector=normalise((0.9, 0.1, 0.0))))
+    found = await store.nearest("sem", normalise((0.95, 0.1, 0.0)), NOW + 5)
+    assert found is not None
+    assert found[0].key == "x" and found[1] == pytest.approx(0.9945, abs=1e-3)
+    expired = await store.nearest("sem", normalise((0.0, 0.0, 1.0)), NOW + 5)
+    assert expired is not None and expired[0].key != "old"
+
+
+async def test_sqlite_evicts_least_recently_used_past_its_budget(tmp_path: Path) -> None:
+    adapter = cache_store(f"sqlite:///{tmp_path}/small.db", max_bytes=5000)
+    body = b"x" * 1000
+    for i in range(20):
+        await adapter.put(CacheEntry(f"k{i}", "b", body, NOW + i, NOW + 3600))
+        if i == 0:
+            assert await adapter.get("b", "k0", NOW + 0.5) is not None  # k0 touched: recently used
+    await adapter.put(CacheEntry("last", "b", body, NOW + 30, NOW + 3600))
+    kept = [i for i in range(20) if await adapter.get("b", f"k{i}", NOW + 31) is not None]
+    assert len(kept) <= 4  # about 1,200 bytes an entry against a 5,000-byte budget
+    assert await adapter.get("b", "last", NOW + 31) is not None
+    await adapter.close()

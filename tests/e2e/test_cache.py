@@ -1,0 +1,211 @@
+"""Response caching through `aigw serve`, driven by the openai SDK: what hits, what must not, and isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from openai import AsyncAzureOpenAI, AzureOpenAI
+
+from tests.servers import (
+    CLIENT_KEY,
+    GATEWAY_ENV,
+    OTHER_KEY,
+    THIRD_KEY,
+    clear_sim_requests,
+    gateway_config,
+    run_aigw,
+    sim_requests,
+    write_yaml,
+)
+
+CACHE = {
+    "enabled": True,
+    "scope": "tenant",
+    "semantic": {"deployments": ["gpt-4o-mini"], "embedding_deployment": "text-embedding-3-small"},
+}
+
+
+@pytest.fixture(scope="module")
+def cached_url(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("cache")
+    config = gateway_config(sim_url, cache=CACHE, stores={"cache": f"sqlite:///{folder}/cache.db"})
+    with run_aigw(["serve", "--config", str(write_yaml(folder / "g.yaml", config))], env=GATEWAY_ENV) as gateway:
+        yield gateway.url
+
+
+def client(url: str, key: str = CLIENT_KEY, api_version: str = "2024-10-21") -> AzureOpenAI:
+    return AzureOpenAI(azure_endpoint=url, api_key=key, api_version=api_version, max_retries=0)
+
+
+def ask(url: str, text: str, *, key: str = CLIENT_KEY, model: str = "gpt-4o", **extra: Any) -> tuple[str, str, int]:
+    """(x-aigw-cache, answer, backend calls it cost) for one chat request."""
+    params: dict[str, Any] = {"temperature": 0, **extra}
+    raw = client(url, key).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **params
+    )
+    return raw.headers["x-aigw-cache"], raw.parse().choices[0].message.content or "", 0
+
+
+@pytest.fixture
+def calls(sim_url: str) -> Any:
+    clear_sim_requests(sim_url)
+    return lambda: len([r for r in sim_requests(sim_url) if r["path"].endswith("/chat/completions")])
+
+
+def test_miss_then_hit_with_age_and_no_backend_call(cached_url: str, calls: Any) -> None:
+    first = client(cached_url).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "miss then hit"}], temperature=0
+    )
+    second = client(cached_url).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "miss then hit"}], temperature=0
+    )
+    assert first.headers["x-aigw-cache"] == "MISS" and second.headers["x-aigw-cache"] == "HIT"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert int(second.headers["age"]) >= 0
+    assert "x-aigw-backend" not in second.headers
+    assert calls() == 1
+
+
+def test_non_deterministic_requests_bypass(cached_url: str, calls: Any) -> None:
+    for _ in range(2):
+        status, _, _ = ask(cached_url, "creative please", temperature=0.8)
+        assert status == "BYPASS"
+    assert ask(cached_url, "seeded", temperature=0.8, seed=42)[0] == "MISS"
+    assert ask(cached_url, "seeded", temperature=0.8, seed=42)[0] == "HIT"
+    assert calls() == 3
+
+
+def test_client_cache_control(cached_url: str, calls: Any) -> None:
+    assert ask(cached_url, "no-store", extra_headers={"cache-control": "no-store"})[0] == "BYPASS"
+    assert ask(cached_url, "no-store")[0] == "MISS"  # nothing was stored
+    assert ask(cached_url, "no-store", extra_headers={"cache-control": "no-cache"})[0] == "MISS"  # refresh
+    assert ask(cached_url, "no-store")[0] == "HIT"
+    assert ask(cached_url, "ttl zero", extra_headers={"x-aigw-cache-ttl": "0"})[0] == "BYPASS"
+    assert calls() == 4
+
+
+def test_tenants_never_share_entries(cached_url: str, calls: Any) -> None:
+    assert ask(cached_url, "tenant isolation", model="gpt-4o-mini")[0] == "MISS"  # alice, contoso
+    assert ask(cached_url, "tenant isolation", model="gpt-4o-mini", key=THIRD_KEY)[0] == "HIT"  # carol, contoso
+    assert ask(cached_url, "tenant isolation", model="gpt-4o-mini", key=OTHER_KEY)[0] == "MISS"  # bob, fabrikam
+    assert calls() == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "extra"),
+    [
+        ("model", {"model": "gpt-4o-mini"}),
+        ("max_tokens", {"max_tokens": 40}),
+        ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}),
+        ("response_format", {"response_format": {"type": "json_object"}}),
+        ("an unknown field", {"extra_body": {"a_new_reasoning_option": "high"}}),
+        ("top_p", {"top_p": 0.5}),
+        ("n", {"n": 2}),
+    ],
+)
+def test_every_field_that_can_change_the_answer_changes_the_key(
+    cached_url: str, calls: Any, change: str, extra: dict[str, Any]
+) -> None:
+    text = f"sensitivity to {change}"
+    assert ask(cached_url, text)[0] == "MISS"
+    assert ask(cached_url, text, **extra)[0] == "MISS", change
+    assert calls() == 2
+
+
+def test_api_version_and_messages_change_the_key_but_user_does_not(cached_url: str, calls: Any) -> None:
+    messages: Any = [{"role": "user", "content": "versions"}]
+    first = client(cached_url).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, temperature=0
+    )
+    other = client(cached_url, api_version="2025-01-01-preview").chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, temperature=0
+    )
+    assert (first.headers["x-aigw-cache"], other.headers["x-aigw-cache"]) == ("MISS", "MISS")
+    assert ask(cached_url, "versions", user="someone-else")[0] == "HIT"  # "user" is not part of the key
+    assert ask(cached_url, "versions ")[0] == "MISS"
+    assert calls() == 3
+
+
+def test_errors_and_truncated_answers_are_not_cached(cached_url: str, calls: Any) -> None:
+    with pytest.raises(Exception, match="500"):
+        ask(cached_url, "error first", extra_headers={"x-aigw-sim-fault": "500"})
+    assert ask(cached_url, "error first")[0] == "MISS"
+    assert ask(cached_url, "truncated", max_tokens=3)[0] == "MISS"
+    assert ask(cached_url, "truncated", max_tokens=3)[0] == "MISS"  # finish_reason "length": not stored
+    assert calls() == 4
+
+
+def test_stream_hits_are_replayed_as_streams_and_streamed_misses_are_stored(cached_url: str, calls: Any) -> None:
+    c = client(cached_url)
+    messages: Any = [{"role": "user", "content": "stream me"}]
+    stream = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages, temperature=0, stream=True)
+    assert stream.headers["x-aigw-cache"] == "MISS"
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices)
+    json_hit = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages, temperature=0)
+    assert json_hit.headers["x-aigw-cache"] == "HIT"
+    assert json_hit.parse().choices[0].message.content == streamed
+    assert json_hit.parse().usage is not None and json_hit.parse().usage.completion_tokens > 0  # type: ignore[union-attr]
+    replay = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    assert replay.headers["x-aigw-cache"] == "HIT"
+    assert replay.headers["content-type"].startswith("text/event-stream")
+    chunks = list(replay.parse())
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == streamed
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert calls() == 1
+
+
+def test_embeddings_are_always_cacheable(cached_url: str, sim_url: str) -> None:
+    clear_sim_requests(sim_url)
+    c = client(cached_url)
+    first = c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="cache this vector")
+    second = c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="cache this vector")
+    assert (first.headers["x-aigw-cache"], second.headers["x-aigw-cache"]) == ("MISS", "HIT")
+    assert second.parse().data[0].embedding == first.parse().data[0].embedding
+    assert len([r for r in sim_requests(sim_url) if r["path"].endswith("/embeddings")]) == 1
+
+
+def test_concurrent_identical_misses_make_one_backend_call(cached_url: str, calls: Any) -> None:
+    async def burst() -> list[str]:
+        c = AsyncAzureOpenAI(azure_endpoint=cached_url, api_key=CLIENT_KEY, api_version="2024-10-21", max_retries=0)
+
+        async def one() -> str:
+            raw = await c.chat.completions.with_raw_response.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "single flight"}],
+                temperature=0,
+                extra_headers={"x-aigw-sim-latency-ms": "300"},
+            )
+            return raw.headers["x-aigw-cache"]
+
+        statuses = await asyncio.gather(*(one() for _ in range(10)))
+        await c.close()
+        return list(statuses)
+
+    statuses = asyncio.run(burst())
+    assert calls() == 1
+    assert sorted(statuses) == ["HIT"] * 9 + ["MISS"]
+
+
+def test_semantic_hits_similar_prompts_but_not_opposite_ones(cached_url: str, calls: Any) -> None:
+    assert ask(cached_url, "What is the capital of France?", model="gpt-4o-mini")[0] == "MISS"
+    raw = client(cached_url).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "what is the capital of france"}], temperature=0
+    )
+    assert raw.headers["x-aigw-cache"] == "SEMANTIC-HIT"
+    assert float(raw.headers["x-aigw-cache-score"]) >= 0.95
+    assert ask(cached_url, "Please turn on the light in the kitchen", model="gpt-4o-mini")[0] == "MISS"
+    assert ask(cached_url, "Please turn off the light in the kitchen", model="gpt-4o-mini")[0] == "MISS"
+    # Semantic hits stay within the tenant too.
+    assert ask(cached_url, "what is the capital of france", model="gpt-4o-mini", key=OTHER_KEY)[0] == "MISS"
+    assert calls() == 4
+
+
+def test_gpt4o_has_no_semantic_cache(cached_url: str, calls: Any) -> None:
+    assert ask(cached_url, "Where is the Eiffel Tower?")[0] == "MISS"
+    assert ask(cached_url, "where is the eiffel tower")[0] == "MISS"
+    assert calls() == 2
