@@ -198,7 +198,8 @@ class SqliteCache:
             conn.execute(
                 "INSERT INTO cache (bucket, key, body, vector, created_s, expires_s, last_used_s, prompt_tokens, "
                 "completion_tokens, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, created_s = excluded.created_s, "
+                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, "
+                "created_s = excluded.created_s, "
                 "expires_s = excluded.expires_s, last_used_s = excluded.last_used_s, "
                 "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
                 "size = excluded.size",
