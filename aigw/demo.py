@@ -19,7 +19,8 @@ DEMO_KEY = "aigw-demo-key"
 DEMO_ADMIN_KEY = "aigw-demo-admin"
 DEMO_DEPLOYMENTS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
 _BACKEND_KEY_ENV = "AIGW_DEMO_BACKEND_KEY"
-_REGIONS = (("sim-eastus", "eastus", 1), ("sim-swedencentral", "swedencentral", 2))
+DEMO_KEY_2 = "aigw-demo-key-2"  # another tenant, to see cache isolation by hand
+_REGIONS = (("sim-eastus", "eastus", 1), ("sim-westeurope", "westeurope", 2))
 
 
 def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
@@ -55,6 +56,7 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
             "backends": backends,
             "keys": [
                 {"name": "demo", "sha256": sha256_hex(user_key), "user": "demo", "tenant": "demo"},
+                {"name": "demo-2", "sha256": sha256_hex(DEMO_KEY_2), "user": "demo-2", "tenant": "demo-2"},
                 {
                     "name": "demo-admin",
                     "sha256": sha256_hex(DEMO_ADMIN_KEY),
@@ -70,6 +72,13 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
                     {"name": "demo-user-daily", "key": "user", "token_quota": 1_000_000, "quota_period": "daily"},
                 ]
             },
+            # Exact caching for every deployment (tenant scope, 1 hour); semantic caching for gpt-4o-mini.
+            "cache": {
+                "enabled": True,
+                "scope": "tenant",
+                "ttl_s": 3600,
+                "semantic": {"deployments": ["gpt-4o-mini"], "embedding_deployment": "text-embedding-3-small"},
+            },
         },
         source="demo",
     )
@@ -83,15 +92,17 @@ def banner(url: str) -> str:
     key = os.environ.get("AIGW_DEMO_KEY") or DEMO_KEY
     return f"""
 aigw demo gateway: {url}
-  backends: two simulated regions (eastus first, swedencentral as failover), deployments {", ".join(DEMO_DEPLOYMENTS)}
-  client key: {key}    admin key: {DEMO_ADMIN_KEY}
+  backends: two simulated regions (eastus first, westeurope as failover), deployments {", ".join(DEMO_DEPLOYMENTS)}
+  client key: {key}    admin key: {DEMO_ADMIN_KEY}    another tenant's key: {DEMO_KEY_2}
   limits: the demo user has 50,000 tokens per minute and 1,000,000 per day (headers x-ratelimit-*,
           x-aigw-quota-remaining-tokens, x-aigw-tokens-consumed; counters in ./.aigw/counters.db)
+  cache:  deterministic requests (temperature 0, a seed, embeddings) are cached per tenant for an hour, and
+          gpt-4o-mini also semantically (x-aigw-cache: MISS, HIT, SEMANTIC-HIT or BYPASS; ./.aigw/cache.db)
 
 Try it:
   curl -si {url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
     -H 'api-key: {key}' -H 'content-type: application/json' \\
-    -d '{{"messages": [{{"role": "user", "content": "Hello"}}]}}'
+    -d '{{"messages": [{{"role": "user", "content": "Hello"}}], "temperature": 0}}'
 
   python -c 'from openai import AzureOpenAI
 c = AzureOpenAI(azure_endpoint="{url}", api_key="{key}", api_version="2024-10-21")

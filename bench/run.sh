@@ -9,7 +9,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 H="$HERE/harness"
 WORKERS=${WORKERS:-2}
-VARIANTS=${VARIANTS:-"direct plain sqlite cosmos"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
+VARIANTS=${VARIANTS:-"direct plain sqlite cosmos cache"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
 want() { [[ " $VARIANTS " == *" $1 "* ]]; }
 JSON_SC=${JSON_SC:-"1:10 32:15 128:15"}
 STREAM_SC=${STREAM_SC:-"1:10 32:15 128:15"}
@@ -59,7 +59,14 @@ backends:
 keys:
   - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
 YAML
-  if [ -n "${1:-}" ]; then
+  if [ "${1:-}" = "cache" ]; then
+    # The harness's body is deterministic (temperature 0): after the first request every one is a hit.
+    cat <<YAML
+cache: {enabled: true}
+stores:
+  cache: "sqlite:///$WORK/cache.db"
+YAML
+  elif [ -n "${1:-}" ]; then
     cat <<YAML
 limits:
   rules:
@@ -105,6 +112,12 @@ bench() { "$H/bench.sh" "$@" || true; }
     # The emulator (Node) runs on the same 2 cores; its CPU is counted with the gateway's (-g).
     start_gateway "cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY"
     bench -l "aigw-w$WORKERS-tpm-cosmos" -g "$GW_PID,$COSMOS_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    stop_gateway
+  fi
+  if want cache; then
+    start_gateway cache
+    bench -l "aigw-w$WORKERS-cache-hit" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    bench -l "aigw-w$WORKERS-cache-hit-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     stop_gateway
   fi
 } 2>&1 | tee "$HERE/results/$STAMP.log"

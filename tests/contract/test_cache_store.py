@@ -82,9 +82,10 @@ async def test_sqlite_evicts_least_recently_used_past_its_budget(tmp_path: Path)
     for i in range(20):
         await adapter.put(CacheEntry(f"k{i}", "b", body, NOW + i, NOW + 3600))
         if i == 0:
-            assert await adapter.get("b", "k0", NOW + 0.5) is not None  # k0 touched: recently used
+            assert await adapter.get("b", "k0", NOW + 100) is not None  # k0 touched: the most recently used
     await adapter.put(CacheEntry("last", "b", body, NOW + 30, NOW + 3600))
     kept = [i for i in range(20) if await adapter.get("b", f"k{i}", NOW + 31) is not None]
     assert len(kept) <= 4  # about 1,200 bytes an entry against a 5,000-byte budget
+    assert 0 in kept  # used most recently, so evicted last
     assert await adapter.get("b", "last", NOW + 31) is not None
     await adapter.close()

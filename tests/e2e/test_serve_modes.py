@@ -27,6 +27,20 @@ def test_demo_serves_its_three_deployments_to_the_openai_sdk(workers: str, tmp_p
         assert raw.headers["x-ratelimit-limit-tokens"] == "50000"
         assert int(raw.headers["x-aigw-quota-remaining-tokens"]) < 1_000_000
         assert int(raw.headers["x-aigw-tokens-consumed"]) == raw.parse().usage.total_tokens  # type: ignore[union-attr]
+        again = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], temperature=0
+        )
+        assert again.headers["x-aigw-cache"] == "MISS"
+        other_tenant = AzureOpenAI(
+            azure_endpoint=demo.url, api_key="aigw-demo-key-2", api_version="2024-10-21", max_retries=0
+        ).chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], temperature=0
+        )
+        assert other_tenant.headers["x-aigw-cache"] == "MISS"  # tenant scope: demo-2 does not see demo's entry
+        hit = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], temperature=0
+        )
+        assert hit.headers["x-aigw-cache"] == "HIT"
         mini = OpenAI(base_url=demo.url + "/v1", api_key="aigw-demo-admin", max_retries=0)
         assert mini.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]).choices
         vectors = client.embeddings.create(model="text-embedding-3-small", input="hello")

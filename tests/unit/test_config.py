@@ -24,6 +24,9 @@ def test_example_file_is_valid_and_complete() -> None:
     assert config.backends[1].auth.type == "entra"
     assert config.keys[1].admin is True
     assert config.deployment_names() == ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+    assert [r.name for r in config.limits.rules] == ["per-user-tpm", "tenant-monthly", "per-team"]
+    assert config.cache.enabled and config.cache.semantic is not None
+    assert config.stores.cache == "sqlite:///.aigw/cache.db"
 
 
 def test_unknown_key_is_named_with_file_and_line(tmp_path: Path) -> None:
