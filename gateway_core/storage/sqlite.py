@@ -273,14 +273,14 @@ class _BucketIndex:
         self.last_id = 0
         self._ids: list[int] = []
         self._expires: list[float] = []
-        self._vectors: list[tuple[float, ...]] = []
+        self._vectors: list[np.ndarray[Any, np.dtype[np.float32]]] = []
         self._matrix: np.ndarray[Any, np.dtype[np.float32]] | None = None
 
     def add(self, rows: list[tuple[int, bytes, float]]) -> None:
         for row_id, raw, expires_s in rows:
             self._ids.append(row_id)
             self._expires.append(expires_s)
-            self._vectors.append(unpack(raw))
+            self._vectors.append(np.frombuffer(raw, dtype="<f4"))  # no copy, no per-float Python objects
             self.last_id = max(self.last_id, row_id)
         if rows:
             self._matrix = None
@@ -292,16 +292,16 @@ class _BucketIndex:
             self._matrix = None
 
     def best(self, vector: tuple[float, ...], now_s: float) -> tuple[int, float] | None:
-        same_dims = [i for i, v in enumerate(self._vectors) if len(v) == len(vector) and self._expires[i] > now_s]
-        if not same_dims:
+        dims = len(vector)
+        live = [i for i, v in enumerate(self._vectors) if v.shape[0] == dims and self._expires[i] > now_s]
+        if not live:
             return None
-        if self._matrix is None or self._matrix.shape[0] != len(self._vectors):
-            dims = len(vector)
-            rows = [v if len(v) == dims else (0.0,) * dims for v in self._vectors]
-            self._matrix = np.asarray(rows, dtype=np.float32)
+        if self._matrix is None or self._matrix.shape != (len(self._vectors), dims):
+            zeros = np.zeros(dims, dtype=np.float32)
+            self._matrix = np.vstack([v if v.shape[0] == dims else zeros for v in self._vectors])
         scores = self._matrix @ np.asarray(vector, dtype=np.float32)
-        live = np.asarray(same_dims)
-        i = int(live[int(np.argmax(scores[live]))])
+        candidates = np.asarray(live)
+        i = int(candidates[int(np.argmax(scores[candidates]))])
         return self._ids[i], float(scores[i])
 
 
