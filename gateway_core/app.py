@@ -47,10 +47,10 @@ class Gateway:
         self.config = config
         self.clock = clock or SystemClock()
         self.pools = PoolTable(config)
-        self.health = HealthView(self.clock, [b.name for b in config.backends])
+        self.health = HealthView(self.clock, list(config.backends), config.routing.breaker)
         self.client = UpstreamClient()
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
-        self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock)
+        self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
         self.tasks = BackgroundTasks()
         # The counters store is opened only when there are rules to count for.
         self.counters: CounterStore | None = None

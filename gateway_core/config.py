@@ -65,6 +65,37 @@ class DeploymentRef(_Model):
         return self.backend_name or self.name
 
 
+class BreakerSettings(_Model):
+    """Passive health, APIM-style: which answers count as failures, how many open the breaker, for how long."""
+
+    failure_statuses: tuple[int, ...] = (500, 502, 503, 504)  # plus connection errors and timeouts, always
+    failures: int = Field(default=5, ge=1)  # this many failures...
+    interval_s: float = Field(default=10.0, gt=0)  # ...within this window open the breaker
+    trip_s: float = Field(default=30.0, gt=0)  # open this long, then half-open: one request tests it
+    accept_retry_after: bool = True  # a 429 keeps the backend out for its Retry-After (else throttle_s)
+    throttle_s: float = Field(default=10.0, gt=0)  # a 429 without a usable Retry-After
+    max_retry_after_s: float = Field(default=60.0, gt=0)  # cap on any backend-given Retry-After
+
+
+class ProbeSettings(_Model):
+    """Active health probes: a request that costs no tokens (listing models), on a timer."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=30.0, ge=1.0)  # `aigw serve`; the Functions timer uses AIGW_HEALTH_CRON
+    timeout_s: float = Field(default=5.0, gt=0)
+    path: str | None = None  # default: /openai/models?api-version=... (azure) or /v1/models (openai)
+
+
+class RoutingSettings(_Model):
+    max_attempts: int = Field(default=3, ge=1)  # backends tried for one client request
+    budget_s: float = Field(default=60.0, gt=0)  # total time for those attempts (streams: to the first byte)
+    region_header: str = "x-user-region"  # a client's preferred region
+    trust_forwarded_region: bool = False  # also read X-Forwarded-Region (set by a trusted front door)
+    breaker: BreakerSettings = BreakerSettings()
+    probe: ProbeSettings = ProbeSettings()
+    sync_interval_s: float = Field(default=2.0, gt=0)  # how often instances share health through the store
+
+
 class Backend(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     type: Literal["azure", "openai"] = "azure"
@@ -76,6 +107,7 @@ class Backend(_Model):
     auth: BackendAuth = Field(default_factory=lambda: ApiKeyAuth(key_env="AZURE_OPENAI_API_KEY"))
     timeout_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    breaker: BreakerSettings | None = None  # overrides routing.breaker for this backend
     deployments: tuple[DeploymentRef, ...] = Field(min_length=1)
 
     @field_validator("url")
@@ -210,12 +242,14 @@ class StoreSettings(_Model):
 
     counters: str | None = None
     cache: str | None = None
+    health: str | None = None
 
 
 class GatewayConfig(_Model):
     server: ServerSettings = ServerSettings()
     backends: tuple[Backend, ...] = Field(min_length=1)
     keys: tuple[GatewayKey, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
     limits: LimitsSettings = LimitsSettings()
     cache: CacheSettings = CacheSettings()
     stores: StoreSettings = StoreSettings()

@@ -103,6 +103,9 @@ def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
             },
             {"name": "carol", "key_env": "TEST_THIRD_KEY", "user": "carol", "tenant": "contoso"},
         ],
+        # These tests inject faults into one shared backend on purpose; keep it in rotation between them.
+        # Routing tests configure health and failover themselves.
+        "routing": {"breaker": {"failures": 1000, "max_retry_after_s": 0.001}, "probe": {"enabled": False}},
     }
     config.update(overrides)
     return config

@@ -52,13 +52,18 @@ class UpstreamClient:
         body: bytes,
         *,
         stream: bool,
+        budget_s: float | None = None,
     ) -> GatewayResponse:
-        """POST ``body`` to ``url``; a 200 ``text/event-stream`` answer to a streaming call is relayed lazily."""
+        """POST ``body`` to ``url``; a 200 ``text/event-stream`` answer to a streaming call is relayed lazily.
+
+        ``budget_s`` caps the wait for the answer (for a stream: for its status line) below ``timeout_s``.
+        """
         assert self._session is not None, "UpstreamClient.start() was not awaited"
+        limit_s = min(backend.timeout_s, budget_s) if budget_s is not None else backend.timeout_s
         timeout = aiohttp.ClientTimeout(
-            total=None if stream else backend.timeout_s,
-            connect=backend.connect_timeout_s,
-            sock_read=backend.timeout_s,
+            total=None if stream else limit_s,
+            connect=min(backend.connect_timeout_s, limit_s),
+            sock_read=limit_s,
         )
         try:
             response = await self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)

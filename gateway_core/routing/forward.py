@@ -1,23 +1,30 @@
-"""The failover loop: try the deployment's targets in strategy order until one answers.
+"""The failover loop: try the deployment's eligible backends in strategy order until one answers.
 
-In this first version a target is skipped only when the request certainly never reached it (connection
-refused or connect timeout); the routing issue adds failover on 429/5xx with Retry-After and circuit breaking.
+A try moves on to the next backend on 429, a breaker failure status (5xx by default), 408, a connection
+error or a timeout, within ``routing.max_attempts`` and ``routing.budget_s``. Other answers (a 400, a 404,
+a success) are final. A streaming answer is committed once its status is 200: the client has not seen a
+byte before that, and after it a failure can only end the stream with an SSE error event.
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 from ..clock import Clock
+from ..config import RoutingSettings
 from ..context import Attempt, GatewayResponse, RequestContext
-from ..errors import BackendUnreachable, GatewayError
-from ..providers.client import Unsent, UpstreamClient, forwarded_headers
+from ..errors import BackendUnreachable, GatewayError, ServiceUnavailable, TokenLimitExceeded
+from ..providers.client import UpstreamClient, forwarded_headers
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
 from ..tokens.usage import record_json_usage, scan_sse
 from .health import HealthView
-from .pools import PoolTable
-from .strategies import by_priority_then_weight
+from .pools import PoolTable, Target
+from .retry_after import retry_after_s
+from .strategies import by_priority_then_weight, region_first
+
+_RETRY_STATUSES = frozenset({408, 429})
 
 
 class Forwarder:
@@ -28,6 +35,7 @@ class Forwarder:
         credentials: dict[str, Credential],
         health: HealthView,
         clock: Clock,
+        settings: RoutingSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._pools = pools
@@ -35,46 +43,122 @@ class Forwarder:
         self._credentials = credentials
         self._health = health
         self._clock = clock
+        self._settings = settings or RoutingSettings()
         self._rng = rng or random.Random()
+
+    def order(self, ctx: RequestContext) -> list[Target]:
+        assert ctx.deployment is not None
+        ordered = by_priority_then_weight(self._pools.targets(ctx.deployment), self._rng)
+        return region_first(ordered, self._region_of(ctx))
+
+    def _region_of(self, ctx: RequestContext) -> str | None:
+        headers = ctx.request.headers
+        region = headers.get(self._settings.region_header.lower())
+        if not region and self._settings.trust_forwarded_region:
+            region = headers.get("x-forwarded-region")
+        return region
 
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
         assert ctx.endpoint is not None and ctx.deployment is not None
-        targets = by_priority_then_weight(self._pools.targets(ctx.deployment), self._rng)
+        targets = self.order(ctx)
+        started = self._clock.monotonic_s()
+        deadline = started + self._settings.budget_s
+        last_response: GatewayResponse | None = None
         last_error: GatewayError | None = None
+        tried = 0
         for target in targets:
+            if tried >= self._settings.max_attempts:
+                break
+            remaining = deadline - self._clock.monotonic_s()
+            if remaining <= 0:
+                break
             backend = target.backend
+            if not self._health.acquire(backend.name):
+                continue
+            tried += 1
             attempt = Attempt(backend=backend.name)
             ctx.attempts.append(attempt)
-            started = self._clock.monotonic_s()
-            headers = forwarded_headers(ctx.request.headers, ctx.request_id)
-            headers.extend(await self._credentials[backend.name].headers())
+            begin = self._clock.monotonic_s()
             try:
+                headers = forwarded_headers(ctx.request.headers, ctx.request_id)
+                headers.extend(await self._credentials[backend.name].headers())
                 response = await self._client.send(
                     backend,
                     upstream_url(target, ctx, ctx.endpoint.operation),
                     headers,
                     upstream_body(target, ctx),
                     stream=ctx.stream,
+                    budget_s=remaining,
                 )
             except GatewayError as exc:
                 attempt.error = exc.message
-                attempt.elapsed_ms = (self._clock.monotonic_s() - started) * 1000
-                self._health.observe(backend.name, status=None, error=exc.message)
-                if isinstance(exc, Unsent):
-                    last_error = exc
-                    continue
-                ctx.backend = backend.name
+                attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
+                self._health.observe(backend.name, status=None, error=exc.message, latency_ms=attempt.elapsed_ms)
+                ctx.backend, last_error, last_response = backend.name, exc, None
+                continue
+            except BaseException:
+                self._health.release(backend.name)
                 raise
             attempt.status = response.status
-            attempt.elapsed_ms = (self._clock.monotonic_s() - started) * 1000
-            self._health.observe(backend.name, status=response.status)
+            attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
+            wait_s = retry_after_s(response.headers, self._clock.now_s()) if response.status == 429 else None
+            self._health.observe(
+                backend.name, status=response.status, latency_ms=attempt.elapsed_ms, retry_after_s=wait_s
+            )
             ctx.backend = backend.name
+            if self._retryable(backend.name, response.status):
+                last_response, last_error = response, None
+                continue
             if response.status == 200:
                 if response.stream is not None:
                     response.stream = scan_sse(response.stream, ctx.tokens)
                 else:
                     record_json_usage(response.body, ctx.tokens)
-            return response
-        if last_error is not None and len(targets) > 1:
-            raise BackendUnreachable(f"No backend for '{ctx.deployment}' could be reached; last: {last_error.message}")
-        raise last_error or BackendUnreachable(f"No backend serves '{ctx.deployment}'.")
+            return self._tagged(response, ctx)
+        if last_response is not None:
+            return self._tagged(self._soonest_retry(last_response, targets), ctx)
+        if last_error is not None:
+            raise last_error
+        raise self._none_available(ctx, targets)
+
+    def _retryable(self, backend: str, status: int) -> bool:
+        return status in _RETRY_STATUSES or status in self._health.settings(backend).failure_statuses
+
+    def _tagged(self, response: GatewayResponse, ctx: RequestContext) -> GatewayResponse:
+        response.headers.append(("x-aigw-attempts", str(len(ctx.attempts))))
+        return response
+
+    def _soonest_retry(self, response: GatewayResponse, targets: list[Target]) -> GatewayResponse:
+        """The last backend's answer as it was; if every backend is throttled, with the soonest Retry-After."""
+        if response.status != 429 or len(targets) < 2:
+            return response  # a lone backend's own Retry-After is already the soonest
+        waits = [self._health.throttled_for_s(t.backend.name) for t in targets]
+        if waits and all(w > 0 for w in waits):
+            soonest = min(waits)
+            response.headers = [(k, v) for k, v in response.headers if k not in ("retry-after", "retry-after-ms")]
+            response.headers.append(("retry-after", str(max(1, math.ceil(soonest)))))
+            response.headers.append(("retry-after-ms", str(max(1, math.ceil(soonest * 1000)))))
+        return response
+
+    def _none_available(self, ctx: RequestContext, targets: list[Target]) -> GatewayError:
+        """Every backend is out of rotation: 429 with the soonest Retry-After if all are throttled, else 503."""
+        if not targets:
+            return BackendUnreachable(f"No backend serves '{ctx.deployment}'.")
+        states = {t.backend.name: self._health.state(t.backend.name) for t in targets}
+        if all(state == "throttled" for state in states.values()):
+            soonest = min(self._health.throttled_for_s(name) for name in states)
+            return TokenLimitExceeded(
+                f"Every backend for '{ctx.deployment}' is throttled; retry after {math.ceil(soonest)} seconds.",
+                status=429,
+                code="all_backends_throttled",
+                headers={
+                    "retry-after": str(max(1, math.ceil(soonest))),
+                    "retry-after-ms": str(max(1, math.ceil(soonest * 1000))),
+                },
+            )
+        detail = ", ".join(f"{name}: {state}" for name, state in states.items())
+        return ServiceUnavailable(
+            f"No backend for '{ctx.deployment}' is available right now ({detail}).",
+            code="no_backend_available",
+            headers={"retry-after": "5"},
+        )
