@@ -4,6 +4,9 @@ Fault injection by header (each overrides the deployment's configured faults):
 ``x-aigw-sim-fault: 429|500|503|slow|drop``, ``x-aigw-sim-retry-after: <s>``, ``x-aigw-sim-latency-ms: <ms>``
 (added before the first byte), ``x-aigw-sim-completion-tokens: <n>``. ``GET /_sim/requests`` lists the
 recent requests it received (method, path, query, headers), so tests can see what a gateway sent upstream.
+``GET /++/config`` shows the settings and ``POST /++/config`` changes them while it runs (a JSON object merged
+into them: ``{"faults": [{"kind": "429", "retry_after_s": 5}]}`` throttles every deployment, ``{"faults": []}``
+heals it), as Microsoft's Azure OpenAI API simulator does.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class SimulatorApp:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self._deployments = {d.name: d for d in config.deployments}
+        self._tokens_in_minute: dict[tuple[str, int], int] = {}
         self._rng = random.Random(config.seed)
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.record_requests)
 
@@ -96,6 +100,12 @@ class SimulatorApp:
             return
         if path == "/_sim/health":
             await _json(send, 200, {"status": "ok", "region": self.config.region})
+            return
+        if path == "/++/config":
+            await self._runtime_config(method, body, send)
+            return
+        if method == "GET" and path in ("/openai/models", "/v1/models", "/openai/deployments"):
+            await self._list(headers, send)
             return
         record: dict[str, Any] = {"method": method, "path": path, "query": query, "headers": headers}
         self.requests.append(record)
@@ -152,6 +162,10 @@ class SimulatorApp:
             await self._embeddings(send, request, deployment, model)
             return
         answer = self._answer(operation, request, deployment, model, headers)
+        wait_s = self._over_tpm(deployment, answer["response"]["usage"]["total_tokens"])
+        if wait_s is not None:
+            await self._fail(send, Fault(kind="429", retry_after_s=wait_s), headers)
+            return
         if request.get("stream") is True:
             dropped = fault is not None and fault.kind == "drop"
             async with watch:
@@ -166,6 +180,46 @@ class SimulatorApp:
         await _start(send, 200, "application/json", self._region_headers())
         await send({"type": "http.response.body", "body": payload})
 
+    async def _runtime_config(self, method: str, body: bytes, send: Send) -> None:
+        if method == "POST":
+            try:
+                patch = orjson.loads(body)
+                assert isinstance(patch, dict)
+                config = SimConfig.model_validate({**self.config.model_dump(), **patch})
+            except (orjson.JSONDecodeError, AssertionError, ValueError) as exc:
+                await _error(send, 400, "BadRequest", f"invalid simulator settings: {exc}")
+                return
+            self.config = config
+            self._deployments = {d.name: d for d in config.deployments}
+        await _json(send, 200, self.config.model_dump(mode="json"))
+
+    async def _list(self, headers: dict[str, str], send: Send) -> None:
+        # What a health probe calls: free of tokens, but authenticated, faulted and throttled like the rest.
+        if self.config.api_key is not None and _credential(headers) != self.config.api_key:
+            await _error(send, 401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+            return
+        fault = self._fault(SimDeployment(name="*"), headers)
+        if fault is not None and fault.kind in ("429", "500", "503"):
+            await self._fail(send, fault, headers)
+            return
+        data = [{"id": d.name, "object": "model", "status": "succeeded"} for d in self.config.deployments]
+        await _json(send, 200, {"object": "list", "data": data}, self._region_headers())
+
+    def _over_tpm(self, deployment: SimDeployment, tokens: int) -> float | None:
+        """Seconds until the minute renews if ``tokens`` more would pass the deployment's TPM limit, else None."""
+        limit = deployment.tpm_limit or self.config.tpm_limit
+        if limit is None:
+            return None
+        now = time.time()
+        window = int(now // 60)
+        key = (deployment.name, window)
+        used = self._tokens_in_minute.get(key, 0)
+        if used + tokens > limit:
+            return (window + 1) * 60 - now
+        self._tokens_in_minute = {k: v for k, v in self._tokens_in_minute.items() if k[1] == window}
+        self._tokens_in_minute[key] = used + tokens
+        return None
+
     def _fault(self, deployment: SimDeployment, headers: dict[str, str]) -> Fault | None:
         forced = headers.get("x-aigw-sim-fault")
         if forced:
@@ -173,7 +227,7 @@ class SimulatorApp:
                 return None
             retry = float(headers.get("x-aigw-sim-retry-after", "1"))
             return Fault(kind=forced, retry_after_s=retry)  # type: ignore[arg-type]
-        for fault in deployment.faults:
+        for fault in (*deployment.faults, *self.config.faults):
             if self._rng.random() < fault.rate:
                 return fault
         return None

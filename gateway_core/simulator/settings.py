@@ -32,6 +32,7 @@ class SimDeployment(_Model):
     completion_tokens: int | None = Field(default=None, ge=1)
     embedding_dimensions: int = Field(default=1536, ge=1, le=8192)
     faults: tuple[Fault, ...] = ()
+    tpm_limit: int | None = Field(default=None, ge=1)  # this deployment's own tokens-per-minute limit
 
 
 class SimConfig(_Model):
@@ -43,6 +44,8 @@ class SimConfig(_Model):
     tokens_per_s: float = Field(default=0.0, ge=0.0)  # 0: as fast as possible
     completion_tokens: int = Field(default=16, ge=1)  # reply length when max_tokens does not cut it
     region: str = "simulated"
+    faults: tuple[Fault, ...] = ()  # for every deployment (what /++/config flips at run time)
+    tpm_limit: int | None = Field(default=None, ge=1)  # default per-deployment tokens-per-minute limit
     seed: int = 0
     record_requests: int = Field(default=200, ge=0)  # how many recent requests /_sim/requests keeps
 
