@@ -144,4 +144,4 @@ def create_app() -> GatewayASGI:
     data = orjson.loads(raw)
     no_auth = bool(data.pop("no_auth", False))
     config = GatewayConfig.model_validate(data).model_copy(update={"no_auth": no_auth})
-    return GatewayASGI(Gateway(config))
+    return GatewayASGI(Gateway(config, background_probes=True))

@@ -52,7 +52,8 @@ def run_gateway(config: GatewayConfig, sock: socket.socket, *, workers: int = 1,
     if workers <= 1:
         from gateway_core.app import Gateway
 
-        server = uvicorn.Server(_uvicorn_config(GatewayASGI(Gateway(config)), workers=1, log_level=log_level))
+        gateway = Gateway(config, background_probes=True)
+        server = uvicorn.Server(_uvicorn_config(GatewayASGI(gateway), workers=1, log_level=log_level))
         server.run(sockets=[sock])
         return
     payload = config.model_dump(mode="json")

@@ -6,6 +6,8 @@ running event loop, and then handles ``GatewayRequest``s.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -31,8 +33,17 @@ from .routes import resolve
 from .routing.forward import Forwarder
 from .routing.health import HealthView
 from .routing.pools import PoolTable
-from .storage.factory import cache_store, counter_store, default_cache_url, default_counters_url
-from .storage.ports import CacheStore, CounterStore, StorageError
+from .routing.probes import Prober
+from .routing.sync import HealthSync
+from .storage.factory import (
+    cache_store,
+    counter_store,
+    default_cache_url,
+    default_counters_url,
+    default_health_url,
+    health_store,
+)
+from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
 
 log = logging.getLogger("aigw")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -41,8 +52,14 @@ _JSON = [("content-type", "application/json")]
 
 class Gateway:
     def __init__(
-        self, config: GatewayConfig, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Clock | None = None,
+        env: Mapping[str, str] | None = None,
+        background_probes: bool = False,
     ) -> None:
+        """``background_probes``: run the active health probes in a loop (`aigw serve`; Functions uses a timer)."""
         env = os.environ if env is None else env
         self.config = config
         self.clock = clock or SystemClock()
@@ -52,6 +69,15 @@ class Gateway:
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
         self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
         self.tasks = BackgroundTasks()
+        self.health_store: HealthStore = health_store(config.stores.health or default_health_url(env), env)
+        self._health_sync = HealthSync(
+            self.health, self.health_store, self.clock, config.routing.sync_interval_s, self.tasks
+        )
+        self.prober = Prober(
+            list(config.backends), self.client, self._credentials, self.health, self.clock, config.routing.probe
+        )
+        self._background_probes = background_probes and config.routing.probe.enabled
+        self._probe_loop: asyncio.Task[None] | None = None
         # The counters store is opened only when there are rules to count for.
         self.counters: CounterStore | None = None
         if config.limits.rules:
@@ -80,6 +106,12 @@ class Gateway:
     async def start(self) -> None:
         """Open connections; call inside the event loop that will serve requests."""
         await self.client.start()
+        try:
+            await self.health_store.start()
+        except StorageError as exc:
+            log.error("health store unreachable at start, routing on this instance's view: %s", exc)
+        if self._background_probes:
+            self._probe_loop = asyncio.get_running_loop().create_task(self.prober.run_forever())
         if self.cache is not None:
             try:
                 await self.cache.start()
@@ -93,8 +125,14 @@ class Gateway:
                 log.error("limits store unreachable at start (%s): %s", self.config.limits.on_store_error, exc)
 
     async def close(self) -> None:
-        """Finish background work (limit settlements) first, then close connections."""
+        """Finish background work (limit settlements, health publishing) first, then close connections."""
+        if self._probe_loop is not None:
+            self._probe_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_loop
+        await self._health_sync.sync()  # publish what this instance learned last
         await self.tasks.drain()
+        await self.health_store.close()
         await self.client.close()
         if self.counters is not None:
             await self.counters.close()
@@ -108,7 +146,10 @@ class Gateway:
         client_id = request.headers.get("x-request-id", "")
         request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
         ctx = RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
-        return await self._handle(ctx)
+        response = await self._handle(ctx)
+        if ctx.attempts:
+            self._health_sync.maybe_sync()
+        return response
 
     async def embed(self, deployment: str, text: str) -> tuple[float, ...]:
         """An embedding of ``text`` from one of this gateway's own deployments (the semantic cache's input)."""

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +36,11 @@ class Running:
 def run_aigw(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Running]:
     """Run `aigw ARGS --port 0`; yield once it printed its URL (its socket is bound and listening)."""
     full_env = {**os.environ, **(env or {})}
+    # Each server gets its own working directory, so its embedded state (./.aigw/) is its own.
+    own_dir = None
+    if cwd is None:
+        own_dir = tempfile.TemporaryDirectory(prefix="aigw-test-")
+        cwd = Path(own_dir.name)
     process = subprocess.Popen(
         [sys.executable, "-m", "aigw.cli", *args, "--port", "0"],
         stdout=subprocess.PIPE,
@@ -68,6 +74,8 @@ def run_aigw(args: list[str], env: dict[str, str] | None = None, cwd: Path | Non
             process.kill()
             process.wait()
         drain.join(timeout=5)
+        if own_dir is not None:
+            own_dir.cleanup()
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -106,6 +114,7 @@ def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
         # These tests inject faults into one shared backend on purpose; keep it in rotation between them.
         # Routing tests configure health and failover themselves.
         "routing": {"breaker": {"failures": 1000, "max_retry_after_s": 0.001}, "probe": {"enabled": False}},
+        "stores": {"health": "memory://"},
     }
     config.update(overrides)
     return config

@@ -44,6 +44,13 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    async def get(
+        self, url: str, headers: list[tuple[str, str]], timeout_s: float
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """A small GET (health probes): status and headers; raises ``BackendUnreachable``/``BackendTimeout``."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        return await _get_status(self._session, url, headers, timeout_s)
+
     async def send(
         self,
         backend: Backend,
@@ -86,6 +93,19 @@ class UpstreamClient:
         finally:
             response.release()
         return GatewayResponse(response.status, out_headers, data)
+
+
+async def _get_status(
+    session: aiohttp.ClientSession, url: str, headers: list[tuple[str, str]], timeout_s: float
+) -> tuple[int, list[tuple[str, str]]]:
+    try:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            await response.read()
+            return response.status, [(k.lower(), v) for k, v in response.headers.items()]
+    except TimeoutError:
+        raise BackendTimeout(f"no answer within {timeout_s:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise BackendUnreachable(_describe(exc)) from None
 
 
 async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -268,3 +268,45 @@ def _cache_entry(item: dict[str, Any]) -> CacheEntry:
         completion_tokens=int(item.get("completion_tokens", 0)),
         vector=tuple(vector) if vector is not None else None,
     )
+
+
+class CosmosHealth:
+    """Backend health in container ``health``: one document per backend (the id and partition key)."""
+
+    def __init__(self, target: CosmosTarget, container: str = "health") -> None:
+        self._counters = CosmosCounters(target, container)  # the same container setup, reused
+
+    async def start(self) -> None:
+        await self._counters.start()
+
+    async def publish(self, backend: str, state: dict[str, float]) -> None:
+        from azure.core.exceptions import AzureError
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        await self._counters._ready()
+        container = self._counters._container
+        try:
+            try:
+                current = await container.read_item(item=backend, partition_key=backend)
+            except CosmosResourceNotFoundError:
+                current = {"id": backend, "pk": backend}
+            for name, value in state.items():
+                current[name] = max(float(current.get(name, 0.0)), value)
+            await container.upsert_item(current)
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB health store: {_short(exc)}") from exc
+
+    async def read_all(self) -> dict[str, dict[str, float]]:
+        from azure.core.exceptions import AzureError
+
+        await self._counters._ready()
+        try:
+            items = [item async for item in self._counters._container.query_items("SELECT * FROM c")]
+        except (AzureError, OSError) as exc:
+            raise StorageError(f"Cosmos DB health store: {_short(exc)}") from exc
+        return {
+            item["id"]: {k: float(item.get(k, 0.0)) for k in ("throttled_until_s", "open_until_s")} for item in items
+        }
+
+    async def close(self) -> None:
+        await self._counters.close()

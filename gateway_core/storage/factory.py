@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .ports import CacheStore, CounterStore, StorageError
+from .ports import CacheStore, CounterStore, HealthStore, StorageError
 
 DEFAULT_STATE_DIR = ".aigw"
 
@@ -76,3 +76,30 @@ def _sqlite_path(url: str) -> Path:
     if not rest.startswith("/") or len(rest) < 2:
         raise StorageError(f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or sqlite:////abs/file.db")
     return Path(rest[1:])
+
+
+def default_health_url(env: Mapping[str, str]) -> str:
+    """``AIGW_HEALTH_URL``; else Cosmos DB at ``COSMOS_ENDPOINT``; else SQLite under ./.aigw/."""
+    if env.get("AIGW_HEALTH_URL"):
+        return env["AIGW_HEALTH_URL"]
+    counters = default_counters_url({k: v for k, v in env.items() if k != "AIGW_COUNTERS_URL"})
+    return counters.replace("counters.db", "health.db")
+
+
+def health_store(url: str, env: Mapping[str, str] | None = None) -> HealthStore:
+    """The health adapter for ``url`` (same schemes as ``counter_store``)."""
+    env = os.environ if env is None else env
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "memory":
+        from .memory import MemoryHealth
+
+        return MemoryHealth()
+    if scheme == "sqlite":
+        from .sqlite import SqliteHealth
+
+        return SqliteHealth(_sqlite_path(url))
+    if scheme == "cosmos":
+        from .cosmos import CosmosHealth, CosmosTarget
+
+        return CosmosHealth(CosmosTarget(url, env))
+    raise StorageError(f"unknown store URL {url!r}: use memory://, sqlite:///path or cosmos://host/database")

@@ -50,3 +50,22 @@ class MemoryCache:
 
     async def close(self) -> None:
         return None
+
+
+class MemoryHealth:
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, float]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, backend: str, state: dict[str, float]) -> None:
+        current = self._states.setdefault(backend, {})
+        for name, value in state.items():
+            current[name] = max(current.get(name, 0.0), value)
+
+    async def read_all(self) -> dict[str, dict[str, float]]:
+        return {name: dict(state) for name, state in self._states.items()}
+
+    async def close(self) -> None:
+        return None

@@ -70,3 +70,21 @@ class CacheStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class HealthStore(Protocol):
+    """Backend health windows shared by every instance: each backend's throttled-until and open-until times."""
+
+    async def start(self) -> None:
+        """Connect and create what is missing. Raises ``StorageError``."""
+        ...
+
+    async def publish(self, backend: str, state: dict[str, float]) -> None:
+        """Record ``state`` (``throttled_until_s``, ``open_until_s``); later deadlines win over earlier ones."""
+        ...
+
+    async def read_all(self) -> dict[str, dict[str, float]]:
+        """Every backend's shared state."""
+        ...
+
+    async def close(self) -> None: ...

@@ -316,3 +316,41 @@ def _entry(row: tuple[Any, ...]) -> CacheEntry:
         prompt_tokens=row[7],
         completion_tokens=row[8],
     )
+
+
+_HEALTH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS health (
+    backend TEXT PRIMARY KEY,
+    throttled_until_s REAL NOT NULL,
+    open_until_s REAL NOT NULL
+);
+"""
+
+
+class SqliteHealth:
+    def __init__(self, path: Path) -> None:
+        self._db = _SqliteThread(path, _HEALTH_SCHEMA)
+
+    async def start(self) -> None:
+        await self._db.run(lambda conn: None)
+
+    async def publish(self, backend: str, state: dict[str, float]) -> None:
+        throttled, opened = state.get("throttled_until_s", 0.0), state.get("open_until_s", 0.0)
+        await self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO health (backend, throttled_until_s, open_until_s) VALUES (?, ?, ?) "
+                "ON CONFLICT (backend) DO UPDATE SET "
+                "throttled_until_s = max(throttled_until_s, excluded.throttled_until_s), "
+                "open_until_s = max(open_until_s, excluded.open_until_s)",
+                (backend, throttled, opened),
+            )
+        )
+
+    async def read_all(self) -> dict[str, dict[str, float]]:
+        rows = await self._db.run(
+            lambda conn: conn.execute("SELECT backend, throttled_until_s, open_until_s FROM health").fetchall()
+        )
+        return {r[0]: {"throttled_until_s": r[1], "open_until_s": r[2]} for r in rows}
+
+    async def close(self) -> None:
+        await self._db.close()

@@ -52,6 +52,7 @@ async def test_openai_backend_gets_its_model_name_and_bearer_key(
                 }
             ],
             "keys": KEYS,
+            "stores": {"health": "memory://"},
         }
     )
     gateway = Gateway(config)
@@ -129,6 +130,7 @@ async def test_entra_backend_gets_a_cached_managed_identity_token(
                 }
             ],
             "keys": KEYS,
+            "stores": {"health": "memory://"},
         }
     )
     gateway = Gateway(config)

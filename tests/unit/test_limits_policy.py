@@ -43,7 +43,7 @@ def make_config(sim_url: str, rules: list[dict[str, Any]], **limits: Any) -> Any
                 {"name": "kb", "sha256": sha256_hex("bob-key"), "user": "bob", "tenant": "contoso"},
             ],
             "limits": {"rules": rules, **limits},
-            "stores": {"counters": "memory://"},
+            "stores": {"counters": "memory://", "health": "memory://"},
         }
     )
 
