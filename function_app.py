@@ -2,9 +2,11 @@
 
 The HTTP trigger serves every path (route ``{*path}``, ``routePrefix: ""`` in host.json), so the function URL
 is itself an Azure OpenAI endpoint. It is anonymous at the Functions level: the gateway authenticates callers.
-The timer trigger (health probes) and queue trigger (cost summaries) arrive with the routing and usage issues.
+The timer trigger probes every backend (health shared through the store); the queue trigger (cost summaries)
+arrives with the usage issue.
 """
 
+import os
 from pathlib import Path
 
 import azure.functions as func
@@ -20,3 +22,12 @@ host = FunctionsHost(Path(__file__).parent)
 @app.route(route="{*path}", methods=["GET", "POST", "HEAD"], auth_level=func.AuthLevel.ANONYMOUS)
 async def gateway(req: Request) -> StreamingResponse:
     return await host.handle(req)
+
+
+# NCRONTAB with seconds; every 30 s unless the app setting says otherwise (read at start, not per call).
+@app.function_name("health")
+@app.timer_trigger(
+    arg_name="timer", schedule=os.environ.get("AIGW_HEALTH_CRON", "*/30 * * * * *"), run_on_startup=False
+)
+async def health(timer: func.TimerRequest) -> None:
+    await host.check_health()

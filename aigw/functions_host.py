@@ -50,6 +50,13 @@ class FunctionsHost:
             await self._gateway.close()
             self._gateway, self._loop = None, None
 
+    async def check_health(self) -> dict[str, str]:
+        """The timer trigger's work: probe every backend and share what was learned through the health store."""
+        gateway = await self.gateway()
+        states = await gateway.prober.probe_all()
+        await gateway.sync_health()
+        return states
+
     async def handle(self, request: Request) -> Response:
         gateway = await self.gateway()
         limit = gateway.config.server.max_body_bytes

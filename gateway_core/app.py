@@ -130,7 +130,7 @@ class Gateway:
             self._probe_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_loop
-        await self._health_sync.sync()  # publish what this instance learned last
+        await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
         await self.health_store.close()
         await self.client.close()
@@ -150,6 +150,10 @@ class Gateway:
         if ctx.attempts:
             self._health_sync.maybe_sync()
         return response
+
+    async def sync_health(self) -> None:
+        """Publish this instance's health windows and adopt the others' (what the background sync does)."""
+        await self._health_sync.sync()
 
     async def embed(self, deployment: str, text: str) -> tuple[float, ...]:
         """An embedding of ``text`` from one of this gateway's own deployments (the semantic cache's input)."""

@@ -104,11 +104,11 @@ class SimulatorApp:
         if path == "/++/config":
             await self._runtime_config(method, body, send)
             return
+        record: dict[str, Any] = {"method": method, "path": path, "query": query, "headers": headers}
+        self.requests.append(record)
         if method == "GET" and path in ("/openai/models", "/v1/models", "/openai/deployments"):
             await self._list(headers, send)
             return
-        record: dict[str, Any] = {"method": method, "path": path, "query": query, "headers": headers}
-        self.requests.append(record)
         await self._inference(method, path, query, headers, body, send, _Watch(receive, record))
 
     async def _inference(

@@ -73,7 +73,9 @@ async def body_of(response: Response) -> bytes:
 
 
 def test_bindings_and_host_json(functions: dict[str, Any]) -> None:
-    assert set(functions) == {"gateway"}
+    assert set(functions) == {"gateway", "health"}
+    timer = orjson.loads(functions["health"].get_raw_bindings()[0])
+    assert timer["type"] == "timerTrigger" and timer["schedule"] == "*/30 * * * * *"
     bindings = orjson.loads(functions["gateway"].get_raw_bindings()[0])
     assert bindings["type"] == "httpTrigger"
     assert bindings["route"] == "{*path}"
@@ -116,3 +118,15 @@ async def test_http_trigger_errors_are_openai_style(trigger: Any) -> None:
     assert error["type"] == "authentication_error"
     healthz = await trigger(starlette_request("GET", "/healthz"))
     assert healthz.status_code == 200
+
+
+async def test_timer_trigger_probes_every_backend(functions: dict[str, Any], trigger: Any, sim_url: str) -> None:
+    from azure.functions.timer import TimerRequest
+
+    from tests.servers import clear_sim_requests, sim_requests
+
+    clear_sim_requests(sim_url)
+    await functions["health"].get_user_function()(TimerRequest(past_due=False))
+    (probe,) = sim_requests(sim_url)
+    assert probe["method"] == "GET" and probe["path"] == "/openai/models"
+    assert probe["headers"]["api-key"] == BACKEND_KEY

@@ -1,0 +1,206 @@
+"""Routing across three simulated regions through the whole pipeline, with a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from aigw.serve import BackgroundServers
+from gateway_core.app import Gateway
+from gateway_core.clock import ManualClock
+from gateway_core.config import config_from_dict, sha256_hex
+from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.simulator.app import SimulatorApp
+from gateway_core.simulator.settings import SimConfig
+
+KEY = {"api-key": "k"}
+REGIONS = (("east", "eastus", 1, 3), ("west", "westeurope", 1, 1), ("south", "southindia", 2, 1))
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[dict[str, str]]:
+    servers = BackgroundServers()
+    urls = {
+        name: f"http://127.0.0.1:{servers.serve(SimulatorApp(SimConfig(region=region)))}"
+        for name, region, _, _ in REGIONS
+    }
+    yield urls
+    servers.stop()
+
+
+@pytest.fixture(autouse=True)
+def healthy(sims: dict[str, str]) -> None:
+    for url in sims.values():
+        set_faults(url, [])
+        httpx.delete(url + "/_sim/requests")
+
+
+def set_faults(url: str, faults: list[dict[str, Any]]) -> None:
+    assert httpx.post(url + "/++/config", json={"faults": faults}).status_code == 200
+
+
+def requests_seen(url: str) -> int:
+    return len(httpx.get(url + "/_sim/requests").json()["requests"])
+
+
+@pytest.fixture
+async def gateway(sims: dict[str, str]) -> AsyncIterator[tuple[Gateway, ManualClock]]:
+    config = config_from_dict(
+        {
+            "backends": [
+                {
+                    "name": name,
+                    "url": sims[name],
+                    "region": region,
+                    "priority": priority,
+                    "weight": weight,
+                    "auth": {"type": "none"},
+                    "deployments": ["gpt-4o"],
+                }
+                for name, region, priority, weight in REGIONS
+            ],
+            "keys": [{"name": "k", "sha256": sha256_hex("k"), "user": "u"}],
+            "routing": {"max_attempts": 3, "breaker": {"failures": 5, "interval_s": 10, "trip_s": 30}},
+            "stores": {"health": "memory://"},
+        }
+    )
+    clock = ManualClock(time.time())
+    gw = Gateway(config, clock=clock)
+    await gw.start()
+    yield gw, clock
+    await gw.close()
+
+
+async def call(gw: Gateway, headers: dict[str, str] | None = None, **body: Any) -> GatewayResponse:
+    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], **body})
+    return await gw.handle(
+        GatewayRequest("POST", "/v1/chat/completions", {}, {**KEY, **(headers or {})}, raw, len(raw))
+    )
+
+
+async def test_weights_within_a_priority_over_2000_requests(gateway: tuple[Gateway, ManualClock]) -> None:
+    gw, _ = gateway
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(40):
+        responses = await asyncio.gather(*(call(gw) for _ in range(50)))
+        counts.update(r.header("x-aigw-backend") or "" for r in responses)
+    assert counts["south"] == 0  # priority 2: only when priority 1 cannot serve
+    assert abs(counts["east"] / 2000 - 0.75) < 0.05 and abs(counts["west"] / 2000 - 0.25) < 0.05
+
+
+async def test_region_header_picks_that_region_first(gateway: tuple[Gateway, ManualClock]) -> None:
+    gw, _ = gateway
+    for _ in range(20):
+        assert (await call(gw, {"x-user-region": "southindia"})).header("x-aigw-backend") == "south"
+    assert (await call(gw, {"x-user-region": "atlantis"})).header("x-aigw-backend") in ("east", "west")
+
+
+async def test_a_429_with_retry_after_takes_the_backend_out_for_that_long(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, clock = gateway
+    set_faults(sims["east"], [{"kind": "429", "retry_after_s": 2}])
+    set_faults(sims["west"], [{"kind": "429", "retry_after_s": 2}])
+    response = await call(gw)
+    assert response.status == 200 and response.header("x-aigw-backend") == "south"
+    assert response.header("x-aigw-attempts") == "3"
+    set_faults(sims["east"], [])
+    set_faults(sims["west"], [])
+    before = requests_seen(sims["east"]) + requests_seen(sims["west"])
+    for _ in range(10):
+        assert (await call(gw)).header("x-aigw-backend") == "south"  # both still out: nobody asks them
+    assert requests_seen(sims["east"]) + requests_seen(sims["west"]) == before
+    clock.advance(2)
+    assert (await call(gw)).header("x-aigw-backend") in ("east", "west")
+
+
+async def test_breaker_opens_after_five_failures_then_half_opens_and_recovers(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, clock = gateway
+    set_faults(sims["east"], [{"kind": "500"}])
+    httpx.delete(sims["east"] + "/_sim/requests")
+    while gw.health.state("east") != "open":
+        response = await call(gw, {"x-user-region": "eastus"})
+        assert response.status == 200 and response.header("x-aigw-backend") != "east"  # failed over
+    assert gw.health.snapshot("east")["recent_error_rate"] == 1.0
+    seen = requests_seen(sims["east"])
+    assert seen == 5
+    for _ in range(5):
+        assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-backend") != "east"
+    assert requests_seen(sims["east"]) == seen  # open: no traffic
+    clock.advance(30)
+    assert gw.health.state("east") == "half-open"
+    await call(gw, {"x-user-region": "eastus"})  # the test request fails: open again
+    assert gw.health.state("east") == "open" and requests_seen(sims["east"]) == seen + 1
+    set_faults(sims["east"], [])
+    clock.advance(30)
+    assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-backend") == "east"
+    assert gw.health.state("east") == "healthy"
+
+
+async def test_a_stream_fails_over_before_its_first_byte(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    set_faults(sims["east"], [{"kind": "503"}])
+    response = await call(gw, {"x-user-region": "eastus"}, stream=True)
+    assert response.status == 200 and response.header("x-aigw-backend") != "east"
+    assert response.stream is not None
+    body = b"".join([chunk async for chunk in response.stream])
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_stream_broken_after_its_first_byte_ends_with_an_error_event(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    set_faults(sims["east"], [{"kind": "drop"}])
+    response = await call(gw, {"x-user-region": "eastus"}, stream=True)
+    assert response.status == 200 and response.header("x-aigw-backend") == "east"
+    assert response.stream is not None
+    events = b"".join([chunk async for chunk in response.stream]).split(b"\n\n")
+    last = [e for e in events if e.startswith(b"data: ")][-1]
+    assert orjson.loads(last[6:])["error"]["code"] == "backend_unreachable"
+
+
+async def test_everything_down_answers_503_quickly(gateway: tuple[Gateway, ManualClock], sims: dict[str, str]) -> None:
+    gw, _ = gateway
+    for url in sims.values():
+        set_faults(url, [{"kind": "500"}])
+    for _ in range(5):
+        await call(gw)  # 3 attempts each: opens the breakers
+    assert all(gw.health.state(name) == "open" for name in sims)
+    started = time.monotonic()
+    response = await call(gw)
+    assert time.monotonic() - started < 0.05  # no backend is even tried
+    assert response.status == 503
+    assert orjson.loads(response.body)["error"]["code"] == "no_backend_available"
+
+
+async def test_everything_throttled_answers_429_with_the_soonest_retry_after(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    for name, seconds in (("east", 20), ("west", 9), ("south", 30)):
+        set_faults(sims[name], [{"kind": "429", "retry_after_s": seconds}])
+    first = await call(gw)
+    assert first.status == 429 and first.header("retry-after") == "9"  # the backends' answer, soonest wait
+    again = await call(gw)
+    assert again.status == 429 and again.header("retry-after") == "9"
+    assert orjson.loads(again.body)["error"]["code"] == "all_backends_throttled"
+
+
+async def test_client_errors_are_not_retried(gateway: tuple[Gateway, ManualClock], sims: dict[str, str]) -> None:
+    gw, _ = gateway
+    raw = b'{"model": "gpt-4o", "input": {"not": "text"}}'  # the backend answers 400
+    response = await gw.handle(GatewayRequest("POST", "/v1/embeddings", {}, KEY, raw, len(raw)))
+    assert response.status == 400 and response.header("x-aigw-attempts") == "1"
+    assert sum(requests_seen(u) for u in sims.values()) == 1
