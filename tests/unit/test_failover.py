@@ -39,11 +39,16 @@ def sims() -> Iterator[dict[str, str]]:
 def healthy(sims: dict[str, str]) -> None:
     for url in sims.values():
         set_faults(url, [])
-        httpx.delete(url + "/_sim/requests")
+        clear_requests(url)
 
 
 def set_faults(url: str, faults: list[dict[str, Any]]) -> None:
     assert httpx.post(url + "/++/config", json={"faults": faults}).status_code == 200
+
+
+def clear_requests(url: str) -> None:
+    # Plain blocking calls are fine here: the simulators run on their own thread's event loop.
+    httpx.delete(url + "/_sim/requests")
 
 
 def requests_seen(url: str) -> int:
@@ -126,7 +131,7 @@ async def test_breaker_opens_after_five_failures_then_half_opens_and_recovers(
 ) -> None:
     gw, clock = gateway
     set_faults(sims["east"], [{"kind": "500"}])
-    httpx.delete(sims["east"] + "/_sim/requests")
+    clear_requests(sims["east"])
     while gw.health.state("east") != "open":
         response = await call(gw, {"x-user-region": "eastus"})
         assert response.status == 200 and response.header("x-aigw-backend") != "east"  # failed over
