@@ -1,0 +1,187 @@
+"""bench/chaos.py [--duration 300] [--concurrency 16]: client-visible errors while regions fail (not a test).
+
+Starts three `aigw simulate` regions (eastus and westeurope at priority 1, southindia at priority 2) and
+`aigw serve --workers 2` in front of them, then sends chat requests for the whole duration while flipping
+regions between healthy, throttled (429 with Retry-After), failing (500/503) and dropping connections through
+each simulator's /++/config, always leaving at least one region healthy. The same load, at a quarter of the
+concurrency, also goes straight to the primary region, the way a client without the gateway would call it.
+Every simulated client paces itself (at most one request per 25 ms), so fast failures do not dominate counts.
+Prints error rates and latency for both. Everything listens on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REGIONS = (("eastus", 1), ("westeurope", 1), ("southindia", 2))
+# (seconds, {region: faults}); the schedule repeats. Every phase leaves at least one region healthy.
+PHASES: list[tuple[float, dict[str, list[dict[str, Any]]]]] = [
+    (20, {}),
+    (20, {"eastus": [{"kind": "429", "retry_after_s": 5}]}),
+    (20, {"eastus": [{"kind": "500"}]}),
+    (20, {"eastus": [{"kind": "drop"}], "westeurope": [{"kind": "429", "retry_after_s": 3}]}),
+    (20, {"westeurope": [{"kind": "503", "retry_after_s": 2}], "southindia": [{"kind": "429", "retry_after_s": 4}]}),
+    (20, {"eastus": [{"kind": "429", "rate": 0.5, "retry_after_s": 1}], "westeurope": [{"kind": "500", "rate": 0.3}]}),
+    (20, {"eastus": [{"kind": "500"}], "westeurope": [{"kind": "500"}]}),
+]
+PACE_S = 0.025  # each simulated client sends at most one request per 25 ms
+BODY = {"messages": [{"role": "user", "content": "chaos"}], "max_tokens": 8}
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start(args: list[str], cwd: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aigw.cli", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            return process, match.group(1)
+    raise RuntimeError("did not start")
+
+
+async def load(
+    url: str, headers: dict[str, str], concurrency: int, until: float, results: list[tuple[int, float]]
+) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def worker() -> None:
+            while time.monotonic() < until:
+                started = time.monotonic()
+                try:
+                    async with session.post(
+                        url, json=BODY, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+                    ) as r:
+                        await r.read()
+                        status = r.status
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0  # connection error: the client saw no answer at all
+                elapsed = time.monotonic() - started
+                results.append((status, elapsed * 1000))
+                # A client that paces itself like a real one: an instant error is not retried in a hot loop,
+                # so error rates compare requests, not how fast each path can fail.
+                await asyncio.sleep(max(0.0, PACE_S - elapsed))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def chaos(sims: dict[str, str], until: float, log: list[str]) -> None:
+    async with aiohttp.ClientSession() as session:
+        i = 0
+        while time.monotonic() < until:
+            seconds, faults = PHASES[i % len(PHASES)]
+            for region, url in sims.items():
+                async with session.post(url + "/++/config", json={"faults": faults.get(region, [])}) as r:
+                    assert r.status == 200
+            log.append(f"{time.strftime('%H:%M:%S')} phase {i % len(PHASES)}: {faults or 'all healthy'}")
+            await asyncio.sleep(min(seconds, max(0.0, until - time.monotonic())))
+            i += 1
+
+
+def summary(name: str, results: list[tuple[int, float]]) -> str:
+    errors = [s for s, _ in results if s != 200]
+    latencies = sorted(ms for _, ms in results)
+
+    def p(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    kinds = {s: errors.count(s) for s in sorted(set(errors))}
+    return (
+        f"| {name} | {len(results):,} | {len(errors):,} | {100 * len(errors) / max(1, len(results)):.3f}% | "
+        f"{statistics.median(latencies):.1f} | {p(0.99):.1f} | {kinds or '-'} |"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=300.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        env = {**os.environ, "CHAOS_BACKEND_KEY": "chaos-backend", "CHAOS_CLIENT_KEY": "chaos-client"}
+        processes = []
+        sims: dict[str, str] = {}
+        try:
+            for region, _ in REGIONS:
+                config = write_yaml(
+                    Path(work, f"{region}.yaml"), {"api_key": "chaos-backend", "region": region, "ttft_ms": 20}
+                )
+                process, url = start(["simulate", "--config", str(config)], work, env)
+                processes.append(process)
+                sims[region] = url
+            gateway_yaml = write_yaml(
+                Path(work, "gateway.yaml"),
+                {
+                    "backends": [
+                        {
+                            "name": region,
+                            "url": sims[region],
+                            "region": region,
+                            "priority": priority,
+                            "auth": {"type": "api_key", "key_env": "CHAOS_BACKEND_KEY"},
+                            "deployments": ["gpt-4o"],
+                        }
+                        for region, priority in REGIONS
+                    ],
+                    "keys": [{"name": "chaos", "key_env": "CHAOS_CLIENT_KEY", "user": "chaos"}],
+                    "routing": {
+                        "max_attempts": 3,
+                        "budget_s": 20,
+                        "breaker": {"failures": 5, "interval_s": 10, "trip_s": 10},
+                        "probe": {"interval_s": 5},
+                    },
+                },
+            )
+            process, gateway = start(["serve", "--config", str(gateway_yaml), "--workers", "2"], work, env)
+            processes.append(process)
+            until = time.monotonic() + args.duration
+            via: list[tuple[int, float]] = []
+            direct: list[tuple[int, float]] = []
+            log: list[str] = []
+            path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+            await asyncio.gather(
+                chaos(sims, until, log),
+                load(gateway + path, {"api-key": "chaos-client"}, args.concurrency, until, via),
+                load(sims["eastus"] + path, {"api-key": "chaos-backend"}, max(1, args.concurrency // 4), until, direct),
+            )
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=10)
+    print("\n".join(log))
+    print(
+        f"\nchaos run: {args.duration:.0f} s, {args.concurrency} concurrent clients through aigw "
+        f"(--workers 2, 3 regions)\n"
+    )
+    print("| path | requests | errors | error rate | p50 ms | p99 ms | error statuses |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    print(summary("through aigw", via))
+    print(summary("straight to the primary (eastus)", direct))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
