@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     if args.demo:
-        print(banner(url), flush=True)
+        print(banner(url, config), flush=True)
     else:
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:

@@ -88,8 +88,9 @@ def _model_of(deployment: str) -> str:
     return {"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}.get(deployment, deployment)
 
 
-def banner(url: str) -> str:
+def banner(url: str, config: GatewayConfig) -> str:
     key = os.environ.get("AIGW_DEMO_KEY") or DEMO_KEY
+    east = next(b.url for b in config.backends if b.region == "eastus")
     return f"""
 aigw demo gateway: {url}
   backends: two simulated regions (eastus first, westeurope as failover), deployments {", ".join(DEMO_DEPLOYMENTS)}
@@ -110,5 +111,9 @@ r = c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "conte
 print(r.choices[0].message.content)'
 
   curl -s {url}/status -H 'api-key: {key}'
+
+Watch failover: throttle the eastus region (its simulator), send requests, see x-aigw-backend change:
+  curl -s -X POST {east}/++/config -d '{{"faults": [{{"kind": "429", "retry_after_s": 30}}]}}'
+  curl -s -X POST {east}/++/config -d '{{"faults": []}}'     # heal it
 Press Ctrl+C to stop.
 """

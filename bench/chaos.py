@@ -48,20 +48,25 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def start(args: list[str], cwd: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aigw.cli", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-        env=env,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = re.search(r"listening on (http://\S+)", line)
+    """Start `aigw ARGS` with its output in a log file (a pipe nobody reads would fill and stall it)."""
+    log = Path(cwd, f"{args[0]}-{len(list(Path(cwd).glob('*.log')))}.log")
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aigw.cli", *args, "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            env=env,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (http://\S+)", log.read_text())
         if match:
             return process, match.group(1)
-    raise RuntimeError("did not start")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"aigw {args[0]} did not start: {log.read_text()[-2000:]}")
 
 
 async def load(
@@ -168,10 +173,20 @@ async def main() -> None:
                 load(gateway + path, {"api-key": "chaos-client"}, args.concurrency, until, via),
                 load(sims["eastus"] + path, {"api-key": "chaos-backend"}, max(1, args.concurrency // 4), until, direct),
             )
+            report(log, args, via, direct)
         finally:
             for process in processes:
                 process.terminate()
-                process.wait(timeout=10)
+            for process in processes:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def report(
+    log: list[str], args: argparse.Namespace, via: list[tuple[int, float]], direct: list[tuple[int, float]]
+) -> None:
     print("\n".join(log))
     print(
         f"\nchaos run: {args.duration:.0f} s, {args.concurrency} concurrent clients through aigw "

@@ -35,14 +35,7 @@ from .routing.health import HealthView
 from .routing.pools import PoolTable
 from .routing.probes import Prober
 from .routing.sync import HealthSync
-from .storage.factory import (
-    cache_store,
-    counter_store,
-    default_cache_url,
-    default_counters_url,
-    default_health_url,
-    health_store,
-)
+from .storage.factory import cache_store, counter_store, default_url, health_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
 
 log = logging.getLogger("aigw")
@@ -69,7 +62,7 @@ class Gateway:
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
         self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
         self.tasks = BackgroundTasks()
-        self.health_store: HealthStore = health_store(config.stores.health or default_health_url(env), env)
+        self.health_store: HealthStore = health_store(config.stores.health or default_url("health", env), env)
         self._health_sync = HealthSync(
             self.health, self.health_store, self.clock, config.routing.sync_interval_s, self.tasks
         )
@@ -81,10 +74,10 @@ class Gateway:
         # The counters store is opened only when there are rules to count for.
         self.counters: CounterStore | None = None
         if config.limits.rules:
-            self.counters = counter_store(config.stores.counters or default_counters_url(env), env)
+            self.counters = counter_store(config.stores.counters or default_url("counters", env), env)
         self.cache: CacheStore | None = None
         if config.cache.enabled or any(rule.enabled for rule in config.cache.rules):
-            self.cache = cache_store(config.stores.cache or default_cache_url(env), env, config.cache.max_store_bytes)
+            self.cache = cache_store(config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),

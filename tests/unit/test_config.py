@@ -27,6 +27,7 @@ def test_example_file_is_valid_and_complete() -> None:
     assert [r.name for r in config.limits.rules] == ["per-user-tpm", "tenant-monthly", "per-team"]
     assert config.cache.enabled and config.cache.semantic is not None
     assert config.stores.cache == "sqlite:///.aigw/cache.db"
+    assert config.routing.breaker.failures == 5 and config.routing.probe.interval_s == 30
 
 
 def test_unknown_key_is_named_with_file_and_line(tmp_path: Path) -> None:
