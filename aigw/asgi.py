@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
+from aigw.bodies import read_limited
 from gateway_core.app import Gateway
 from gateway_core.config import GatewayConfig
 from gateway_core.context import GatewayRequest, GatewayResponse
@@ -61,7 +62,7 @@ class GatewayASGI:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        body, size = await _read_body(receive, headers, self._max_body)
+        body, size = await read_limited(_chunks(receive), headers.get("content-length", ""), self._max_body)
         query_string = scope.get("query_string", b"")
         client = scope.get("client")
         request = GatewayRequest(
@@ -84,25 +85,14 @@ class GatewayASGI:
             await _send_stream(response, receive, send)
 
 
-async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> tuple[bytes, int]:
-    """Read the body, but stop past ``limit`` bytes: the size then tells the pipeline to answer 413."""
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return b"", int(declared)
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return b"", size
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), size
+            return
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 async def _send_stream(response: GatewayResponse, receive: Receive, send: Send) -> None:

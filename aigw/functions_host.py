@@ -13,6 +13,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from aigw.bodies import read_limited
 from gateway_core.app import Gateway
 from gateway_core.config import GatewayConfig, load_config
 from gateway_core.context import GatewayRequest
@@ -61,7 +62,7 @@ class FunctionsHost:
         gateway = await self.gateway()
         limit = gateway.config.server.max_body_bytes
         headers = {k.lower(): v for k, v in request.headers.items()}
-        body, size = await _read_body(request, headers, limit)
+        body, size = await read_limited(request.stream(), headers.get("content-length", ""), limit)
         result = await gateway.handle(
             GatewayRequest(
                 method=request.method,
@@ -77,17 +78,3 @@ class FunctionsHost:
         if result.stream is not None:
             return StreamingResponse(result.stream, status_code=result.status, headers=out_headers)
         return Response(result.body, status_code=result.status, headers=out_headers)
-
-
-async def _read_body(request: Request, headers: dict[str, str], limit: int) -> tuple[bytes, int]:
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return b"", int(declared)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return b"", size
-        chunks.append(chunk)
-    return b"".join(chunks), size

@@ -77,7 +77,9 @@ class Gateway:
             self.counters = counter_store(config.stores.counters or default_url("counters", env), env)
         self.cache: CacheStore | None = None
         if config.cache.enabled or any(rule.enabled for rule in config.cache.rules):
-            self.cache = cache_store(config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes)
+            self.cache = cache_store(
+                config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
+            )
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..background import BackgroundTasks
@@ -207,18 +207,14 @@ class LimitsPolicy:
         total = ctx.tokens.actual_total
         return ctx.tokens.estimate if total is None else total
 
-    async def _settle_after_stream(
+    def _settle_after_stream(
         self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation]
     ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()  # lets the usage scanner count what passed, if the stream was cut short
+        def settle() -> None:
             total = ctx.tokens.actual_total
             self._settle_later(reservations, ctx.tokens.estimate if total is None else total)
+
+        return _then(stream, settle)
 
     def _settle_later(self, reservations: list[Reservation], actual: int) -> None:
         for reservation in reservations:
@@ -230,7 +226,8 @@ class LimitsPolicy:
                 )
 
     async def _unchecked(self, ctx: RequestContext, call_next: Handler, limits: list[Limit]) -> GatewayResponse:
-        """fail_open: admit without reservations, and count the actual usage once the store answers again."""
+        """fail_open: admit without reservations and add the actual usage after the response; if the store is
+        still down then, that count is lost (logged by the background task), not retried."""
         response = await call_next(ctx)
         now = self._clock.now_s()
 
@@ -248,20 +245,20 @@ class LimitsPolicy:
         if response.stream is None:
             count(self._actual(ctx, response))
             return response
-        inner = response.stream
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in inner:
-                    yield chunk
-            finally:
-                aclose = getattr(inner, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-                count(ctx.tokens.actual_total or ctx.tokens.estimate)
-
-        response.stream = relay()
+        response.stream = _then(response.stream, lambda: count(ctx.tokens.actual_total or ctx.tokens.estimate))
         return response
+
+
+async def _then(stream: AsyncIterator[bytes], on_end: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Relay ``stream``, then call ``on_end`` however it ended (done, failed, or the client gone)."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()  # lets the usage scanner count what passed, if the stream was cut short
+        on_end()
 
 
 def _duration(seconds: float) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..clock import Clock
 from ..config import RoutingSettings
@@ -25,6 +27,16 @@ from .retry_after import retry_after_s
 from .strategies import by_priority_then_weight, region_first
 
 _RETRY_STATUSES = frozenset({408, 429})
+
+
+@dataclass(slots=True)
+class _Tries:
+    """What the tries of one request have spent and seen so far."""
+
+    deadline_s: float
+    count: int = 0
+    last_response: GatewayResponse | None = None
+    last_error: GatewayError | None = None
 
 
 class Forwarder:
@@ -61,21 +73,36 @@ class Forwarder:
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
         assert ctx.endpoint is not None and ctx.deployment is not None
         targets = self.order(ctx)
-        started = self._clock.monotonic_s()
-        deadline = started + self._settings.budget_s
-        last_response: GatewayResponse | None = None
-        last_error: GatewayError | None = None
-        tried = 0
+        tries = _Tries(deadline_s=self._clock.monotonic_s() + self._settings.budget_s)
+        answer = await self._try(ctx, targets, self._health.acquire, tries)
+        if answer is not None:
+            return answer
+        if tries.count == 0:
+            # Nothing is in rotation. Rather than refuse, try the backends whose breakers are open (one may have
+            # recovered, and a success closes its breaker), never one that asked us to wait: as Envoy's panic mode.
+            answer = await self._try(ctx, targets, self._health.last_resort, tries)
+            if answer is not None:
+                return answer
+            raise self._none_available(ctx, targets)
+        if tries.last_response is not None:
+            return self._tagged(self._soonest_retry(tries.last_response, targets), ctx)
+        if tries.last_error is not None:
+            raise tries.last_error
+        raise self._none_available(ctx, targets)
+
+    async def _try(
+        self, ctx: RequestContext, targets: list[Target], may_try: Callable[[str], bool], tries: _Tries
+    ) -> GatewayResponse | None:
+        """Try the ``targets`` that ``may_try`` admits, in order: the final answer, or None if every try failed."""
+        assert ctx.endpoint is not None
         for target in targets:
-            if tried >= self._settings.max_attempts:
-                break
-            remaining = deadline - self._clock.monotonic_s()
-            if remaining <= 0:
+            remaining = tries.deadline_s - self._clock.monotonic_s()
+            if tries.count >= self._settings.max_attempts or remaining <= 0:
                 break
             backend = target.backend
-            if not self._health.acquire(backend.name):
+            if not may_try(backend.name):  # last, as it may take the breaker's one half-open slot
                 continue
-            tried += 1
+            tries.count += 1
             attempt = Attempt(backend=backend.name)
             ctx.attempts.append(attempt)
             begin = self._clock.monotonic_s()
@@ -94,7 +121,7 @@ class Forwarder:
                 attempt.error = exc.message
                 attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
                 self._health.observe(backend.name, status=None, error=exc.message, latency_ms=attempt.elapsed_ms)
-                ctx.backend, last_error, last_response = backend.name, exc, None
+                ctx.backend, tries.last_error, tries.last_response = backend.name, exc, None
                 continue
             except BaseException:
                 self._health.release(backend.name)
@@ -107,7 +134,7 @@ class Forwarder:
             )
             ctx.backend = backend.name
             if self._retryable(backend.name, response.status):
-                last_response, last_error = response, None
+                tries.last_response, tries.last_error = response, None
                 continue
             if response.status == 200:
                 if response.stream is not None:
@@ -115,11 +142,7 @@ class Forwarder:
                 else:
                     record_json_usage(response.body, ctx.tokens)
             return self._tagged(response, ctx)
-        if last_response is not None:
-            return self._tagged(self._soonest_retry(last_response, targets), ctx)
-        if last_error is not None:
-            raise last_error
-        raise self._none_available(ctx, targets)
+        return None
 
     def _retryable(self, backend: str, status: int) -> bool:
         return status in _RETRY_STATUSES or status in self._health.settings(backend).failure_statuses
@@ -141,7 +164,8 @@ class Forwarder:
         return response
 
     def _none_available(self, ctx: RequestContext, targets: list[Target]) -> GatewayError:
-        """Every backend is out of rotation: 429 with the soonest Retry-After if all are throttled, else 503."""
+        """Every backend is out of rotation (and last-resort tries failed): 429 with the soonest Retry-After if
+        all are throttled, else 503."""
         if not targets:
             return BackendUnreachable(f"No backend serves '{ctx.deployment}'.")
         states = {t.backend.name: self._health.state(t.backend.name) for t in targets}

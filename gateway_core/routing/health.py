@@ -71,6 +71,11 @@ class HealthView:
             h.half_open_probe = True
         return True
 
+    def last_resort(self, backend: str) -> bool:
+        """May ``backend`` take a request when no backend is eligible? Yes unless it asked us to wait (429):
+        a breaker may still be open for a backend that has recovered, and trying it beats refusing."""
+        return self.throttled_for_s(backend) <= 0
+
     def throttled_for_s(self, backend: str) -> float:
         return max(0.0, self._by_backend[backend].throttled_until_s - self._clock.now_s())
 
@@ -126,7 +131,8 @@ class HealthView:
         self.changed.add(backend)
 
     def _release_probe(self, h: BackendHealth, *, success: bool) -> None:
-        if success and h.was_opened and h.open_until_s <= self._clock.now_s():
+        # Any success closes the breaker: the half-open test request, or a last-resort try (see Forwarder).
+        if success and h.was_opened:
             h.was_opened, h.open_until_s = False, 0.0
         h.half_open_probe = False
 

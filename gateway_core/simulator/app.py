@@ -125,8 +125,7 @@ class SimulatorApp:
         if method != "POST" or operation is None:
             await _error(send, 404, "404", "Resource not found")
             return
-        if self.config.api_key is not None and _credential(headers) != self.config.api_key:
-            await _error(send, 401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        if not await self._key_accepted(headers, send):
             return
         if path.startswith("/openai/deployments/") and "api-version" not in query:
             await _error(send, 404, "404", "Resource not found")
@@ -193,10 +192,16 @@ class SimulatorApp:
             self._deployments = {d.name: d for d in config.deployments}
         await _json(send, 200, self.config.model_dump(mode="json"))
 
+    async def _key_accepted(self, headers: dict[str, str], send: Send) -> bool:
+        """True if the caller sent the configured key; otherwise answers 401 as Azure OpenAI does."""
+        if self.config.api_key is None or _credential(headers) == self.config.api_key:
+            return True
+        await _error(send, 401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        return False
+
     async def _list(self, headers: dict[str, str], send: Send) -> None:
         # What a health probe calls: free of tokens, but authenticated, faulted and throttled like the rest.
-        if self.config.api_key is not None and _credential(headers) != self.config.api_key:
-            await _error(send, 401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        if not await self._key_accepted(headers, send):
             return
         fault = self._fault(SimDeployment(name="*"), headers)
         if fault is not None and fault.kind in ("429", "500", "503"):

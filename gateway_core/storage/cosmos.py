@@ -50,8 +50,13 @@ class CosmosTarget:
         return CosmosClient(self.endpoint, credential=DefaultAzureCredential())
 
 
-class CosmosCounters:
-    def __init__(self, target: CosmosTarget, container: str = "counters") -> None:
+class _Container:
+    """One container of the aigw database, created on first use (a store unreachable at start is retried then).
+
+    Every adapter below is one of these plus its own item operations; SDK errors become ``StorageError``.
+    """
+
+    def __init__(self, target: CosmosTarget, container: str) -> None:
         self._target = target
         self._container_name = container
         self._client: Any = None
@@ -83,12 +88,26 @@ class CosmosCounters:
                         if attempt == 2:
                             raise
             except (AzureError, OSError) as exc:
-                raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+                raise self._error(exc) from exc
 
-    async def _ready(self) -> None:
-        # A store that was unreachable at start is set up on first use instead (one caller at a time).
+    async def _ready(self) -> Any:
         if self._container is None:
             await self.start()
+        return self._container
+
+    def _error(self, exc: BaseException) -> StorageError:
+        return StorageError(f"Cosmos DB store {self._target.endpoint} ({self._container_name}): {_short(exc)}")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+            self._container = None
+
+
+class CosmosCounters(_Container):
+    def __init__(self, target: CosmosTarget, container: str = "counters") -> None:
+        super().__init__(target, container)
 
     async def add(self, key: str, window: int, amount: int, ttl_s: int) -> int:
         await self._ready()
@@ -107,7 +126,7 @@ class CosmosCounters:
                     item = await self._container.patch_item(item=doc_id, partition_key=key, patch_operations=operations)
             return int(item["value"])
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+            raise self._error(exc) from exc
 
     async def get(self, key: str, window: int) -> int:
         await self._ready()
@@ -119,20 +138,11 @@ class CosmosCounters:
         except CosmosResourceNotFoundError:
             return 0
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+            raise self._error(exc) from exc
         return int(item["value"])
 
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
-
-def _short(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-
-
-class CosmosCache:
+class CosmosCache(_Container):
     """Cache entries in container ``cache``: partitioned by bucket, the key as id, ``ttl`` for expiry.
 
     Semantic lookups use Cosmos DB vector search (``VectorDistance``) where the container has a vector
@@ -141,40 +151,11 @@ class CosmosCache:
     """
 
     def __init__(self, target: CosmosTarget, container: str = "cache") -> None:
-        self._target = target
-        self._container_name = container
-        self._client: Any = None
-        self._container: Any = None
-        self._lock = asyncio.Lock()
+        super().__init__(target, container)
         self._vector_search = True  # until the server shows it cannot
 
-    async def start(self) -> None:
-        from azure.core.exceptions import AzureError
-        from azure.cosmos import PartitionKey
-        from azure.cosmos.exceptions import CosmosResourceExistsError
-
-        async with self._lock:
-            if self._container is not None:
-                return
-            if self._client is None:
-                self._client = self._target.client()
-            try:
-                for attempt in range(3):
-                    try:
-                        database = await self._client.create_database_if_not_exists(self._target.database)
-                        self._container = await database.create_container_if_not_exists(
-                            id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
-                        )
-                        return
-                    except CosmosResourceExistsError:
-                        if attempt == 2:
-                            raise
-            except (AzureError, OSError) as exc:
-                raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
-
     async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
-        if self._container is None:
-            await self.start()
+        await self._ready()
         from azure.core.exceptions import AzureError
         from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
@@ -183,13 +164,12 @@ class CosmosCache:
         except CosmosResourceNotFoundError:
             return None
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+            raise self._error(exc) from exc
         entry = _cache_entry(item)
         return entry if entry.expires_s > now_s else None
 
     async def put(self, entry: CacheEntry) -> None:
-        if self._container is None:
-            await self.start()
+        await self._ready()
         from azure.core.exceptions import AzureError
 
         item: dict[str, Any] = {
@@ -207,11 +187,10 @@ class CosmosCache:
         try:
             await self._container.upsert_item(item)
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+            raise self._error(exc) from exc
 
     async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
-        if self._container is None:
-            await self.start()
+        await self._ready()
         from azure.core.exceptions import AzureError
 
         params: list[dict[str, Any]] = [
@@ -239,7 +218,7 @@ class CosmosCache:
             query = "SELECT c.id, c.vector FROM c WHERE c.pk = @b AND c.expires_s > @now AND IS_DEFINED(c.vector)"
             rows = [r async for r in self._container.query_items(query, parameters=params[:2], partition_key=bucket)]
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB store {self._target.endpoint}: {_short(exc)}") from exc
+            raise self._error(exc) from exc
         best: tuple[str, float] | None = None
         for row in rows:
             score = cosine(tuple(row["vector"]), vector)
@@ -249,11 +228,6 @@ class CosmosCache:
             return None
         entry = await self.get(bucket, best[0], now_s)
         return (entry, best[1]) if entry is not None else None
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
 
 def _cache_entry(item: dict[str, Any]) -> CacheEntry:
@@ -270,21 +244,17 @@ def _cache_entry(item: dict[str, Any]) -> CacheEntry:
     )
 
 
-class CosmosHealth:
+class CosmosHealth(_Container):
     """Backend health in container ``health``: one document per backend (the id and partition key)."""
 
     def __init__(self, target: CosmosTarget, container: str = "health") -> None:
-        self._counters = CosmosCounters(target, container)  # the same container setup, reused
-
-    async def start(self) -> None:
-        await self._counters.start()
+        super().__init__(target, container)
 
     async def publish(self, backend: str, state: dict[str, float]) -> None:
         from azure.core.exceptions import AzureError
         from azure.cosmos.exceptions import CosmosResourceNotFoundError
 
-        await self._counters._ready()
-        container = self._counters._container
+        container = await self._ready()
         try:
             try:
                 current = await container.read_item(item=backend, partition_key=backend)
@@ -294,19 +264,20 @@ class CosmosHealth:
                 current[name] = max(float(current.get(name, 0.0)), value)
             await container.upsert_item(current)
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB health store: {_short(exc)}") from exc
+            raise self._error(exc) from exc
 
     async def read_all(self) -> dict[str, dict[str, float]]:
         from azure.core.exceptions import AzureError
 
-        await self._counters._ready()
+        container = await self._ready()
         try:
-            items = [item async for item in self._counters._container.query_items("SELECT * FROM c")]
+            items = [item async for item in container.query_items("SELECT * FROM c")]
         except (AzureError, OSError) as exc:
-            raise StorageError(f"Cosmos DB health store: {_short(exc)}") from exc
+            raise self._error(exc) from exc
         return {
             item["id"]: {k: float(item.get(k, 0.0)) for k in ("throttled_until_s", "open_until_s")} for item in items
         }
 
-    async def close(self) -> None:
-        await self._counters.close()
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

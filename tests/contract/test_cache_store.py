@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,22 +10,15 @@ import pytest
 from gateway_core.storage.factory import cache_store
 from gateway_core.storage.ports import CacheEntry, CacheStore
 from gateway_core.storage.vectors import normalise
+from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
 
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite", "cosmos"])
+@pytest.fixture(params=ADAPTERS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CacheStore]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/cache.db"
-    else:
-        url = (
-            f"cosmos://{request.getfixturevalue('cosmos_address')}/k{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
-        )
-    adapter = cache_store(url, COSMOS_KEY_ENV)
+    adapter = cache_store(store_url(request.param, "cache", tmp_path, request), COSMOS_KEY_ENV)
     await adapter.start()
     yield adapter
     await adapter.close()

@@ -11,19 +11,13 @@ import pytest
 
 from gateway_core.storage.factory import counter_store
 from gateway_core.storage.ports import CounterStore, StorageError
+from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
 
 
-@pytest.fixture(params=["memory", "sqlite", "cosmos"])
+@pytest.fixture(params=ADAPTERS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CounterStore]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/counters.db"
-    else:
-        address = request.getfixturevalue("cosmos_address")
-        url = f"cosmos://{address}/t{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
-    adapter = counter_store(url, COSMOS_KEY_ENV)
+    adapter = counter_store(store_url(request.param, "counters", tmp_path, request), COSMOS_KEY_ENV)
     await adapter.start()
     yield adapter
     await adapter.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,20 +9,13 @@ import pytest
 
 from gateway_core.storage.factory import health_store
 from gateway_core.storage.ports import HealthStore
+from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
 
 
-@pytest.fixture(params=["memory", "sqlite", "cosmos"])
+@pytest.fixture(params=ADAPTERS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HealthStore]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/health.db"
-    else:
-        url = (
-            f"cosmos://{request.getfixturevalue('cosmos_address')}/h{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
-        )
-    adapter = health_store(url, COSMOS_KEY_ENV)
+    adapter = health_store(store_url(request.param, "health", tmp_path, request), COSMOS_KEY_ENV)
     await adapter.start()
     yield adapter
     await adapter.close()

@@ -185,9 +185,26 @@ async def test_everything_down_answers_503_quickly(gateway: tuple[Gateway, Manua
     assert all(gw.health.state(name) == "open" for name in sims)
     started = time.monotonic()
     response = await call(gw)
-    assert time.monotonic() - started < 0.05  # no backend is even tried
+    assert time.monotonic() - started < 0.2  # last-resort tries fail fast; nothing waits
     assert response.status == 503
     assert orjson.loads(response.body)["error"]["code"] == "no_backend_available"
+    assert response.header("x-aigw-attempts") is None  # an aigw error, not a backend answer
+
+
+async def test_when_every_breaker_is_open_a_recovered_backend_is_still_found(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    for url in sims.values():
+        set_faults(url, [{"kind": "500"}])
+    for _ in range(5):
+        await call(gw)
+    assert all(gw.health.state(name) == "open" for name in sims)
+    set_faults(sims["south"], [])  # south recovers while every breaker is still open
+    response = await call(gw)
+    assert response.status == 200 and response.header("x-aigw-backend") == "south"
+    assert gw.health.state("south") == "healthy"  # the success closed its breaker
+    assert gw.health.state("east") == "open"
 
 
 async def test_everything_throttled_answers_429_with_the_soonest_retry_after(
@@ -209,3 +226,20 @@ async def test_client_errors_are_not_retried(gateway: tuple[Gateway, ManualClock
     response = await gw.handle(GatewayRequest("POST", "/v1/embeddings", {}, KEY, raw, len(raw)))
     assert response.status == 400 and response.header("x-aigw-attempts") == "1"
     assert sum(requests_seen(u) for u in sims.values()) == 1
+
+
+async def test_trying_one_half_open_backend_leaves_the_others_test_slots_free(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, clock = gateway
+    for name in ("east", "west"):
+        set_faults(sims[name], [{"kind": "500"}])
+    while gw.health.state("east") != "open" or gw.health.state("west") != "open":
+        await call(gw)
+    for name in ("east", "west"):
+        set_faults(sims[name], [])
+    clock.advance(30)
+    assert gw.health.state("east") == gw.health.state("west") == "half-open"
+    assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-backend") == "east"
+    assert (await call(gw, {"x-user-region": "westeurope"})).header("x-aigw-backend") == "west"
+    assert gw.health.state("east") == gw.health.state("west") == "healthy"
