@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import re
 import statistics
@@ -38,6 +39,10 @@ PHASES: list[tuple[float, dict[str, list[dict[str, Any]]]]] = [
     (20, {"eastus": [{"kind": "429", "rate": 0.5, "retry_after_s": 1}], "westeurope": [{"kind": "500", "rate": 0.3}]}),
     (20, {"eastus": [{"kind": "500"}], "westeurope": [{"kind": "500"}]}),
 ]
+PHASE = [0]
+ERRORS_BY_PHASE: collections.Counter[tuple[str, int]] = (
+    collections.Counter()
+)  # the phase in force, for attributing errors
 PACE_S = 0.025  # each simulated client sends at most one request per 25 ms
 BODY = {"messages": [{"role": "user", "content": "chaos"}], "max_tokens": 8}
 
@@ -87,6 +92,8 @@ async def load(
                     status = 0  # connection error: the client saw no answer at all
                 elapsed = time.monotonic() - started
                 results.append((status, elapsed * 1000))
+                if status != 200:
+                    ERRORS_BY_PHASE[(url.split("/openai")[0], PHASE[0])] += 1
                 # A client that paces itself like a real one: an instant error is not retried in a hot loop,
                 # so error rates compare requests, not how fast each path can fail.
                 await asyncio.sleep(max(0.0, PACE_S - elapsed))
@@ -99,6 +106,7 @@ async def chaos(sims: dict[str, str], until: float, log: list[str]) -> None:
         i = 0
         while time.monotonic() < until:
             seconds, faults = PHASES[i % len(PHASES)]
+            PHASE[0] = i
             for region, url in sims.items():
                 async with session.post(url + "/++/config", json={"faults": faults.get(region, [])}) as r:
                     assert r.status == 200
@@ -174,6 +182,7 @@ async def main() -> None:
                 load(sims["eastus"] + path, {"api-key": "chaos-backend"}, max(1, args.concurrency // 4), until, direct),
             )
             report(log, args, via, direct)
+            print_errors(Path(work, "serve-3.log"))
         finally:
             for process in processes:
                 process.terminate()
@@ -182,6 +191,12 @@ async def main() -> None:
                     process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def print_errors(log: Path) -> None:
+    errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
+    if errors:
+        print(f"\ngateway log: {len(errors)} error lines, e.g.:\n" + "\n".join(errors[:5]))
 
 
 def report(
@@ -196,6 +211,9 @@ def report(
     print("|---|---:|---:|---:|---:|---:|---|")
     print(summary("through aigw", via))
     print(summary("straight to the primary (eastus)", direct))
+    print("\nerrors by (endpoint, phase number in order):")
+    for (endpoint, phase), count in sorted(ERRORS_BY_PHASE.items()):
+        print(f"  {endpoint} phase {phase}: {count}")
 
 
 if __name__ == "__main__":
