@@ -26,6 +26,12 @@ class ConfigError(ValueError):
     """Configuration that cannot be used; the message names the key (and file and line where known)."""
 
 
+def _require_unique(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} names must be unique: {', '.join(dupes)}")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -196,10 +202,7 @@ class LimitsSettings(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> LimitsSettings:
-        names = [r.name for r in self.rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        _require_unique([r.name for r in self.rules], "rule")
         return self
 
 
@@ -258,14 +261,8 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
-        names = [b.name for b in self.backends]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"backend names must be unique: {', '.join(dupes)}")
-        key_names = [k.name for k in self.keys]
-        dupes = sorted({n for n in key_names if key_names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"key names must be unique: {', '.join(dupes)}")
+        _require_unique([b.name for b in self.backends], "backend")
+        _require_unique([k.name for k in self.keys], "key")
         return self
 
     def deployment_names(self) -> list[str]:
