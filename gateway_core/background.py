@@ -27,10 +27,6 @@ class BackgroundTasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("background %s failed: %s", what, task.exception())
 
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
     async def drain(self) -> None:
         """Wait for every task, including those spawned while waiting."""
         while self._tasks:

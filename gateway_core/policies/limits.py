@@ -87,7 +87,7 @@ class LimitsPolicy:
         except BaseException:
             self._settle_later(reservations, 0)
             raise
-        self._replace_ratelimit_headers(response, reservations, estimate)
+        self._replace_ratelimit_headers(response, reservations)
         if response.stream is None:
             actual = self._actual(ctx, response)
             response.headers.append(("x-aigw-tokens-consumed", str(actual)))
@@ -185,9 +185,7 @@ class LimitsPolicy:
 
     # -- after the response
 
-    def _replace_ratelimit_headers(
-        self, response: GatewayResponse, reservations: list[Reservation], estimate: int
-    ) -> None:
+    def _replace_ratelimit_headers(self, response: GatewayResponse, reservations: list[Reservation]) -> None:
         """Show the tightest rate and quota (least remaining), in place of the backend's own x-ratelimit-*."""
         response.headers = [(k, v) for k, v in response.headers if not k.startswith("x-ratelimit-")]
         rates = [r for r in reservations if r.limit.kind == "tpm"]

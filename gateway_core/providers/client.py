@@ -1,8 +1,8 @@
 """The HTTP client on the hot path: aiohttp (measured far faster than httpx here, see PITFALLS.md).
 
 ``send`` makes one call to one backend and returns its response, streaming SSE chunk by chunk as they arrive.
-Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); ``Unsent`` marks failures
-where the request certainly never reached the backend, which are always safe to try elsewhere.
+Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); the failover loop decides
+what to try next.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ RETURNED_RESPONSE_HEADERS = frozenset(
     {"content-type", "retry-after", "retry-after-ms", "x-ms-region", "openai-processing-ms", "apim-request-id"}
 )
 _RATELIMIT_PREFIX = "x-ratelimit-"
-
-
-class Unsent(BackendUnreachable):
-    """The connection could not be made: the backend never saw the request."""
 
 
 class UpstreamClient:
@@ -75,9 +71,9 @@ class UpstreamClient:
         try:
             response = await self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise Unsent(f"Backend '{backend.name}' is unreachable: {_describe(exc)}.") from None
+            raise BackendUnreachable(f"Backend '{backend.name}' is unreachable: {_describe(exc)}.") from None
         except TimeoutError:
-            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {backend.timeout_s:g} s.") from None
+            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
             raise BackendUnreachable(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
         out_headers = _returned_headers(response.headers)
@@ -87,7 +83,7 @@ class UpstreamClient:
         try:
             data = await response.read()
         except TimeoutError:
-            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {backend.timeout_s:g} s.") from None
+            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
             raise BackendUnreachable(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
         finally:

@@ -105,7 +105,7 @@ class HealthView:
                 h.throttled_until_s = until
                 self.changed.add(backend)
             h.last_error = f"HTTP 429 (throttled {min(seconds, h.settings.max_retry_after_s):g} s)"
-            self._release_probe(h, success=True)  # it answered: the backend is up, merely busy
+            self._succeeded(h)  # it answered: the backend is up, merely busy
             return
         if failed:
             h.last_error = error or f"HTTP {status}"
@@ -118,7 +118,7 @@ class HealthView:
             if len(h.failures) >= h.settings.failures:
                 self._open(backend, h, now)
             return
-        self._release_probe(h, success=True)
+        self._succeeded(h)
 
     def release(self, backend: str) -> None:
         """The request that took the half-open slot ended without an outcome (client gone): free the slot."""
@@ -130,9 +130,9 @@ class HealthView:
         h.failures.clear()
         self.changed.add(backend)
 
-    def _release_probe(self, h: BackendHealth, *, success: bool) -> None:
+    def _succeeded(self, h: BackendHealth) -> None:
         # Any success closes the breaker: the half-open test request, or a last-resort try (see Forwarder).
-        if success and h.was_opened:
+        if h.was_opened:
             h.was_opened, h.open_until_s = False, 0.0
         h.half_open_probe = False
 
