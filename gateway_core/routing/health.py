@@ -229,8 +229,10 @@ class HealthView:
         if h is None or event.event_s <= h.breaker_event_s:
             return
         h.breaker_event_s = event.event_s
-        if event.open_until_s > 0:
+        if event.open_until_s > self._clock.now_s():
             h.open_until_s, h.was_opened = event.open_until_s, True
+        elif event.open_until_s > 0:
+            return  # an open whose time is over (a store kept from an earlier run): no news either way
         else:
             h.open_until_s, h.was_opened, h.half_open_taken = 0.0, False, False
             h.failures.clear()

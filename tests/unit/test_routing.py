@@ -139,6 +139,9 @@ def test_a_later_close_shared_by_another_instance_is_adopted_and_an_older_open_i
     assert view.state("b") == "healthy" and view.acquire("b", "d")
     view.merge_breaker("b", opened)  # the sync reads the old open again: it stays closed
     assert view.state("b") == "healthy"
+    clock.advance(60)
+    view.merge_breaker("b", BreakerEvent(clock.now_s() - 1, clock.now_s() - 31))  # over already: no half-open
+    assert view.state("b") == "healthy"
 
 
 def test_a_probe_failure_counts_only_without_a_recent_live_success() -> None:
