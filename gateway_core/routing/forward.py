@@ -184,6 +184,10 @@ class Forwarder:
                 target.backend.name, target.upstream_name, status=None, error=exc.message, counts=not slow
             )
             raise
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # closing the relay closes the upstream connection
 
     def _retryable(self, backend: str, status: int) -> bool:
         return status in _RETRY_STATUSES or self._health.is_failure(backend, status)
