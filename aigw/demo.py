@@ -110,7 +110,7 @@ c = AzureOpenAI(azure_endpoint="{url}", api_key="{key}", api_version="2024-10-21
 r = c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello"}}])
 print(r.choices[0].message.content)'
 
-  curl -s {url}/status -H 'api-key: {key}'
+  curl -s {url}/status -H 'api-key: {DEMO_ADMIN_KEY}'   # backends and health: admin keys only
 
 Watch failover: throttle the eastus region (its simulator), send requests, see x-aigw-backend change:
   curl -s -X POST {east}/++/config -d '{{"faults": [{{"kind": "429", "retry_after_s": 30}}]}}'

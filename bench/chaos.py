@@ -1,12 +1,17 @@
-"""bench/chaos.py [--duration 300] [--concurrency 16]: client-visible errors while regions fail (not a test).
+"""bench/chaos.py [--duration 300] [--concurrency 16] [--schedule fixed|random --seed 1 --phase-s 10]:
+client-visible errors while regions fail (not a test).
 
 Starts three `aigw simulate` regions (eastus and westeurope at priority 1, southindia at priority 2) and
 `aigw serve --workers 2` in front of them, then sends chat requests for the whole duration while flipping
-regions between healthy, throttled (429 with Retry-After), failing (500/503) and dropping connections through
-each simulator's /++/config, always leaving at least one region healthy. The same load, at a quarter of the
-concurrency, also goes straight to the primary region, the way a client without the gateway would call it.
-Every simulated client paces itself (at most one request per 25 ms), so fast failures do not dominate counts.
-Prints error rates and latency for both. Everything listens on 127.0.0.1 and stops by itself.
+regions between healthy, throttled (429 with Retry-After), failing (500/503), dropping connections and slow
+through each simulator's /++/config, always leaving at least one region healthy that did not ask for a wait in
+the phase before. ``--schedule fixed`` repeats the hand-written PHASES; ``random`` draws a seeded schedule
+(``random_phases``). The same load, at a quarter of the concurrency, also goes straight to the primary region,
+the way a client without the gateway would call it. Every simulated client paces itself (at most one request
+per 25 ms), so fast failures do not dominate counts. Prints error rates and latency for both, errors per phase,
+and the errors aigw answered while a backend was left untried (fewer attempts than regions): with a healthy
+region in every phase, each of those is the gateway giving up too early. Everything listens on 127.0.0.1 and
+stops by itself.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -41,11 +47,44 @@ PHASES: list[tuple[float, dict[str, list[dict[str, Any]]]]] = [
     (20, {"eastus": [{"kind": "429", "rate": 0.5, "retry_after_s": 1}], "westeurope": [{"kind": "500", "rate": 0.3}]}),
     (20, {"eastus": [{"kind": "500"}], "westeurope": [{"kind": "500"}]}),
 ]
+FAULT_KINDS = ("healthy", "429", "500", "503", "drop", "slow")
 PHASE = [0]  # the phase in force, for attributing errors
 ERRORS_BY_PHASE: collections.Counter[tuple[str, int]] = collections.Counter()
+REQUESTS_BY_PHASE: collections.Counter[tuple[str, int]] = collections.Counter()
+UNTRIED: collections.Counter[int] = collections.Counter()  # aigw errors with a backend left untried, by phase
 SAMPLES: list[str] = []  # a few error answers seen through aigw
+GATEWAY = [""]  # aigw's address, to tell its results from the direct ones
 PACE_S = 0.025  # each simulated client sends at most one request per 25 ms
 BODY = {"messages": [{"role": "user", "content": "chaos"}], "max_tokens": 8}
+
+
+def random_phases(seed: int, count: int, phase_s: float) -> list[tuple[float, dict[str, list[dict[str, Any]]]]]:
+    """A seeded schedule: each phase, one region healthy (never one that answered 429 in the phase before, as
+    it asked for a wait), each other one healthy, 429, 500, 503, dropping or slow, sometimes only for a share
+    of its requests. ``phase_s`` should exceed the longest Retry-After (5 s), so only the last phase's waits
+    can still be running."""
+    rng = random.Random(seed)
+    regions = [name for name, _ in REGIONS]
+    phases: list[tuple[float, dict[str, list[dict[str, Any]]]]] = []
+    asked_to_wait: set[str] = set()
+    for _ in range(count):
+        healthy = rng.choice([r for r in regions if r not in asked_to_wait])
+        faults: dict[str, list[dict[str, Any]]] = {}
+        for region in regions:
+            kind = "healthy" if region == healthy else rng.choice(FAULT_KINDS)
+            if kind == "healthy":
+                continue
+            fault: dict[str, Any] = {"kind": kind}
+            if kind in ("429", "503"):
+                fault["retry_after_s"] = rng.choice((1, 2, 3, 5))
+            if kind == "slow":
+                fault["extra_latency_ms"] = rng.choice((300, 1000, 2500))
+            if rng.random() < 0.3:
+                fault["rate"] = rng.choice((0.3, 0.5))
+            faults[region] = [fault]
+        asked_to_wait = {r for r, f in faults.items() if f[0]["kind"] == "429"}
+        phases.append((phase_s, faults))
+    return phases
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -78,23 +117,34 @@ def start(args: list[str], cwd: str, env: dict[str, str]) -> tuple[subprocess.Po
 async def load(
     url: str, headers: dict[str, str], concurrency: int, until: float, results: list[tuple[int, float]]
 ) -> None:
+    endpoint = url.split("/openai")[0]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def worker() -> None:
             while time.monotonic() < until:
-                started = time.monotonic()
+                started, phase = time.monotonic(), PHASE[0]
+                attempts = None
                 try:
                     async with session.post(
                         url, json=BODY, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
                     ) as r:
-                        await r.read()
+                        body = await r.read()
                         status = r.status
+                        attempts = r.headers.get("x-aigw-attempts")
                 except (aiohttp.ClientError, TimeoutError):
                     status = 0  # connection error: the client saw no answer at all
                 elapsed = time.monotonic() - started
                 results.append((status, elapsed * 1000))
+                REQUESTS_BY_PHASE[(endpoint, phase)] += 1
                 if status != 200:
-                    ERRORS_BY_PHASE[(url.split("/openai")[0], PHASE[0])] += 1
+                    ERRORS_BY_PHASE[(endpoint, phase)] += 1
+                    if endpoint == GATEWAY[0] and status:
+                        if len(SAMPLES) < 5:
+                            SAMPLES.append(f"{status} attempts={attempts} {body[:200]!r}")
+                        # A healthy region was in every phase: fewer tries than regions (in one phase) left it
+                        # untried.
+                        if (attempts is None or int(attempts) < len(REGIONS)) and PHASE[0] == phase:
+                            UNTRIED[phase] += 1
                 # A client that paces itself like a real one: an instant error is not retried in a hot loop,
                 # so error rates compare requests, not how fast each path can fail.
                 await asyncio.sleep(max(0.0, PACE_S - elapsed))
@@ -102,16 +152,22 @@ async def load(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def chaos(sims: dict[str, str], until: float, log: list[str]) -> None:
+async def chaos(
+    sims: dict[str, str],
+    until: float,
+    log: list[str],
+    phases: list[tuple[float, dict[str, list[dict[str, Any]]]]],
+) -> None:
     async with aiohttp.ClientSession() as session:
         i = 0
         while time.monotonic() < until:
-            seconds, faults = PHASES[i % len(PHASES)]
+            seconds, faults = phases[i % len(phases)]
             PHASE[0] = i
             for region, url in sims.items():
                 async with session.post(url + "/++/config", json={"faults": faults.get(region, [])}) as r:
-                    assert r.status == 200
-            log.append(f"{time.strftime('%H:%M:%S')} phase {i % len(PHASES)}: {faults or 'all healthy'}")
+                    if r.status != 200:
+                        raise RuntimeError(f"simulator {region} refused faults {faults.get(region)}: {r.status}")
+            log.append(f"{time.strftime('%H:%M:%S')} phase {i}: {faults or 'all healthy'}")
             await asyncio.sleep(min(seconds, max(0.0, until - time.monotonic())))
             i += 1
 
@@ -134,7 +190,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--schedule", choices=("fixed", "random"), default="fixed")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--phase-s", type=float, default=10.0)
     args = parser.parse_args()
+    phases = PHASES
+    if args.schedule == "random":
+        phases = random_phases(args.seed, max(1, int(args.duration // args.phase_s) + 1), args.phase_s)
     with tempfile.TemporaryDirectory() as work:
         env = {**os.environ, "CHAOS_BACKEND_KEY": "chaos-backend", "CHAOS_CLIENT_KEY": "chaos-aigw-client"}
         processes = []
@@ -172,13 +234,14 @@ async def main() -> None:
             )
             process, gateway = start(["serve", "--config", str(gateway_yaml), "--workers", "2"], work, env)
             processes.append(process)
+            GATEWAY[0] = gateway
             until = time.monotonic() + args.duration
             via: list[tuple[int, float]] = []
             direct: list[tuple[int, float]] = []
             log: list[str] = []
             path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
             await asyncio.gather(
-                chaos(sims, until, log),
+                chaos(sims, until, log, phases),
                 load(gateway + path, {"api-key": "chaos-aigw-client"}, args.concurrency, until, via),
                 load(sims["eastus"] + path, {"api-key": "chaos-backend"}, max(1, args.concurrency // 4), until, direct),
             )
@@ -204,18 +267,22 @@ def report(
     log: list[str], args: argparse.Namespace, via: list[tuple[int, float]], direct: list[tuple[int, float]]
 ) -> None:
     print("\n".join(log))
+    schedule = "fixed" if args.schedule == "fixed" else f"random, seed {args.seed}, {args.phase_s:g} s phases"
     print(
         f"\nchaos run: {args.duration:.0f} s, {args.concurrency} concurrent clients through aigw "
-        f"(--workers 2, 3 regions)\n"
+        f"(--workers 2, 3 regions), schedule {schedule}\n"
     )
     print("| path | requests | errors | error rate | p50 ms | p99 ms | error statuses |")
     print("|---|---:|---:|---:|---:|---:|---|")
     print(summary("through aigw", via))
     print(summary("straight to the primary (eastus)", direct))
     print("\nsample errors through aigw:\n  " + "\n  ".join(SAMPLES))
-    print("\nerrors by (endpoint, phase number in order):")
-    for (endpoint, phase), count in sorted(ERRORS_BY_PHASE.items()):
-        print(f"  {endpoint} phase {phase}: {count}")
+    print("\nerrors through aigw by phase (requests, errors, errors with a backend left untried):")
+    for (endpoint, phase), requests in sorted(REQUESTS_BY_PHASE.items()):
+        if endpoint == GATEWAY[0]:
+            errors = ERRORS_BY_PHASE[(endpoint, phase)]
+            print(f"  phase {phase}: {requests:,} requests, {errors} errors, {UNTRIED[phase]} untried")
+    print(f"\nerrors answered while a backend was left untried: {sum(UNTRIED.values())}")
 
 
 if __name__ == "__main__":

@@ -172,11 +172,18 @@ class Gateway:
         if kind is EndpointKind.HEALTHZ:
             return GatewayResponse(200, list(_JSON), b'{"status":"ok"}')
         if kind is EndpointKind.STATUS:
-            return GatewayResponse(200, list(_JSON), orjson.dumps(self.status()))
-        return GatewayResponse(200, list(_JSON), orjson.dumps(self._list_deployments(ctx.request.path)))
+            return GatewayResponse(200, list(_JSON), orjson.dumps(self.status(ctx.principal)))
+        return GatewayResponse(200, list(_JSON), orjson.dumps(self._list_deployments(ctx.request.path, ctx.principal)))
 
-    def status(self) -> dict[str, object]:
-        """Backends, the deployments they serve and this instance's view of their health."""
+    def status(self, principal: Principal | None) -> dict[str, object]:
+        """For admin keys: backends, the deployments they serve and this instance's view of their health.
+        For other keys only the deployments they may use: backend hosts and health are operators' business."""
+        if principal is None or not principal.admin:
+            return {
+                "status": "ok",
+                "deployments": self._deployments_for(principal),
+                "any_deployment": self.pools.has_wildcard and principal is not None and principal.may_use("*"),
+            }
         return {
             "status": "ok",
             "backends": [
@@ -195,8 +202,14 @@ class Gateway:
             "any_deployment": self.pools.has_wildcard,
         }
 
-    def _list_deployments(self, path: str) -> dict[str, object]:
+    def _deployments_for(self, principal: Principal | None) -> list[str]:
         names = self.config.deployment_names()
+        if principal is None:
+            return []
+        return [n for n in names if principal.may_use(n)]
+
+    def _list_deployments(self, path: str, principal: Principal | None) -> dict[str, object]:
+        names = self._deployments_for(principal)
         data: list[dict[str, object]]
         if path.startswith("/openai/deployments"):
             # The shape of Azure OpenAI's (older) deployments list.

@@ -112,6 +112,7 @@ class BackendTimeout(GatewayError):
     type = "timeout"
     code = "backend_timeout"
     retryable = True
+    started = False  # the backend had sent its status line: a slow generation, not a dead backend
 
 
 def error_payload(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -109,7 +109,7 @@ def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
                 "tenant": "fabrikam",
                 "deployments": ["gpt-4o-mini"],
             },
-            {"name": "carol", "key_env": "TEST_THIRD_KEY", "user": "carol", "tenant": "contoso"},
+            {"name": "carol", "key_env": "TEST_THIRD_KEY", "user": "carol", "tenant": "contoso", "admin": True},
         ],
         # These tests inject faults into one shared backend on purpose; keep it in rotation between them.
         # Routing tests configure health and failover themselves.

@@ -2,11 +2,13 @@
 
 ``send`` makes one call to one backend and returns its response, streaming SSE chunk by chunk as they arrive.
 Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); the failover loop decides
-what to try next.
+what to try next. Their messages reach clients, so they name the backend but never its host or port (aiohttp's
+own messages do): those details go to the log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -23,6 +25,7 @@ RETURNED_RESPONSE_HEADERS = frozenset(
     {"content-type", "retry-after", "retry-after-ms", "x-ms-region", "openai-processing-ms", "apim-request-id"}
 )
 _RATELIMIT_PREFIX = "x-ratelimit-"
+log = logging.getLogger("aigw")
 
 
 class UpstreamClient:
@@ -71,11 +74,11 @@ class UpstreamClient:
         try:
             response = await self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise BackendUnreachable(f"Backend '{backend.name}' is unreachable: {_describe(exc)}.") from None
+            raise _unreachable(backend, "could not be connected to", exc) from None
         except TimeoutError:
             raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
-            raise BackendUnreachable(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
+            raise _unreachable(backend, "failed before answering", exc) from None
         out_headers = _returned_headers(response.headers)
         content_type = response.headers.get("content-type", "")
         if stream and response.status == 200 and content_type.startswith("text/event-stream"):
@@ -83,9 +86,9 @@ class UpstreamClient:
         try:
             data = await response.read()
         except TimeoutError:
-            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
+            raise _slow(f"Backend '{backend.name}' did not finish its answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
-            raise BackendUnreachable(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
+            raise _unreachable(backend, "failed mid-response", exc) from None
         finally:
             response.release()
         return GatewayResponse(response.status, out_headers, data)
@@ -111,9 +114,9 @@ async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIte
             yield chunk
         finished = True
     except TimeoutError:
-        raise BackendTimeout(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
+        raise _slow(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
     except aiohttp.ClientError as exc:
-        raise BackendUnreachable(f"Backend '{backend.name}' broke off the stream: {_describe(exc)}.") from None
+        raise _unreachable(backend, "broke off the stream", exc) from None
     finally:
         # An unfinished stream (client gone, error) closes the connection, which cancels the upstream call.
         if finished:
@@ -138,6 +141,18 @@ def _returned_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
         if lower in RETURNED_RESPONSE_HEADERS or lower.startswith(_RATELIMIT_PREFIX):
             out.append((lower, value))
     return out
+
+
+def _unreachable(backend: Backend, what: str, exc: BaseException) -> BackendUnreachable:
+    """A client-safe error: the backend's name and what happened; aiohttp's text (host, port) only in the log."""
+    log.warning("backend %s %s: %s", backend.name, what, _describe(exc))
+    return BackendUnreachable(f"Backend '{backend.name}' {what} ({type(exc).__name__}).")
+
+
+def _slow(message: str) -> BackendTimeout:
+    exc = BackendTimeout(message)
+    exc.started = True  # the status line had come: a slow generation, not a dead backend
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

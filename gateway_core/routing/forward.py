@@ -1,22 +1,24 @@
 """The failover loop: try the deployment's eligible backends in strategy order until one answers.
 
-A try moves on to the next backend on 429, a breaker failure status (5xx by default), 408, a connection
-error or a timeout, within ``routing.max_attempts`` and ``routing.budget_s``. Other answers (a 400, a 404,
-a success) are final. A streaming answer is committed once its status is 200: the client has not seen a
-byte before that, and after it a failure can only end the stream with an SSE error event.
+A try moves on to the next backend on 429, a breaker failure status (5xx by default), 401/403 (aigw's own
+credential refused), 408, a connection error or a timeout, within ``routing.max_attempts`` and
+``routing.budget_s``. Other answers (a 400, a 404, a success) are final. When every eligible backend failed and
+attempts and budget remain, the backends behind open breakers are tried too, soonest-to-reopen first. A
+streaming answer is committed once its status is 200: the client has not seen a byte before that, and after it
+a failure can only end the stream with an SSE error event (and counts against that backend's breaker).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from ..clock import Clock
 from ..config import RoutingSettings
 from ..context import Attempt, GatewayResponse, RequestContext
-from ..errors import BackendUnreachable, GatewayError, ServiceUnavailable, TokenLimitExceeded
+from ..errors import BackendTimeout, BackendUnreachable, GatewayError, ServiceUnavailable, TokenLimitExceeded
 from ..providers.client import UpstreamClient, forwarded_headers
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
@@ -27,6 +29,7 @@ from .retry_after import retry_after_s
 from .strategies import by_priority_then_weight, region_first
 
 _RETRY_STATUSES = frozenset({408, 429})
+_CREDENTIAL_REFUSED = frozenset({401, 403})
 
 
 @dataclass(slots=True)
@@ -34,6 +37,7 @@ class _Tries:
     """What the tries of one request have spent and seen so far."""
 
     deadline_s: float
+    tried: set[str] = field(default_factory=set)  # backends tried by this request
     count: int = 0
     last_response: GatewayResponse | None = None
     last_error: GatewayError | None = None
@@ -71,27 +75,40 @@ class Forwarder:
         return region
 
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
+        try:
+            return self._tagged(await self._forward(ctx), ctx)
+        except GatewayError as exc:
+            exc.headers["x-aigw-attempts"] = str(len(ctx.attempts))  # errors say how many tries they cost too
+            raise
+
+    async def _forward(self, ctx: RequestContext) -> GatewayResponse:
         assert ctx.endpoint is not None and ctx.deployment is not None
         targets = self.order(ctx)
         tries = _Tries(deadline_s=self._clock.monotonic_s() + self._settings.budget_s)
         answer = await self._try(ctx, targets, self._health.acquire, tries)
         if answer is not None:
             return answer
-        if tries.count == 0:
-            # Nothing is in rotation. Rather than refuse, try the backends whose breakers are open (one may have
-            # recovered, and a success closes its breaker), never one that asked us to wait: as Envoy's panic mode.
-            answer = await self._try(ctx, targets, self._health.last_resort, tries)
-            if answer is not None:
-                return answer
-            raise self._none_available(ctx, targets)
+        none_eligible = tries.count == 0
+        # Every eligible backend failed, or none was eligible. Rather than give up with attempts and budget to
+        # spare, try the backends behind open breakers (one may have recovered, and a success closes its
+        # breaker), soonest to reopen first, never one that asked us to wait: as Envoy's panic mode.
+        untried = [t for t in targets if t.backend.name not in tries.tried]
+        untried.sort(key=lambda t: self._health.open_until_s(t.backend.name))  # stable: strategy order kept
+        answer = await self._try(ctx, untried, self._health.last_resort, tries)
+        if answer is not None:
+            return answer
+        if none_eligible:
+            raise self._none_available(ctx, targets)  # what the last-resort tries saw says less than this
         if tries.last_response is not None:
-            return self._tagged(self._soonest_retry(tries.last_response, targets), ctx)
+            if tries.last_response.status in _CREDENTIAL_REFUSED:
+                raise self._credential_refused(ctx, tries.last_response.status)
+            return self._soonest_retry(tries.last_response, targets)
         if tries.last_error is not None:
             raise tries.last_error
         raise self._none_available(ctx, targets)
 
     async def _try(
-        self, ctx: RequestContext, targets: list[Target], may_try: Callable[[str], bool], tries: _Tries
+        self, ctx: RequestContext, targets: list[Target], may_try: Callable[[str, str], bool], tries: _Tries
     ) -> GatewayResponse | None:
         """Try the ``targets`` that ``may_try`` admits, in order: the final answer, or None if every try failed."""
         assert ctx.endpoint is not None
@@ -99,10 +116,11 @@ class Forwarder:
             remaining = tries.deadline_s - self._clock.monotonic_s()
             if tries.count >= self._settings.max_attempts or remaining <= 0:
                 break
-            backend = target.backend
-            if not may_try(backend.name):  # last, as it may take the breaker's one half-open slot
+            backend, deployment = target.backend, target.upstream_name
+            if not may_try(backend.name, deployment):  # last, as it may take the breaker's one half-open slot
                 continue
             tries.count += 1
+            tries.tried.add(backend.name)
             attempt = Attempt(backend=backend.name)
             ctx.attempts.append(attempt)
             begin = self._clock.monotonic_s()
@@ -120,7 +138,17 @@ class Forwarder:
             except GatewayError as exc:
                 attempt.error = exc.message
                 attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
-                self._health.observe(backend.name, status=None, error=exc.message, latency_ms=attempt.elapsed_ms)
+                # A generation that is merely slow (its status line came, or our budget was the limit) says
+                # nothing about the backend's health.
+                slow = isinstance(exc, BackendTimeout) and (exc.started or remaining < backend.timeout_s)
+                self._health.observe(
+                    backend.name,
+                    deployment,
+                    status=None,
+                    error=exc.message,
+                    latency_ms=attempt.elapsed_ms,
+                    counts=not slow,
+                )
                 ctx.backend, tries.last_error, tries.last_response = backend.name, exc, None
                 continue
             except BaseException:
@@ -130,7 +158,7 @@ class Forwarder:
             attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
             wait_s = retry_after_s(response.headers, self._clock.now_s()) if response.status == 429 else None
             self._health.observe(
-                backend.name, status=response.status, latency_ms=attempt.elapsed_ms, retry_after_s=wait_s
+                backend.name, deployment, status=response.status, latency_ms=attempt.elapsed_ms, retry_after_s=wait_s
             )
             ctx.backend = backend.name
             if self._retryable(backend.name, response.status):
@@ -138,14 +166,40 @@ class Forwarder:
                 continue
             if response.status == 200:
                 if response.stream is not None:
-                    response.stream = scan_sse(response.stream, ctx.tokens)
+                    response.stream = scan_sse(self._watched(response.stream, target), ctx.tokens)
                 else:
                     record_json_usage(response.body, ctx.tokens)
-            return self._tagged(response, ctx)
+            return response
         return None
 
+    async def _watched(self, stream: AsyncIterator[bytes], target: Target) -> AsyncIterator[bytes]:
+        """Relay ``stream``; a backend that breaks it off after its status line counts as failed for the breaker
+        (the request cannot fail over any more, but the next ones should not go there)."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except GatewayError as exc:
+            slow = isinstance(exc, BackendTimeout)  # stopped sending for a while: slow, not broken
+            self._health.observe(
+                target.backend.name, target.upstream_name, status=None, error=exc.message, counts=not slow
+            )
+            raise
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # closing the relay closes the upstream connection
+
     def _retryable(self, backend: str, status: int) -> bool:
-        return status in _RETRY_STATUSES or status in self._health.settings(backend).failure_statuses
+        return status in _RETRY_STATUSES or self._health.is_failure(backend, status)
+
+    def _credential_refused(self, ctx: RequestContext, status: int) -> GatewayError:
+        # The client's key was fine: say whose credential failed, without passing the backend's 401 on as if it
+        # were about the client's key.
+        return BackendUnreachable(
+            f"The backend for '{ctx.deployment}' refused the gateway's own credential (HTTP {status}); "
+            "your key was accepted. The gateway's operator must fix the backend credential.",
+            code="backend_credential_refused",
+        )
 
     def _tagged(self, response: GatewayResponse, ctx: RequestContext) -> GatewayResponse:
         response.headers.append(("x-aigw-attempts", str(len(ctx.attempts))))
@@ -155,7 +209,7 @@ class Forwarder:
         """The last backend's answer as it was; if every backend is throttled, with the soonest Retry-After."""
         if response.status != 429 or len(targets) < 2:
             return response  # a lone backend's own Retry-After is already the soonest
-        waits = [self._health.throttled_for_s(t.backend.name) for t in targets]
+        waits = [self._health.throttled_for_s(t.backend.name, t.upstream_name) for t in targets]
         if waits and all(w > 0 for w in waits):
             soonest = min(waits)
             response.headers = [(k, v) for k, v in response.headers if k not in ("retry-after", "retry-after-ms")]
@@ -168,9 +222,9 @@ class Forwarder:
         all are throttled, else 503."""
         if not targets:
             return BackendUnreachable(f"No backend serves '{ctx.deployment}'.")
-        states = {t.backend.name: self._health.state(t.backend.name) for t in targets}
+        states = {t.backend.name: self._health.state(t.backend.name, t.upstream_name) for t in targets}
         if all(state == "throttled" for state in states.values()):
-            soonest = min(self._health.throttled_for_s(name) for name in states)
+            soonest = min(self._health.throttled_for_s(t.backend.name, t.upstream_name) for t in targets)
             return TokenLimitExceeded(
                 f"Every backend for '{ctx.deployment}' is throttled; retry after {math.ceil(soonest)} seconds.",
                 status=429,

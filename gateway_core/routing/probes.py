@@ -2,15 +2,14 @@
 
 Azure OpenAI has no free health endpoint; ``GET /openai/models`` costs no tokens but counts against the
 resource's request rate (one call per backend per interval per instance). The path is configurable.
-Backends that are throttled or whose breaker is open are not probed: their windows end by themselves; a
-half-open backend's probe is its test request.
+Probes inform, live traffic decides (see ``HealthView.observe_probe``): every backend is probed, whatever its
+state, and a probe never takes the half-open slot that a live request needs to close a breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from ..clock import Clock
 from ..config import Backend, ProbeSettings
@@ -18,7 +17,6 @@ from ..errors import GatewayError
 from ..providers.client import UpstreamClient
 from ..providers.credentials import Credential
 from .health import HealthView
-from .retry_after import retry_after_s
 
 log = logging.getLogger("aigw")
 
@@ -48,26 +46,18 @@ class Prober:
         return f"{backend.url}/v1/models"
 
     async def probe_all(self) -> dict[str, str]:
-        """Probe every backend once, concurrently; returns each one's state afterwards."""
+        """Probe every backend once, concurrently; returns each one's breaker state afterwards."""
         await asyncio.gather(*(self._probe(b) for b in self._backends))
         return {b.name: self._health.state(b.name) for b in self._backends}
 
     async def _probe(self, backend: Backend) -> None:
-        if not self._health.acquire(backend.name):
-            return
-        started = time.monotonic()
         try:
             headers = await self._credentials[backend.name].headers()
-            status, response_headers = await self._client.get(self.url_of(backend), headers, self._settings.timeout_s)
+            status, _ = await self._client.get(self.url_of(backend), headers, self._settings.timeout_s)
         except GatewayError as exc:
-            self._health.observe(backend.name, status=None, error=f"probe: {exc.message}")
+            self._health.observe_probe(backend.name, status=None, error=exc.message)
             return
-        except BaseException:
-            self._health.release(backend.name)
-            raise
-        wait_s = retry_after_s(response_headers, self._clock.now_s()) if status == 429 else None
-        latency_ms = (time.monotonic() - started) * 1000
-        self._health.observe(backend.name, status=status, latency_ms=latency_ms, retry_after_s=wait_s)
+        self._health.observe_probe(backend.name, status=status)
 
     async def run_forever(self) -> None:
         """`aigw serve`'s background loop (the Functions app uses its timer trigger instead)."""

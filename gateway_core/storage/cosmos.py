@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .ports import CacheEntry, StorageError
+from .ports import CacheEntry, SharedHealth, StorageError
 from .vectors import cosine
+
+_MERGE_TRIES = 20  # conditional writes of one health document before giving up
 
 
 class CosmosTarget:
@@ -245,38 +248,71 @@ def _cache_entry(item: dict[str, Any]) -> CacheEntry:
 
 
 class CosmosHealth(_Container):
-    """Backend health in container ``health``: one document per backend (the id and partition key)."""
+    """Backend health in container ``health``: one document per breaker (``b:<backend>``) and per throttled
+    (backend, deployment) (``t:<sha256>``), each its own partition. Writes are conditional on the document's
+    ETag and retried on a race, so concurrent publishes never put an earlier event over a later one."""
 
     def __init__(self, target: CosmosTarget, container: str = "health") -> None:
         super().__init__(target, container)
 
-    async def publish(self, backend: str, state: dict[str, float]) -> None:
+    async def publish_breaker(self, backend: str, open_until_s: float, event_s: float) -> None:
+        fields = {"kind": "breaker", "backend": backend, "open_until_s": open_until_s, "event_s": event_s}
+        await self._merge(f"b:{backend}", fields, lambda current: event_s > float(current.get("event_s", 0.0)))
+
+    async def publish_throttle(self, backend: str, deployment: str, until_s: float) -> None:
+        doc_id = "t:" + hashlib.sha256(f"{backend}\n{deployment}".encode()).hexdigest()
+        fields = {"kind": "throttle", "backend": backend, "deployment": deployment, "until_s": until_s}
+        await self._merge(doc_id, fields, lambda current: until_s > float(current.get("until_s", 0.0)))
+
+    async def _merge(self, doc_id: str, fields: dict[str, Any], wins: Callable[[dict[str, Any]], bool]) -> None:
+        from azure.core import MatchConditions
         from azure.core.exceptions import AzureError
-        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+        from azure.cosmos.exceptions import (
+            CosmosAccessConditionFailedError,
+            CosmosResourceExistsError,
+            CosmosResourceNotFoundError,
+        )
 
         container = await self._ready()
         try:
-            try:
-                current = await container.read_item(item=backend, partition_key=backend)
-            except CosmosResourceNotFoundError:
-                current = {"id": backend, "pk": backend}
-            for name, value in state.items():
-                current[name] = max(float(current.get(name, 0.0)), value)
-            await container.upsert_item(current)
+            for _ in range(_MERGE_TRIES):
+                try:
+                    current = await container.read_item(item=doc_id, partition_key=doc_id)
+                except CosmosResourceNotFoundError:
+                    try:
+                        await container.create_item({"id": doc_id, "pk": doc_id, **fields})
+                        return
+                    except CosmosResourceExistsError:
+                        continue  # another instance created it first: merge with theirs
+                if not wins(current):
+                    return
+                current.update(fields)
+                try:
+                    await container.replace_item(
+                        item=doc_id, body=current, etag=current["_etag"], match_condition=MatchConditions.IfNotModified
+                    )
+                    return
+                except CosmosAccessConditionFailedError:
+                    continue  # changed since we read it: read again
         except (AzureError, OSError) as exc:
             raise self._error(exc) from exc
+        raise StorageError(f"Cosmos DB store {self._target.endpoint} (health): {doc_id} kept changing")
 
-    async def read_all(self) -> dict[str, dict[str, float]]:
+    async def read_all(self) -> SharedHealth:
         from azure.core.exceptions import AzureError
 
         container = await self._ready()
         try:
-            items = [item async for item in container.query_items("SELECT * FROM c")]
+            items = [item async for item in container.query_items("SELECT * FROM c WHERE IS_DEFINED(c.kind)")]
         except (AzureError, OSError) as exc:
             raise self._error(exc) from exc
-        return {
-            item["id"]: {k: float(item.get(k, 0.0)) for k in ("throttled_until_s", "open_until_s")} for item in items
-        }
+        shared = SharedHealth({}, {})
+        for item in items:
+            if item["kind"] == "breaker":
+                shared.breakers[item["backend"]] = (float(item["open_until_s"]), float(item["event_s"]))
+            elif item["kind"] == "throttle":
+                shared.throttles[(item["backend"], item["deployment"])] = float(item["until_s"])
+        return shared
 
 
 def _short(exc: BaseException) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .ports import CacheEntry
+from .ports import CacheEntry, SharedHealth
 from .vectors import best_match
 
 
@@ -54,18 +54,23 @@ class MemoryCache:
 
 class MemoryHealth:
     def __init__(self) -> None:
-        self._states: dict[str, dict[str, float]] = {}
+        self._breakers: dict[str, tuple[float, float]] = {}
+        self._throttles: dict[tuple[str, str], float] = {}
 
     async def start(self) -> None:
         return None
 
-    async def publish(self, backend: str, state: dict[str, float]) -> None:
-        current = self._states.setdefault(backend, {})
-        for name, value in state.items():
-            current[name] = max(current.get(name, 0.0), value)
+    async def publish_breaker(self, backend: str, open_until_s: float, event_s: float) -> None:
+        current = self._breakers.get(backend)
+        if current is None or event_s > current[1]:
+            self._breakers[backend] = (open_until_s, event_s)
 
-    async def read_all(self) -> dict[str, dict[str, float]]:
-        return {name: dict(state) for name, state in self._states.items()}
+    async def publish_throttle(self, backend: str, deployment: str, until_s: float) -> None:
+        key = (backend, deployment)
+        self._throttles[key] = max(self._throttles.get(key, 0.0), until_s)
+
+    async def read_all(self) -> SharedHealth:
+        return SharedHealth(dict(self._breakers), dict(self._throttles))
 
     async def close(self) -> None:
         return None

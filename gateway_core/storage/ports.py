@@ -72,19 +72,39 @@ class CacheStore(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(slots=True, frozen=True)
+class SharedHealth:
+    """What every instance shares: each backend's last breaker event, each (backend, deployment)'s throttle.
+
+    ``breakers`` maps a backend to ``(open_until_s, event_s)``: opened until then, or closed (0) at ``event_s``.
+    ``throttles`` maps ``(backend, deployment)`` to the unix time its throttle window ends.
+    """
+
+    breakers: dict[str, tuple[float, float]]
+    throttles: dict[tuple[str, str], float]
+
+
 class HealthStore(Protocol):
-    """Backend health windows shared by every instance: each backend's throttled-until and open-until times."""
+    """Backend health shared by every instance: breaker events per backend, throttles per deployment."""
 
     async def start(self) -> None:
         """Connect and create what is missing. Raises ``StorageError``."""
         ...
 
-    async def publish(self, backend: str, state: dict[str, float]) -> None:
-        """Record ``state`` (``throttled_until_s``, ``open_until_s``); later deadlines win over earlier ones."""
+    async def publish_breaker(self, backend: str, open_until_s: float, event_s: float) -> None:
+        """Record that the breaker opened (until ``open_until_s``) or closed (0) at ``event_s``.
+
+        The event with the later ``event_s`` wins, whichever arrives last; concurrent publishes never leave an
+        earlier event in place of a later one.
+        """
         ...
 
-    async def read_all(self) -> dict[str, dict[str, float]]:
-        """Every backend's shared state."""
+    async def publish_throttle(self, backend: str, deployment: str, until_s: float) -> None:
+        """Record that ``deployment`` on ``backend`` is throttled until ``until_s``; the later deadline wins."""
+        ...
+
+    async def read_all(self) -> SharedHealth:
+        """Every backend's last breaker event and every throttle window."""
         ...
 
     async def close(self) -> None: ...

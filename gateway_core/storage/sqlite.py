@@ -8,6 +8,7 @@ atomic upserts (``ON CONFLICT ... DO UPDATE ... RETURNING``) keep concurrent add
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .ports import CacheEntry, StorageError
+from .ports import CacheEntry, SharedHealth, StorageError
 from .vectors import pack, unpack
 
 T = TypeVar("T")
@@ -40,6 +41,18 @@ def _retry_busy(fn: Callable[[], T], budget_s: float = 10.0) -> T:
             pause_s = min(pause_s * 2, 0.002)
 
 
+def _private_files(path: Path) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm files the same mode) and tighten any of
+    the three that an earlier version left readable by others: keys, cached answers and usage live there."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if name.stat().st_mode & 0o077:
+                name.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 class _SqliteThread:
     """One connection, used only from its own thread."""
 
@@ -50,7 +63,8 @@ class _SqliteThread:
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_files(self._path)
         # timeout=0: SQLite's own busy handler sleeps 1, 2, 5, 10... ms while another process holds the write
         # lock, which measured as 20 ms p50 at 32 connections over 2 workers; we retry in short steps instead.
         conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
@@ -318,11 +332,18 @@ def _entry(row: tuple[Any, ...]) -> CacheEntry:
     )
 
 
+# Tables named apart from the old per-backend ``health`` table, which files made by earlier versions still hold.
 _HEALTH_SCHEMA = """
-CREATE TABLE IF NOT EXISTS health (
+CREATE TABLE IF NOT EXISTS breakers (
     backend TEXT PRIMARY KEY,
-    throttled_until_s REAL NOT NULL,
-    open_until_s REAL NOT NULL
+    open_until_s REAL NOT NULL,
+    event_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS throttles (
+    backend TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    until_s REAL NOT NULL,
+    PRIMARY KEY (backend, deployment)
 );
 """
 
@@ -334,23 +355,33 @@ class SqliteHealth:
     async def start(self) -> None:
         await self._db.run(lambda conn: None)
 
-    async def publish(self, backend: str, state: dict[str, float]) -> None:
-        throttled, opened = state.get("throttled_until_s", 0.0), state.get("open_until_s", 0.0)
+    async def publish_breaker(self, backend: str, open_until_s: float, event_s: float) -> None:
+        # One statement: the later event wins even when processes publish at once.
         await self._db.run(
             lambda conn: conn.execute(
-                "INSERT INTO health (backend, throttled_until_s, open_until_s) VALUES (?, ?, ?) "
-                "ON CONFLICT (backend) DO UPDATE SET "
-                "throttled_until_s = max(throttled_until_s, excluded.throttled_until_s), "
-                "open_until_s = max(open_until_s, excluded.open_until_s)",
-                (backend, throttled, opened),
+                "INSERT INTO breakers (backend, open_until_s, event_s) VALUES (?, ?, ?) "
+                "ON CONFLICT (backend) DO UPDATE SET open_until_s = excluded.open_until_s, event_s = excluded.event_s "
+                "WHERE excluded.event_s > breakers.event_s",
+                (backend, open_until_s, event_s),
             )
         )
 
-    async def read_all(self) -> dict[str, dict[str, float]]:
-        rows = await self._db.run(
-            lambda conn: conn.execute("SELECT backend, throttled_until_s, open_until_s FROM health").fetchall()
+    async def publish_throttle(self, backend: str, deployment: str, until_s: float) -> None:
+        await self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO throttles (backend, deployment, until_s) VALUES (?, ?, ?) "
+                "ON CONFLICT (backend, deployment) DO UPDATE SET until_s = max(until_s, excluded.until_s)",
+                (backend, deployment, until_s),
+            )
         )
-        return {r[0]: {"throttled_until_s": r[1], "open_until_s": r[2]} for r in rows}
+
+    async def read_all(self) -> SharedHealth:
+        def read(conn: sqlite3.Connection) -> SharedHealth:
+            breakers = conn.execute("SELECT backend, open_until_s, event_s FROM breakers").fetchall()
+            throttles = conn.execute("SELECT backend, deployment, until_s FROM throttles").fetchall()
+            return SharedHealth({r[0]: (r[1], r[2]) for r in breakers}, {(r[0], r[1]): r[2] for r in throttles})
+
+        return await self._db.run(read)
 
     async def close(self) -> None:
         await self._db.close()

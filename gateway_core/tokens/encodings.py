@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,16 +25,35 @@ _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
 def cache_dir() -> Path:
     configured = os.environ.get("TIKTOKEN_CACHE_DIR")
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "aigw-tiktoken"
+    # One per user: a shared /tmp/aigw-tiktoken could be made by anyone, with files of their choosing.
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"aigw-tiktoken-{os.getuid()}"
+
+
+def private_dir(directory: Path) -> Path:
+    """``directory``, created 0700 and only writable by this user: tiktoken trusts the files it finds there.
+
+    Refuses (``RuntimeError``) a directory of another user or a symlink; one of ours that others could write
+    is closed (0700) and its encoding files are written afresh, as someone else may have put them there.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(
+            f"tokenizer cache {directory} is not a directory of this user: set TIKTOKEN_CACHE_DIR to one that is"
+        )
+    if info.st_mode & 0o022:
+        directory.chmod(0o700)
+        for name in SHIPPED:
+            cached_file(directory, name).unlink(missing_ok=True)
+    return directory
 
 
 def seed_cache(directory: Path | None = None) -> Path:
     """Write the shipped encodings into ``directory`` (default: ``cache_dir()``) and point tiktoken at it."""
-    directory = directory or cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(directory or cache_dir())
     data = _shipped_data_dir()
     for name in SHIPPED:
-        target = directory / hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
+        target = cached_file(directory, name)
         if not target.exists():
             raw = gzip.decompress((data / f"{name}.tiktoken.gz").read_bytes())
             # Write then rename, so a concurrent worker never reads a half-written file.
@@ -42,6 +62,11 @@ def seed_cache(directory: Path | None = None) -> Path:
             tmp.replace(target)
     os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
     return directory
+
+
+def cached_file(directory: Path, name: str) -> Path:
+    """Where tiktoken looks for encoding ``name`` in ``directory``."""
+    return directory / hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
 
 
 def _shipped_data_dir() -> Path:

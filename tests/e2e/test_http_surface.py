@@ -15,6 +15,7 @@ from tests.servers import (
     BACKEND_KEY,
     CLIENT_KEY,
     GATEWAY_ENV,
+    THIRD_KEY,
     clear_sim_requests,
     gateway_config,
     run_aigw,
@@ -99,7 +100,8 @@ def test_healthz_needs_no_key(gateway_url: str) -> None:
 def test_status_lists_backends_health_and_deployments(gateway_url: str, http: httpx.Client) -> None:
     assert httpx.get(gateway_url + "/status").status_code == 401
     http.post(AZURE_CHAT, json=CHAT)
-    status = http.get("/status").json()
+    assert "backends" not in http.get("/status").json()  # alice is no admin: deployments only
+    status = httpx.get(gateway_url + "/status", headers={"api-key": THIRD_KEY}).json()  # carol is
     (backend,) = status["backends"]
     assert backend["name"] == "sim-east" and backend["region"] == "eastus"
     assert backend["health"]["state"] == "healthy"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
-from gateway_core.config import config_from_dict, sha256_hex
+from gateway_core.config import GatewayConfig, StoreSettings, config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig
@@ -55,9 +57,8 @@ def requests_seen(url: str) -> int:
     return len(httpx.get(url + "/_sim/requests").json()["requests"])
 
 
-@pytest.fixture
-async def gateway(sims: dict[str, str]) -> AsyncIterator[tuple[Gateway, ManualClock]]:
-    config = config_from_dict(
+def gateway_config(sims: dict[str, str], **routing: Any) -> GatewayConfig:
+    return config_from_dict(
         {
             "backends": [
                 {
@@ -67,24 +68,38 @@ async def gateway(sims: dict[str, str]) -> AsyncIterator[tuple[Gateway, ManualCl
                     "priority": priority,
                     "weight": weight,
                     "auth": {"type": "none"},
-                    "deployments": ["gpt-4o"],
+                    "deployments": ["gpt-4o", "gpt-4o-mini"],
                 }
                 for name, region, priority, weight in REGIONS
             ],
             "keys": [{"name": "k", "sha256": sha256_hex("k"), "user": "u"}],
-            "routing": {"max_attempts": 3, "breaker": {"failures": 5, "interval_s": 10, "trip_s": 30}},
+            "routing": {"max_attempts": 3, "breaker": {"failures": 5, "interval_s": 10, "trip_s": 30}, **routing},
             "stores": {"health": "memory://"},
         }
     )
-    clock = ManualClock(time.time())
+
+
+@contextlib.asynccontextmanager
+async def started(config: GatewayConfig, clock: ManualClock) -> AsyncIterator[Gateway]:
     gw = Gateway(config, clock=clock)
     await gw.start()
-    yield gw, clock
-    await gw.close()
+    try:
+        yield gw
+    finally:
+        await gw.close()
 
 
-async def call(gw: Gateway, headers: dict[str, str] | None = None, **body: Any) -> GatewayResponse:
-    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], **body})
+@pytest.fixture
+async def gateway(sims: dict[str, str]) -> AsyncIterator[tuple[Gateway, ManualClock]]:
+    clock = ManualClock(time.time())
+    async with started(gateway_config(sims), clock) as gw:
+        yield gw, clock
+
+
+async def call(
+    gw: Gateway, headers: dict[str, str] | None = None, model: str = "gpt-4o", **body: Any
+) -> GatewayResponse:
+    raw = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **body})
     return await gw.handle(
         GatewayRequest("POST", "/v1/chat/completions", {}, {**KEY, **(headers or {})}, raw, len(raw))
     )
@@ -188,7 +203,7 @@ async def test_everything_down_answers_503_quickly(gateway: tuple[Gateway, Manua
     assert time.monotonic() - started < 0.2  # last-resort tries fail fast; nothing waits
     assert response.status == 503
     assert orjson.loads(response.body)["error"]["code"] == "no_backend_available"
-    assert response.header("x-aigw-attempts") is None  # an aigw error, not a backend answer
+    assert response.header("x-aigw-attempts") == "3"  # the last-resort tries, each failed at once
 
 
 async def test_when_every_breaker_is_open_a_recovered_backend_is_still_found(
@@ -243,3 +258,116 @@ async def test_trying_one_half_open_backend_leaves_the_others_test_slots_free(
     assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-backend") == "east"
     assert (await call(gw, {"x-user-region": "westeurope"})).header("x-aigw-backend") == "west"
     assert gw.health.state("east") == gw.health.state("west") == "healthy"
+
+
+async def test_a_429_on_one_deployment_leaves_the_others_on_that_backend_in_rotation(
+    gateway: tuple[Gateway, ManualClock],
+) -> None:
+    gw, _ = gateway
+    throttle = {"x-aigw-sim-fault": "429", "x-aigw-sim-retry-after": "20", "x-user-region": "eastus"}
+    assert (await call(gw, throttle)).status == 429  # gpt-4o throttled on all three
+    again = await call(gw, {"x-user-region": "eastus"})
+    assert again.status == 429 and orjson.loads(again.body)["error"]["code"] == "all_backends_throttled"
+    other = await call(gw, {"x-user-region": "eastus"}, model="gpt-4o-mini")
+    assert other.status == 200 and other.header("x-aigw-backend") == "east"  # Azure limits are per deployment
+
+
+async def test_when_every_eligible_backend_fails_an_open_breaker_is_tried_before_giving_up(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    set_faults(sims["south"], [{"kind": "500"}])
+    while gw.health.state("south") != "open":
+        assert (await call(gw, {"x-user-region": "southindia"})).status == 200  # fails over from south
+    set_faults(sims["south"], [])  # south recovers behind its open breaker; the primaries fail
+    for name in ("east", "west"):
+        set_faults(sims[name], [{"kind": "500"}])
+    response = await call(gw)
+    assert response.status == 200 and response.header("x-aigw-backend") == "south"
+    assert response.header("x-aigw-attempts") == "3"
+    assert gw.health.state("south") == "healthy"
+
+
+async def test_a_breaker_closed_by_one_instance_is_adopted_by_another_and_never_reopened_by_a_sync(
+    sims: dict[str, str], tmp_path: Path
+) -> None:
+    clock = ManualClock(time.time())
+    config = gateway_config(sims).model_copy(update={"stores": StoreSettings(health=f"sqlite:///{tmp_path}/health.db")})
+    async with started(config, clock) as one, started(config, clock) as two:
+        set_faults(sims["east"], [{"kind": "500"}])
+        while one.health.state("east") != "open":
+            await call(one, {"x-user-region": "eastus"})
+        await one.sync_health()
+        await two.sync_health()
+        assert two.health.state("east") == "open"
+        set_faults(sims["east"], [])
+        for name in ("west", "south"):
+            set_faults(sims[name], [{"kind": "500"}])
+        clock.advance(1)
+        response = await call(one)  # only east answers: a last-resort try closes its breaker
+        assert response.header("x-aigw-backend") == "east" and one.health.state("east") == "healthy"
+        await one.sync_health()
+        await two.sync_health()
+        await one.sync_health()
+        assert one.health.state("east") == "healthy"  # the sync did not reopen it
+        assert two.health.state("east") == "healthy"  # and the other instance adopted the close
+
+
+async def test_a_stream_broken_after_its_status_line_counts_against_the_breaker(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    set_faults(sims["east"], [{"kind": "drop"}])
+    for _ in range(5):
+        response = await call(gw, {"x-user-region": "eastus"}, stream=True)
+        assert response.status == 200 and response.header("x-aigw-backend") == "east" and response.stream
+        b"".join([chunk async for chunk in response.stream])
+    assert gw.health.state("east") == "open"
+
+
+async def test_a_502_says_how_many_tries_it_cost_and_names_no_host_or_port(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    for url in sims.values():
+        set_faults(url, [{"kind": "drop"}])
+    response = await call(gw)
+    assert response.status == 502 and response.header("x-aigw-attempts") == "3"
+    message = orjson.loads(response.body)["error"]["message"]
+    assert "127.0.0.1" not in message and not any(url.rsplit(":", 1)[1] in message for url in sims.values())
+
+
+async def test_a_generation_slower_than_the_budget_does_not_open_the_breaker(sims: dict[str, str]) -> None:
+    clock = ManualClock(time.time())
+    async with started(gateway_config(sims, budget_s=0.3), clock) as gw:
+        set_faults(sims["east"], [{"kind": "slow", "extra_latency_ms": 1500}])
+        for _ in range(6):  # east runs out of the (manual clock's) budget each time; west answers
+            assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-attempts") == "2"
+        assert gw.health.state("east") == "healthy"
+
+
+async def test_probes_inform_and_live_traffic_decides(
+    gateway: tuple[Gateway, ManualClock], sims: dict[str, str]
+) -> None:
+    gw, _ = gateway
+    assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-backend") == "east"
+    set_faults(sims["east"], [{"kind": "500"}])
+    for _ in range(6):
+        await gw.prober.probe_all()  # failing probes, but live traffic just succeeded there
+    assert gw.health.state("east") == "healthy"
+    set_faults(sims["east"], [{"kind": "429", "retry_after_s": 20}])
+    await gw.prober.probe_all()  # the probe's own 429 throttles nothing
+    set_faults(sims["east"], [])
+    assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-backend") == "east"
+
+
+async def test_a_probe_answered_404_does_not_close_a_failing_backends_breaker(sims: dict[str, str]) -> None:
+    clock = ManualClock(time.time())
+    async with started(gateway_config(sims, probe={"path": "/no-such-probe"}), clock) as gw:
+        set_faults(sims["east"], [{"kind": "500"}])
+        while gw.health.state("east") != "open":
+            await call(gw, {"x-user-region": "eastus"})
+        clock.advance(30)
+        await gw.prober.probe_all()
+        assert gw.health.snapshot("east")["probe"]["outcome"] == "unsupported (HTTP 404)"
+        assert gw.health.state("east") == "half-open"  # the probe proved nothing: a live request tests it
