@@ -110,6 +110,7 @@ class Backend(_Model):
     priority: int = Field(default=1, ge=0)
     weight: int = Field(default=1, ge=1)
     api_version: str = DEFAULT_API_VERSION  # sent when the client sent none (the OpenAI surface)
+    simulator: bool = False  # an `aigw simulate` backend: only these get the client's x-aigw-sim-* headers
     auth: BackendAuth = Field(default_factory=lambda: ApiKeyAuth(key_env="AZURE_OPENAI_API_KEY"))
     timeout_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
