@@ -1,4 +1,8 @@
-"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission."""
+"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission.
+
+Everything later in the chain may rely on what passed here: the deployment name and api-version have the
+shapes in ``names.py`` (they become part of an upstream URL).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import orjson
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
 from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
+from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
 
@@ -32,19 +37,32 @@ class ValidatePolicy:
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise BadRequest("'model' is required and must name a deployment of this gateway.", param="model")
-            ctx.deployment = model
+            deployment, source = model, "model"
         else:
-            ctx.deployment = endpoint.deployment
-        ctx.api_version = request.query.get("api-version") or None
+            deployment, source = endpoint.deployment or "", "deployment"
+        if not is_deployment_name(deployment):
+            raise BadRequest(
+                f"The deployment name {_quoted(deployment)} is not valid: a deployment name {DEPLOYMENT_NAME_RULE}.",
+                param=source,
+                code="invalid_deployment_name",
+            )
+        ctx.deployment = deployment
+        api_version = request.query.get("api-version") or None
+        if api_version is not None and not is_api_version(api_version):
+            raise BadRequest(
+                f"The api-version {_quoted(api_version)} is not valid: it must be {API_VERSION_RULE}.",
+                param="api-version",
+                code="invalid_api_version",
+            )
+        ctx.api_version = api_version
         stream = body.get("stream", False)
         if stream is not None and not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean.", param="stream")
         ctx.stream = bool(stream)
         ctx.body_json = body
-        assert ctx.deployment is not None
-        self._pools.check_exists(ctx.deployment)
-        if not ctx.principal.may_use(ctx.deployment):
-            raise PermissionDenied(f"Your key may not use the deployment '{ctx.deployment}'.")
+        self._pools.check_exists(deployment)
+        if not ctx.principal.may_use(deployment):
+            raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
 
 
@@ -58,3 +76,9 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     return body
+
+
+def _quoted(text: str) -> str:
+    """A client's string in an error message: repr-escaped (control characters, look-alikes) and short."""
+    shown = text if len(text) <= 80 else text[:80] + "..."
+    return ascii(shown)

@@ -1,0 +1,199 @@
+"""What the validate policy refuses before anything costly runs, through the whole pipeline in-process.
+
+The gateway here has caching (exact and semantic) and a token limit on, and one wildcard backend next to the
+named ones, so a refused input is refused whichever path it would otherwise take; the backend is the
+simulator on a real loopback port, which records what reached it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from aigw.serve import BackgroundServers
+from gateway_core.app import Gateway
+from gateway_core.config import config_from_dict, sha256_hex
+from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.simulator.app import SimulatorApp
+from gateway_core.simulator.settings import SimConfig
+
+KEY = {"api-key": "validate-key"}
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[tuple[str, SimulatorApp]]:
+    servers = BackgroundServers()
+    app = SimulatorApp(SimConfig(completion_tokens=5))
+    port = servers.serve(app)
+    yield f"http://127.0.0.1:{port}", app
+    servers.stop()
+
+
+def make_config(sim_url: str, *, wildcard: bool = False, simulator: bool = True) -> Any:
+    deployments: list[Any] = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+    return config_from_dict(
+        {
+            "backends": [
+                {
+                    "name": "sim",
+                    "url": sim_url,
+                    "auth": {"type": "none"},
+                    "simulator": simulator,
+                    "deployments": ["*"] if wildcard else deployments,
+                }
+            ],
+            "keys": [{"name": "k", "sha256": sha256_hex("validate-key"), "user": "u", "tenant": "t"}],
+            "limits": {"rules": [{"name": "tpm", "key": "user", "tokens_per_minute": 10_000_000}]},
+            "cache": {
+                "enabled": True,
+                "deterministic_only": False,
+                "semantic": {"deployments": ["gpt-4o-mini"], "embedding_deployment": "text-embedding-3-small"},
+            },
+            "stores": {"counters": "memory://", "cache": "memory://", "health": "memory://"},
+        }
+    )
+
+
+@pytest.fixture
+async def gateway(sim: tuple[str, SimulatorApp]) -> AsyncIterator[Gateway]:
+    gw = Gateway(make_config(sim[0]))
+    await gw.start()
+    yield gw
+    await gw.close()
+
+
+@pytest.fixture
+async def wildcard_gateway(sim: tuple[str, SimulatorApp]) -> AsyncIterator[Gateway]:
+    gw = Gateway(make_config(sim[0], wildcard=True))
+    await gw.start()
+    yield gw
+    await gw.close()
+
+
+async def post(
+    gateway: Gateway,
+    path: str,
+    body: dict[str, Any] | bytes,
+    query: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> GatewayResponse:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await gateway.handle(GatewayRequest("POST", path, query or {}, {**KEY, **(headers or {})}, raw, len(raw)))
+
+
+def error_of(response: GatewayResponse, status: int = 400) -> dict[str, Any]:
+    assert response.status == status, response.body
+    error: dict[str, Any] = orjson.loads(response.body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+# --- deployment names -------------------------------------------------------------------------------------
+
+BAD_NAMES = [
+    "x/../gpt-4o",
+    "../../x",
+    "..",
+    ".hidden",
+    "-dash-first",
+    "_under-first",
+    "gpt-4o?api-version=2099-01-01",
+    "gpt-4o#frag",
+    "gpt-4o%2Fx",
+    "gpt-4o%",
+    "gpt 4o",
+    "gpt-4o/chat",
+    "gpt-4o\\x",
+    "gpt-4o\n",
+    "gpt-4o\x00",
+    "gpt\u20114o",  # a non-breaking hyphen that looks like '-'
+    "gpt-4\u043e",  # Cyrillic o
+    "gpt-\uff14o",  # fullwidth digit four
+    "x" * 65,
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_bad_model_names_are_400_on_the_openai_surface(
+    wildcard_gateway: Gateway, sim: tuple[str, SimulatorApp], name: str
+) -> None:
+    before = len(sim[1].requests)
+    response = await post(wildcard_gateway, "/v1/chat/completions", {"model": name, "messages": HELLO})
+    error = error_of(response)
+    assert (error["code"], error["param"]) == ("invalid_deployment_name", "model")
+    assert len(sim[1].requests) == before  # nothing went upstream
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_bad_deployment_names_are_400_on_the_azure_surface(
+    wildcard_gateway: Gateway, sim: tuple[str, SimulatorApp], name: str
+) -> None:
+    # The path as the ASGI server hands it over: already percent-decoded, so %2F arrives as '/'.
+    before = len(sim[1].requests)
+    path = f"/openai/deployments/{name}/chat/completions"
+    response = await post(wildcard_gateway, path, {"messages": HELLO}, {"api-version": "2024-10-21"})
+    error = error_of(response)
+    assert (error["code"], error["param"]) == ("invalid_deployment_name", "deployment")
+    assert len(sim[1].requests) == before
+
+
+@pytest.mark.parametrize("name", ["a", "gpt-5-not-here", "my.dep_1-x", "9lives", "x" * 64])
+async def test_valid_names_the_gateway_does_not_serve_stay_404(gateway: Gateway, name: str) -> None:
+    response = await post(gateway, "/v1/chat/completions", {"model": name, "messages": HELLO})
+    assert error_of(response, 404)["code"] == "DeploymentNotFound"
+
+
+async def test_a_valid_name_reaches_a_wildcard_backend_unchanged(
+    wildcard_gateway: Gateway, sim: tuple[str, SimulatorApp]
+) -> None:
+    response = await post(wildcard_gateway, "/v1/chat/completions", {"model": "gpt-4o.2_x-1", "messages": HELLO})
+    assert response.status == 200, response.body
+    assert sim[1].requests[-1]["raw_path"] == "/openai/deployments/gpt-4o.2_x-1/chat/completions"
+
+
+# --- api-version ------------------------------------------------------------------------------------------
+
+BAD_VERSIONS = [
+    "2024-10-21&foo=bar",
+    "2024-10-21#x",
+    "../../x",
+    "2024-10-21/../../x",
+    "2024-13-01",
+    "2024-02-30",
+    "2024-10-21-beta",
+    "2024-10-21-preview-preview",
+    "24-10-21",
+    "2024-1-21",
+    "\u0662\u0660\u0662\u0664-10-21",  # Arabic-Indic digits
+    "V1",
+    "v2",
+    "Latest",
+    "2024-10-21\n",
+    "2024-10-21 ",
+]
+
+
+@pytest.mark.parametrize("version", BAD_VERSIONS)
+async def test_bad_api_versions_are_400(gateway: Gateway, sim: tuple[str, SimulatorApp], version: str) -> None:
+    before = len(sim[1].requests)
+    response = await post(
+        gateway, "/openai/deployments/gpt-4o/chat/completions", {"messages": HELLO}, {"api-version": version}
+    )
+    error = error_of(response)
+    assert (error["code"], error["param"]) == ("invalid_api_version", "api-version")
+    assert len(sim[1].requests) == before
+
+
+@pytest.mark.parametrize("version", ["2024-10-21", "2025-04-01-preview", "v1", "latest", "preview"])
+async def test_good_api_versions_go_upstream_as_sent(
+    gateway: Gateway, sim: tuple[str, SimulatorApp], version: str
+) -> None:
+    response = await post(
+        gateway, "/openai/deployments/gpt-4o/chat/completions", {"messages": HELLO}, {"api-version": version}
+    )
+    assert response.status == 200, response.body
+    assert sim[1].requests[-1]["query_string"] == f"api-version={version}"
