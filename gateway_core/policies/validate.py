@@ -1,7 +1,8 @@
 """Checks an inference request before anything costly happens: size, JSON shape, deployment, permission.
 
 Everything later in the chain may rely on what passed here: the deployment name and api-version have the
-shapes in ``names.py`` (they become part of an upstream URL).
+shapes in ``names.py`` (they become part of an upstream URL), and token and choice counts are positive
+integers within bounds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
+
+MAX_TOKENS_FIELD = 1_000_000  # above any model's context window today
+MAX_CHOICES = 128  # OpenAI's own limit for n and best_of
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CHOICE_FIELDS = ("n", "best_of")
 
 
 class ValidatePolicy:
@@ -59,6 +65,7 @@ class ValidatePolicy:
         if stream is not None and not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean.", param="stream")
         ctx.stream = bool(stream)
+        _check_counts(body)
         ctx.body_json = body
         self._pools.check_exists(deployment)
         if not ctx.principal.may_use(deployment):
@@ -76,6 +83,22 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     return body
+
+
+def _check_counts(body: dict[str, Any]) -> None:
+    """Token and choice counts, when present and not null, are positive integers within sane bounds."""
+    for fields, bound in ((_TOKEN_FIELDS, MAX_TOKENS_FIELD), (_CHOICE_FIELDS, MAX_CHOICES)):
+        for field in fields:
+            value = body.get(field)
+            if value is None:
+                continue
+            # bool is an int to Python, and 1e23 or 2.0 are floats to the parser: none of them is a count.
+            if type(value) is not int or not 1 <= value <= bound:
+                raise BadRequest(
+                    f"'{field}' must be an integer from 1 to {bound:,}; got {_quoted(orjson.dumps(value).decode())}.",
+                    param=field,
+                    code="invalid_value",
+                )
 
 
 def _quoted(text: str) -> str:

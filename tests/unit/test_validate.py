@@ -197,3 +197,43 @@ async def test_good_api_versions_go_upstream_as_sent(
     )
     assert response.status == 200, response.body
     assert sim[1].requests[-1]["query_string"] == f"api-version={version}"
+
+
+# --- token and choice counts ------------------------------------------------------------------------------
+
+BAD_COUNTS = [0, -1, -(2**63), 1.0, 1.5, 1e23, 2**63, "100", "", True, False, [], {}]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "max_output_tokens", "n"])
+@pytest.mark.parametrize("value", BAD_COUNTS, ids=repr)
+async def test_bad_counts_are_400_naming_the_field(gateway: Gateway, field: str, value: Any) -> None:
+    response = await post(gateway, "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, field: value})
+    error = error_of(response)
+    assert (error["param"], error["code"]) == (field, "invalid_value")
+    assert field in error["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_tokens", 1_000_001), ("n", 129), ("best_of", 129)])
+async def test_counts_over_the_bound_are_400(gateway: Gateway, field: str, value: int) -> None:
+    response = await post(gateway, "/v1/completions", {"model": "gpt-4o", "prompt": "hi", field: value})
+    assert error_of(response)["param"] == field
+
+
+async def test_best_of_is_checked_too(gateway: Gateway) -> None:
+    response = await post(gateway, "/v1/completions", {"model": "gpt-4o", "prompt": "hi", "best_of": 1e23})
+    assert error_of(response)["param"] == "best_of"
+
+
+async def test_json_exponent_literals_are_not_integers(gateway: Gateway) -> None:
+    raw = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e23}'
+    assert error_of(await post(gateway, "/v1/chat/completions", raw))["param"] == "max_tokens"
+
+
+async def test_null_counts_mean_absent_and_sane_ones_pass(gateway: Gateway) -> None:
+    fields = {"max_tokens": None, "max_completion_tokens": None, "max_output_tokens": None, "n": None}
+    response = await post(gateway, "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, **fields})
+    assert response.status == 200, response.body
+    response = await post(
+        gateway, "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "max_tokens": 1_000_000, "n": 2}
+    )
+    assert response.status == 200, response.body
