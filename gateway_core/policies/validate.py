@@ -1,8 +1,9 @@
 """Checks an inference request before anything costly happens: size, JSON shape, deployment, permission.
 
 Everything later in the chain may rely on what passed here: the deployment name and api-version have the
-shapes in ``names.py`` (they become part of an upstream URL), and token and choice counts are positive
-integers within bounds.
+shapes in ``names.py`` (they become part of an upstream URL), token and choice counts are positive integers
+within bounds, and the body nests at most ``MAX_NESTING_DEPTH`` levels (so code that walks it recursively,
+or ``orjson.dumps`` with its own recursion limit, never fails on it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_d
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
 
+MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
 MAX_TOKENS_FIELD = 1_000_000  # above any model's context window today
 MAX_CHOICES = 128  # OpenAI's own limit for n and best_of
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -82,7 +84,29 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
+    # A body with no more brackets than the limit cannot nest past it: most bodies skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
+        raise BadRequest(
+            f"The request body nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep.",
+            code="nesting_too_deep",
+        )
     return body
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` objects and arrays deep; level by level, not recursive, so any
+    depth the parser accepted is fine (about 0.5 s for a body of a million empty arrays)."""
+    level = [value]
+    for _ in range(limit):
+        below = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        if not below:
+            return False
+        level = below
+    return True
 
 
 def _check_counts(body: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from gateway_core.simulator.settings import SimConfig
 
 KEY = {"api-key": "validate-key"}
 HELLO = [{"role": "user", "content": "hello"}]
+PARSER_MAX_DEPTH = 1024  # orjson refuses deeper documents itself (a 400 for invalid JSON)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +238,78 @@ async def test_null_counts_mean_absent_and_sane_ones_pass(gateway: Gateway) -> N
         gateway, "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "max_tokens": 1_000_000, "n": 2}
     )
     assert response.status == 200, response.body
+
+
+# --- nesting depth ----------------------------------------------------------------------------------------
+
+
+DEEP = "\u0000deep"  # a placeholder string, swapped for the nested arrays in the JSON text
+
+
+def deep_json(body: dict[str, Any], levels: int) -> bytes:
+    """``body`` as JSON with ``levels`` nested arrays in place of ``DEEP`` (built as text: orjson.dumps stops
+    at 255 levels, and json or a recursive helper would hit Python's recursion limit)."""
+    arrays = b"[" * levels + b'"x"' + b"]" * levels
+    return orjson.dumps(body).replace(orjson.dumps(DEEP), arrays)
+
+
+def deep_bodies(depth: int) -> list[tuple[str, bytes]]:
+    """Bodies with ``depth`` levels of objects and arrays, the body itself included (as the parser counts)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": DEEP}}}
+    user = [{"role": "user", "content": DEEP}]
+    return [
+        # an unknown field: the exact cache key serialises the whole body
+        (
+            "/v1/chat/completions",
+            deep_json({"model": "gpt-4o", "messages": HELLO, "temperature": 0, "x": DEEP}, depth - 1),
+        ),
+        # tools: counted by the tokenizer, which walks their JSON
+        ("/v1/chat/completions", deep_json({"model": "gpt-4o", "messages": HELLO, "tools": [tool]}, depth - 5)),
+        # message content
+        ("/v1/chat/completions", deep_json({"model": "gpt-4o", "messages": user}, depth - 3)),
+        # the semantic cache embeds the last user message
+        ("/v1/chat/completions", deep_json({"model": "gpt-4o-mini", "messages": user}, depth - 3)),
+        ("/v1/embeddings", deep_json({"model": "text-embedding-3-small", "input": DEEP}, depth - 1)),
+        ("/v1/completions", deep_json({"model": "gpt-4o", "prompt": DEEP}, depth - 1)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+async def test_bodies_nested_to_the_parsers_limit_are_400_not_500(gateway: Gateway, case: int) -> None:
+    path, raw = deep_bodies(PARSER_MAX_DEPTH)[case]
+    orjson.loads(raw)  # the parser accepts it...
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(deep_bodies(PARSER_MAX_DEPTH + 1)[case][1])  # ...and it is the deepest the parser accepts
+    error = error_of(await post(gateway, path, raw))
+    assert error["code"] == "nesting_too_deep"
+    assert "64" in error["message"]
+
+
+@pytest.mark.parametrize("case", range(6))
+async def test_bodies_at_the_depth_limit_are_not_refused_for_depth(gateway: Gateway, case: int) -> None:
+    path, raw = deep_bodies(65)[case]
+    assert error_of(await post(gateway, path, raw))["code"] == "nesting_too_deep"
+    path, raw = deep_bodies(64)[case]
+    response = await post(gateway, path, raw)
+    assert response.status != 500, response.body
+    if response.status == 400:
+        assert orjson.loads(response.body)["error"]["code"] != "nesting_too_deep"
+
+
+# --- very wide bodies -------------------------------------------------------------------------------------
+
+
+async def test_an_embeddings_input_of_100k_items_is_not_a_500(gateway: Gateway) -> None:
+    body = {"model": "text-embedding-3-small", "input": ["word"] * 100_000}
+    response = await post(gateway, "/v1/embeddings", body)
+    assert response.status != 500, response.body[:300]
+
+
+async def test_a_one_megabyte_string_is_not_a_500(gateway: Gateway) -> None:
+    text = "lorem ipsum dolor sit amet " * (1024 * 1024 // 27)
+    response = await post(
+        gateway, "/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+    )
+    assert response.status != 500, response.body[:300]
+    response = await post(gateway, "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
+    assert response.status != 500, response.body[:300]
