@@ -68,6 +68,8 @@ class ValidatePolicy:
             raise BadRequest("'stream' must be a boolean.", param="stream")
         ctx.stream = bool(stream)
         _check_counts(body)
+        if endpoint.operation == "chat/completions":
+            _check_text_parts(body.get("messages"))
         ctx.body_json = body
         self._pools.check_exists(deployment)
         if not ctx.principal.may_use(deployment):
@@ -121,6 +123,24 @@ def _check_counts(body: dict[str, Any]) -> None:
                 raise BadRequest(
                     f"'{field}' must be an integer from 1 to {bound:,}; got {_quoted(orjson.dumps(value).decode())}.",
                     param=field,
+                    code="invalid_value",
+                )
+
+
+def _check_text_parts(messages: Any) -> None:
+    """A text content part's ``text`` is a string: the semantic cache joins these texts (other shapes pass
+    through to the backend, which judges them)."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "text" and not isinstance(part.get("text"), str):
+                raise BadRequest(
+                    f"messages[{i}].content[{j}] is a text part, so its 'text' must be a string.",
+                    param=f"messages[{i}].content[{j}].text",
                     code="invalid_value",
                 )
 

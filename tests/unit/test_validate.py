@@ -313,3 +313,53 @@ async def test_a_one_megabyte_string_is_not_a_500(gateway: Gateway) -> None:
     assert response.status != 500, response.body[:300]
     response = await post(gateway, "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
     assert response.status != 500, response.body[:300]
+
+
+# --- fields of the wrong type -----------------------------------------------------------------------------
+
+
+async def test_a_text_part_whose_text_is_not_a_string_is_400(gateway: Gateway) -> None:
+    # On a semantic-cache deployment the cache joins the texts it embeds: this was a 500.
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": 5}]}]
+        error = error_of(await post(gateway, "/v1/chat/completions", {"model": model, "messages": messages}))
+        assert (error["param"], error["code"]) == ("messages[0].content[1].text", "invalid_value")
+
+
+ODD_VALUES: list[Any] = [
+    None, True, 0, -1, 1.5, "", "x", [], [None], [1], ["x"], [[]], [{}], {}, {"a": 1},
+    [{"role": 5}], [{"role": "user"}], [{"role": "user", "content": 5}], [{"role": "user", "content": [5]}],
+    [{"role": "user", "content": {"text": "x"}}],
+    [{"role": "user", "content": [{"type": "image_url"}]}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 5, "detail": 5}}]}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}],
+    [{"role": "user", "content": [{"type": "text"}]}], [{"role": "user", "content": [{"type": 5, "text": 5}]}],
+    [{"role": "user", "name": 5, "content": "x"}], [{"role": "assistant", "tool_calls": [5, {"function": 5}]}],
+    [{"role": "assistant", "function_call": 5}], [{"type": "function", "function": 5}],
+    [{"type": "function", "function": {"name": 5, "parameters": 5}}],
+    [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": 5}}}}],
+    [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"type": 5, "enum": 5}}}}}],
+    [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"enum": [1, None, []]}}}}}],
+]  # fmt: skip
+ODD_FIELDS = {
+    "/v1/chat/completions": ("messages", "tools", "functions", "tool_choice", "stream_options", "temperature", "seed"),
+    "/v1/completions": ("prompt", "suffix", "echo", "stop", "temperature"),
+    "/v1/embeddings": ("input", "dimensions", "encoding_format"),
+}
+PLAIN: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {"messages": HELLO},
+    "/v1/completions": {"prompt": "hi"},
+    "/v1/embeddings": {"input": "hi", "model": "text-embedding-3-small"},
+}
+
+
+@pytest.mark.parametrize("path", list(ODD_FIELDS))
+async def test_fields_of_any_json_type_are_never_a_500(gateway: Gateway, path: str) -> None:
+    """Every field the gateway reads, as every JSON shape: the backend may refuse it, the gateway never fails."""
+    for field in ODD_FIELDS[path]:
+        for value in ODD_VALUES:
+            for model in ("gpt-4o", "gpt-4o-mini"):  # gpt-4o-mini has the semantic cache
+                body = {"model": model, "temperature": 0, **PLAIN[path], field: value}
+                response = await post(gateway, path, body)
+                assert response.status < 500, (field, value, response.body[:200])
