@@ -107,6 +107,9 @@ PASSED = [
     (AZURE + "?api-version=2024-06-01&api-version=2024-10-21", CHAT, (AZURE, "api-version=2024-10-21")),
     (AZURE + "?api-version=2025-04-01-preview&deployment=x", CHAT, (AZURE, "api-version=2025-04-01-preview")),
     (AZURE + "/?api-version=2024-10-21", CHAT, (AZURE, "api-version=2024-10-21")),
+    # A raw fragment: the server drops it, whatever it holds.
+    (AZURE + "?api-version=2024-10-21#frag&api-version=2099-01-01", CHAT, (AZURE, "api-version=2024-10-21")),
+    (AZURE + "#?api-version=2099-01-01", CHAT, (AZURE, "api-version=2024-10-21")),
     (
         "/v1/chat/completions?api-version=2024-10-21&x=%3F",
         {**CHAT, "model": "gpt-4o"},
