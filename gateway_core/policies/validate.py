@@ -20,8 +20,8 @@ from ..pipeline import Handler
 from ..routing.pools import PoolTable
 
 MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
-MAX_TOKENS_FIELD = 1_000_000  # above any model's context window today
-MAX_CHOICES = 128  # OpenAI's own limit for n and best_of
+MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
+MAX_CHOICES = 128  # OpenAI's own cap on n (best_of is capped lower upstream)
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _CHOICE_FIELDS = ("n", "best_of")
 
