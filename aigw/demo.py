@@ -46,6 +46,7 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
                 "url": f"http://127.0.0.1:{port}",
                 "region": region,
                 "priority": priority,
+                "simulator": True,  # so x-aigw-sim-* headers (faults, latency) work against the demo
                 "auth": {"type": "api_key", "key_env": _BACKEND_KEY_ENV},
                 "deployments": [{"name": d, "model": _model_of(d)} for d in DEMO_DEPLOYMENTS],
             }

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
+
 DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 WILDCARD = "*"
@@ -30,6 +32,12 @@ def _require_unique(names: list[str], what: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"{what} names must be unique: {', '.join(dupes)}")
+
+
+def _deployment_name(value: str) -> str:
+    if not is_deployment_name(value):
+        raise ValueError(f"a deployment name {DEPLOYMENT_NAME_RULE}")
+    return value
 
 
 class _Model(BaseModel):
@@ -65,6 +73,16 @@ class DeploymentRef(_Model):
     backend_name: str | None = None  # the backend's deployment (Azure) or model (OpenAI) name; default: name
     model: str | None = None  # the model behind it (tokenizer, prices); default: name
     encoding: Literal["o200k_base", "cl100k_base"] | None = None  # default: from the model's name
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return value if value == WILDCARD else _deployment_name(value)
+
+    @field_validator("backend_name")
+    @classmethod
+    def _backend_name(cls, value: str | None) -> str | None:
+        return None if value is None else _deployment_name(value)
 
     @property
     def upstream_name(self) -> str:
@@ -110,6 +128,7 @@ class Backend(_Model):
     priority: int = Field(default=1, ge=0)
     weight: int = Field(default=1, ge=1)
     api_version: str = DEFAULT_API_VERSION  # sent when the client sent none (the OpenAI surface)
+    simulator: bool = False  # an `aigw simulate` backend: only these get the client's x-aigw-sim-* headers
     auth: BackendAuth = Field(default_factory=lambda: ApiKeyAuth(key_env="AZURE_OPENAI_API_KEY"))
     timeout_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -122,6 +141,13 @@ class Backend(_Model):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not is_api_version(value):
+            raise ValueError(f"must be {API_VERSION_RULE}")
+        return value
 
     @field_validator("deployments", mode="before")
     @classmethod
@@ -224,6 +250,11 @@ class SemanticCacheSettings(_Model):
     max_message_count: int = Field(default=1, ge=1)  # 1: the last user message only
     include_system_messages: bool = False
     vary_by_headers: tuple[str, ...] = ()  # request headers whose values must match too
+
+    @field_validator("embedding_deployment")
+    @classmethod
+    def _embedding_deployment(cls, value: str) -> str:
+        return _deployment_name(value)
 
 
 class CacheSettings(_Model):

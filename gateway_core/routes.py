@@ -15,6 +15,7 @@ _OPENAI_OPS = {
     for op in OPERATIONS
 }
 _AZURE_PREFIX = "/openai/deployments/"
+_LONGEST_FIRST = sorted(OPERATIONS, key=len, reverse=True)
 
 
 def resolve(method: str, path: str) -> Endpoint:
@@ -25,9 +26,9 @@ def resolve(method: str, path: str) -> Endpoint:
         if endpoint is not None:
             return endpoint
         if path.startswith(_AZURE_PREFIX):
-            deployment, _, operation = path[len(_AZURE_PREFIX) :].partition("/")
-            if deployment and operation in OPERATIONS:
-                return Endpoint(EndpointKind.INFERENCE, Surface.AZURE, operation, deployment)
+            azure = _azure_inference(path[len(_AZURE_PREFIX) :])
+            if azure is not None:
+                return azure
     elif method in ("GET", "HEAD"):
         if path == "/healthz":
             return _HEALTHZ
@@ -40,3 +41,16 @@ def resolve(method: str, path: str) -> Endpoint:
         "under /openai/deployments/{deployment}/, /v1/ and /openai/v1/",
         code="path_not_found",
     )
+
+
+def _azure_inference(rest: str) -> Endpoint | None:
+    """``{deployment}/{operation}``. The server has already decoded %2F, so a name may arrive with slashes in
+    it: everything before the operation is then the name, which the validate policy refuses with a 400 that
+    says why (rather than a 404 for a path that looks like one aigw serves)."""
+    deployment, _, operation = rest.partition("/")
+    if not (deployment and operation in OPERATIONS):
+        operation = next((op for op in _LONGEST_FIRST if rest.endswith("/" + op)), "")
+        deployment = rest[: -len(operation) - 1] if operation else ""
+    if not deployment:
+        return None
+    return Endpoint(EndpointKind.INFERENCE, Surface.AZURE, operation, deployment)

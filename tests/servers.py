@@ -91,6 +91,7 @@ def gateway_config(sim_url: str, **overrides: Any) -> dict[str, Any]:
                 "name": "sim-east",
                 "url": sim_url,
                 "region": "eastus",
+                "simulator": True,  # the tests steer it with x-aigw-sim-* headers
                 "auth": {"type": "api_key", "key_env": "TEST_BACKEND_KEY"},
                 "deployments": [
                     {"name": "gpt-4o", "model": "gpt-4o"},

@@ -1,4 +1,10 @@
-"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission."""
+"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission.
+
+Everything later in the chain may rely on what passed here: the deployment name and api-version have the
+shapes in ``names.py`` (they become part of an upstream URL), token and choice counts are positive integers
+within bounds, and the body nests at most ``MAX_NESTING_DEPTH`` levels (so code that walks it recursively,
+or ``orjson.dumps`` with its own recursion limit, never fails on it).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,15 @@ import orjson
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
 from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
+from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
+
+MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
+MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
+MAX_CHOICES = 128  # OpenAI's own cap on n (best_of is capped lower upstream)
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CHOICE_FIELDS = ("n", "best_of")
 
 
 class ValidatePolicy:
@@ -32,19 +45,35 @@ class ValidatePolicy:
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise BadRequest("'model' is required and must name a deployment of this gateway.", param="model")
-            ctx.deployment = model
+            deployment, source = model, "model"
         else:
-            ctx.deployment = endpoint.deployment
-        ctx.api_version = request.query.get("api-version") or None
+            deployment, source = endpoint.deployment or "", "deployment"
+        if not is_deployment_name(deployment):
+            raise BadRequest(
+                f"The deployment name {_quoted(deployment)} is not valid: a deployment name {DEPLOYMENT_NAME_RULE}.",
+                param=source,
+                code="invalid_deployment_name",
+            )
+        ctx.deployment = deployment
+        api_version = request.query.get("api-version") or None
+        if api_version is not None and not is_api_version(api_version):
+            raise BadRequest(
+                f"The api-version {_quoted(api_version)} is not valid: it must be {API_VERSION_RULE}.",
+                param="api-version",
+                code="invalid_api_version",
+            )
+        ctx.api_version = api_version
         stream = body.get("stream", False)
         if stream is not None and not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean.", param="stream")
         ctx.stream = bool(stream)
+        _check_counts(body)
+        if endpoint.operation == "chat/completions":
+            _check_text_parts(body.get("messages"))
         ctx.body_json = body
-        assert ctx.deployment is not None
-        self._pools.check_exists(ctx.deployment)
-        if not ctx.principal.may_use(ctx.deployment):
-            raise PermissionDenied(f"Your key may not use the deployment '{ctx.deployment}'.")
+        self._pools.check_exists(deployment)
+        if not ctx.principal.may_use(deployment):
+            raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
 
 
@@ -57,4 +86,66 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
+    # A body with no more brackets than the limit cannot nest past it: most bodies skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
+        raise BadRequest(
+            f"The request body nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep.",
+            code="nesting_too_deep",
+        )
     return body
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` objects and arrays deep; level by level, not recursive, so any
+    depth the parser accepted is fine (about 0.5 s for a body of a million empty arrays)."""
+    level = [value]
+    for _ in range(limit):
+        below = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        if not below:
+            return False
+        level = below
+    return True
+
+
+def _check_counts(body: dict[str, Any]) -> None:
+    """Token and choice counts, when present and not null, are positive integers within sane bounds."""
+    for fields, bound in ((_TOKEN_FIELDS, MAX_TOKENS_FIELD), (_CHOICE_FIELDS, MAX_CHOICES)):
+        for field in fields:
+            value = body.get(field)
+            if value is None:
+                continue
+            # bool is an int to Python, and 1e23 or 2.0 are floats to the parser: none of them is a count.
+            if type(value) is not int or not 1 <= value <= bound:
+                raise BadRequest(
+                    f"'{field}' must be an integer from 1 to {bound:,}; got {_quoted(orjson.dumps(value).decode())}.",
+                    param=field,
+                    code="invalid_value",
+                )
+
+
+def _check_text_parts(messages: Any) -> None:
+    """A text content part's ``text`` is a string: the semantic cache joins these texts (other shapes pass
+    through to the backend, which judges them)."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "text" and not isinstance(part.get("text"), str):
+                raise BadRequest(
+                    f"messages[{i}].content[{j}] is a text part, so its 'text' must be a string.",
+                    param=f"messages[{i}].content[{j}].text",
+                    code="invalid_value",
+                )
+
+
+def _quoted(text: str) -> str:
+    """A client's string in an error message: repr-escaped (control characters, look-alikes) and short."""
+    shown = text if len(text) <= 80 else text[:80] + "..."
+    return ascii(shown)

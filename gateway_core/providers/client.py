@@ -125,9 +125,14 @@ async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIte
             response.close()
 
 
-def forwarded_headers(client_headers: Mapping[str, str], request_id: str) -> list[tuple[str, str]]:
+def forwarded_headers(
+    client_headers: Mapping[str, str], request_id: str, *, simulator: bool = False
+) -> list[tuple[str, str]]:
+    """The client's headers a backend may see; ``x-aigw-sim-*`` only when it is a simulator (``simulator:
+    true`` in config): a real backend never learns what a client tried to inject."""
     headers = [(name, client_headers[name]) for name in FORWARDED_REQUEST_HEADERS if name in client_headers]
-    headers.extend((k, v) for k, v in client_headers.items() if k.startswith(SIM_HEADER_PREFIX))
+    if simulator:
+        headers.extend((k, v) for k, v in client_headers.items() if k.startswith(SIM_HEADER_PREFIX))
     headers.append(("x-request-id", request_id))
     if not any(k == "content-type" for k, _ in headers):
         headers.append(("content-type", "application/json"))

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
 import orjson
 
 from ..context import RequestContext
+from ..names import is_api_version, is_deployment_name
 from ..routing.pools import Target
 
 
 def upstream_url(target: Target, ctx: RequestContext, operation: str) -> str:
+    """The backend's URL for ``operation``, built from checked parts only: the deployment name and
+    api-version passed the validate policy or config validation. Checking again costs two regex matches and
+    keeps a future caller that skipped those checks from writing a client's string into a URL."""
     backend = target.backend
     if backend.type == "azure":
+        name = target.upstream_name
         api_version = ctx.api_version or backend.api_version
-        return f"{backend.url}/openai/deployments/{target.upstream_name}/{operation}?api-version={api_version}"
+        if not (is_deployment_name(name) and is_api_version(api_version)):
+            # A bug, not a client error: every path in must have checked these (answers a 500, sends nothing).
+            raise ValueError(f"unchecked deployment name or api-version for an upstream URL: {name!r}")
+        query = urlencode({"api-version": api_version})
+        return f"{backend.url}/openai/deployments/{quote(name, safe='')}/{operation}?{query}"
     return f"{backend.url}/v1/{operation}"
 
 

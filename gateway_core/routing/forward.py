@@ -125,7 +125,7 @@ class Forwarder:
             ctx.attempts.append(attempt)
             begin = self._clock.monotonic_s()
             try:
-                headers = forwarded_headers(ctx.request.headers, ctx.request_id)
+                headers = forwarded_headers(ctx.request.headers, ctx.request_id, simulator=backend.simulator)
                 headers.extend(await self._credentials[backend.name].headers())
                 response = await self._client.send(
                     backend,

@@ -3,7 +3,8 @@
 Fault injection by header (each overrides the deployment's configured faults):
 ``x-aigw-sim-fault: 429|500|503|slow|drop``, ``x-aigw-sim-retry-after: <s>``, ``x-aigw-sim-latency-ms: <ms>``
 (added before the first byte), ``x-aigw-sim-completion-tokens: <n>``. ``GET /_sim/requests`` lists the
-recent requests it received (method, path, query, headers), so tests can see what a gateway sent upstream.
+recent requests it received (method, path, query, headers, and the undecoded ``raw_path`` and
+``query_string``), so tests can see what a gateway sent upstream.
 ``GET /++/config`` shows the settings and ``POST /++/config`` changes them while it runs (a JSON object merged
 into them: ``{"faults": [{"kind": "429", "retry_after_s": 5}]}`` throttles every deployment, ``{"faults": []}``
 heals it), as Microsoft's Azure OpenAI API simulator does.
@@ -38,6 +39,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _OPERATIONS = ("chat/completions", "completions", "embeddings")
+_MAX_EMBEDDING_INPUTS = 2048  # Azure OpenAI refuses longer input lists with a 400
 
 
 class _Dropped(Exception):
@@ -105,6 +107,9 @@ class SimulatorApp:
             await self._runtime_config(method, body, send)
             return
         record: dict[str, Any] = {"method": method, "path": path, "query": query, "headers": headers}
+        # The bytes as they came (before the server decoded %XX), so tests see exactly what a gateway sent.
+        record["raw_path"] = scope.get("raw_path", path.encode()).decode("latin-1")
+        record["query_string"] = scope.get("query_string", b"").decode("latin-1")
         self.requests.append(record)
         if method == "GET" and path in ("/openai/models", "/v1/models", "/openai/deployments"):
             await self._list(headers, send)
@@ -390,6 +395,11 @@ class SimulatorApp:
         texts = embedding_inputs(request.get("input"))
         if not texts:
             await _error(send, 400, "BadRequest", "'input' must be a string or a list of strings or tokens.")
+            return
+        if len(texts) > _MAX_EMBEDDING_INPUTS:
+            await _error(
+                send, 400, "BadRequest", f"Too many inputs. The max number of inputs is {_MAX_EMBEDDING_INPUTS}."
+            )
             return
         requested_dims = request.get("dimensions")
         dims = (

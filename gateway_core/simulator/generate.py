@@ -130,7 +130,8 @@ def chat_prompt_tokens(messages: Any, model: str) -> int:
                     if key == "name":
                         total += 1
                 elif isinstance(value, list):  # content parts
-                    total += sum(count_tokens(p.get("text", ""), model) for p in value if isinstance(p, dict))
+                    texts = [p.get("text") for p in value if isinstance(p, dict)]
+                    total += sum(count_tokens(t, model) for t in texts if isinstance(t, str))
     return total
 
 
@@ -157,8 +158,9 @@ def embedding_inputs(value: Any) -> list[str]:
     if isinstance(value, list):
         if all(isinstance(v, int) for v in value):
             return [" ".join(map(str, value))]
-        return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
-    return []
+        if all(isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, int) for t in v)) for v in value):
+            return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
+    return []  # the caller answers 400, as Azure does
 
 
 def embed(text: str, dimensions: int) -> list[float]:

@@ -189,7 +189,9 @@ def test_unreachable_backend_is_502_and_a_reachable_one_takes_over(sim_url: str,
     with run_aigw(["serve", "--config", str(config)], env=GATEWAY_ENV) as gateway:
         headers = {"api-key": CLIENT_KEY}
         only_dead = httpx.post(
-            gateway.url + "/openai/deployments/only-dead/chat/completions?api-version=1", json=CHAT, headers=headers
+            gateway.url + "/openai/deployments/only-dead/chat/completions?api-version=2024-10-21",
+            json=CHAT,
+            headers=headers,
         )
         assert only_dead.status_code == 502
         assert "dead" in str(error_of(only_dead)["message"])

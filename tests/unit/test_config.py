@@ -102,3 +102,49 @@ def test_config_is_frozen() -> None:
     config = load_config(None, env={"AZURE_OPENAI_ENDPOINT": "https://x", "AZURE_OPENAI_API_KEY": "k"})
     with pytest.raises(ValueError, match="frozen"):
         config.backends[0].weight = 5
+
+
+@pytest.mark.parametrize(
+    ("deployment", "key"),
+    [
+        ({"name": "../x"}, "backends.0.deployments.0.name"),
+        ({"name": "gpt-4o?api-version=1"}, "backends.0.deployments.0.name"),
+        ({"name": "x" * 65}, "backends.0.deployments.0.name"),
+        ({"name": "gpt-4\u043e"}, "backends.0.deployments.0.name"),
+        ({"name": "gpt-4o", "backend_name": "prod/../other"}, "backends.0.deployments.0.backend_name"),
+        ({"name": "gpt-4o", "backend_name": "prod#x"}, "backends.0.deployments.0.backend_name"),
+    ],
+)
+def test_deployment_names_that_could_shape_a_url_are_refused_at_start(deployment: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match="a deployment name starts with a letter or digit") as exc:
+        config_from_dict({"backends": [{"name": "b", "url": "http://h", "deployments": [deployment]}]})
+    assert key in str(exc.value)
+
+
+@pytest.mark.parametrize("version", ["2024-10-21&x=1", "../2024-10-21", "2024-13-01", "v2", ""])
+def test_backend_api_version_must_be_a_version(version: str) -> None:
+    with pytest.raises(ConfigError, match=r"backends\.0\.api_version: .*YYYY-MM-DD"):
+        config_from_dict({"backends": [{"name": "b", "url": "http://h", "api_version": version, "deployments": ["d"]}]})
+    with pytest.raises(ConfigError, match="api_version"):
+        load_config(
+            None,
+            env={
+                "AZURE_OPENAI_ENDPOINT": "http://h",
+                "AZURE_OPENAI_API_KEY": "k",
+                "OPENAI_API_VERSION": version or "x",
+            },
+        )
+
+
+def test_wildcard_and_ordinary_names_are_accepted() -> None:
+    backend = {"name": "b", "url": "http://h", "api_version": "2025-04-01-preview", "deployments": ["*", "gpt-4o.1_x"]}
+    config = config_from_dict({"backends": [backend]})
+    assert [d.name for d in config.backends[0].deployments] == ["*", "gpt-4o.1_x"]
+    assert config.backends[0].simulator is False  # x-aigw-sim-* headers reach no backend unless it says so
+
+
+def test_semantic_cache_embedding_deployment_is_a_deployment_name() -> None:
+    backend = {"name": "b", "url": "http://h", "deployments": ["*"]}
+    semantic = {"deployments": ["gpt-4o"], "embedding_deployment": "emb/../x"}
+    with pytest.raises(ConfigError, match=r"cache\.semantic\.embedding_deployment"):
+        config_from_dict({"backends": [backend], "cache": {"semantic": semantic}})

@@ -36,7 +36,13 @@ def make_config(sim_url: str, rules: list[dict[str, Any]], **limits: Any) -> Any
     return config_from_dict(
         {
             "backends": [
-                {"name": "sim", "url": sim_url, "auth": {"type": "none"}, "deployments": ["gpt-4o", "gpt-4o-mini"]}
+                {
+                    "name": "sim",
+                    "url": sim_url,
+                    "auth": {"type": "none"},
+                    "simulator": True,
+                    "deployments": ["gpt-4o", "gpt-4o-mini"],
+                }
             ],
             "keys": [
                 {"name": "ka", "sha256": sha256_hex("alice-key"), "user": "alice", "tenant": "contoso"},

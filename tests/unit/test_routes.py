@@ -48,3 +48,22 @@ def test_unserved_paths_raise_404_naming_the_path(method: str, path: str) -> Non
         resolve(method, path)
     assert exc.value.status == 404
     assert path.rstrip("/") in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("path", "operation", "deployment"),
+    [
+        ("/openai/deployments/x/../gpt-4o/chat/completions", "chat/completions", "x/../gpt-4o"),
+        (
+            "/openai/deployments/gpt-4o/chat/completions?x=/chat/completions",
+            "chat/completions",
+            "gpt-4o/chat/completions?x=",
+        ),
+        ("/openai/deployments/a/b/completions", "completions", "a/b"),
+        ("/openai/deployments/../../embeddings", "embeddings", "../.."),
+    ],
+)
+def test_a_decoded_slash_stays_part_of_the_deployment_name(path: str, operation: str, deployment: str) -> None:
+    # The server decoded %2F already; the whole name goes to the validate policy, which refuses it with a 400.
+    endpoint = resolve("POST", path)
+    assert (endpoint.surface, endpoint.operation, endpoint.deployment) == (Surface.AZURE, operation, deployment)
