@@ -68,6 +68,7 @@ def gateway_config(sims: dict[str, str], **routing: Any) -> GatewayConfig:
                     "priority": priority,
                     "weight": weight,
                     "auth": {"type": "none"},
+                    "simulator": True,  # steered with x-aigw-sim-* headers
                     "deployments": ["gpt-4o", "gpt-4o-mini"],
                 }
                 for name, region, priority, weight in REGIONS
