@@ -1,0 +1,67 @@
+"""What `aigw serve` charges to a caller's limits, read from its counters store once it has shut down.
+
+The gateway settles each request in the background; stopping it drains that work, so the store then holds the
+final count without any waiting in the test.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from openai import AzureOpenAI
+
+from gateway_core.tokens.counting import chat_prompt_tokens, text_tokens
+from gateway_core.tokens.encodings import encoding
+from tests.servers import CLIENT_KEY, GATEWAY_ENV, gateway_config, run_aigw, write_yaml
+
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Find an order",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        },
+    }
+]
+
+
+def limited_config(sim_url: str, folder: Path, rules: list[dict[str, Any]], **extra: Any) -> Path:
+    stores = {"health": "memory://", "counters": f"sqlite:///{folder}/counters.db", **extra.pop("stores", {})}
+    config = gateway_config(sim_url, limits={"rules": rules}, stores=stores, **extra)
+    return write_yaml(folder / "gateway.yaml", config)
+
+
+def charged(folder: Path, key: str) -> int:
+    """The tokens counted under ``key`` (all windows), from the stopped gateway's counters store."""
+    with sqlite3.connect(folder / "counters.db") as db:
+        row = db.execute("SELECT COALESCE(SUM(value), 0) FROM counters WHERE key = ?", (key,)).fetchone()
+    return int(row[0])
+
+
+def test_forced_tool_calls_streamed_without_usage_are_charged_for_their_arguments(sim_url: str, tmp_path: Path) -> None:
+    config = limited_config(sim_url, tmp_path, [{"name": "alice-tpm", "key": "user", "tokens_per_minute": 100_000}])
+    messages: Any = [{"role": "user", "content": "Where is order 1234?"}]
+    body = {
+        "messages": messages,
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "lookup_order"}},
+    }
+    with run_aigw(["serve", "--config", str(config)], env=GATEWAY_ENV) as gateway:
+        # api-version 2024-06-01 predates stream_options: the backend sends no usage chunk.
+        client = AzureOpenAI(azure_endpoint=gateway.url, api_key=CLIENT_KEY, api_version="2024-06-01", max_retries=0)
+        stream = client.chat.completions.create(model="gpt-4o", stream=True, max_tokens=500, **body)
+        name, arguments = "", ""
+        for chunk in stream:
+            assert chunk.usage is None
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                name += (call.function and call.function.name) or ""
+                arguments += (call.function and call.function.arguments) or ""
+    assert name == "lookup_order" and len(arguments) > 40
+    enc = encoding("o200k_base")
+    prompt = chat_prompt_tokens(body, enc)
+    generated = text_tokens(name, enc) + text_tokens(arguments, enc)
+    # Neither the estimate (prompt + 500) nor the prompt alone (what was charged when arguments counted as zero).
+    assert charged(tmp_path, "tpm:alice-tpm:alice") == prompt + generated
