@@ -57,7 +57,7 @@ class UpstreamClient:
         stream: bool,
         budget_s: float | None = None,
     ) -> GatewayResponse:
-        """POST ``body`` to ``url``; a 200 ``text/event-stream`` answer to a streaming call is relayed lazily.
+        """POST ``body`` to ``url``; a 2xx answer to a streaming call is relayed lazily, as ``text/event-stream``.
 
         ``budget_s`` caps the wait for the answer (for a stream: for its status line) below ``timeout_s``.
         """
@@ -77,8 +77,10 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             raise BackendUnreachable(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
         out_headers = _returned_headers(response.headers)
-        content_type = response.headers.get("content-type", "")
-        if stream and response.status == 200 and content_type.startswith("text/event-stream"):
+        if stream and 200 <= response.status < 300:
+            # Whatever its content-type: some OpenAI-compatible servers omit or mislabel it on a stream.
+            out_headers = [(k, v) for k, v in out_headers if k != "content-type"]
+            out_headers.append(("content-type", "text/event-stream"))
             return GatewayResponse(response.status, out_headers, stream=_relay(backend, response))
         try:
             data = await response.read()
