@@ -3,7 +3,9 @@
 Admission adds the estimate to each rule's counter (one store round trip per limit) and takes it back if the
 new total is over the limit, so the tokens admitted never exceed a limit: concurrent requests each see a
 total that includes everyone admitted before them. After the response the reservation is replaced by the
-backend's reported usage (off the response path, in the background); a backend error releases it.
+backend's reported usage (off the response path, in the background); a backend error releases it, except the
+estimate of each try that reached a backend and then timed out or was cut, which Azure may bill (so a failover
+after such a try costs that estimate plus the usage of the answer that came).
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ class LimitsPolicy:
         try:
             response = await call_next(ctx)
         except BaseException:
-            self._settle_later(reservations, 0)
+            self._settle_later(reservations, _maybe_billed(ctx))
             raise
         self._replace_ratelimit_headers(response, reservations)
         if response.stream is None:
-            actual = self._actual(ctx, response)
+            actual = self._actual(ctx, response) + _maybe_billed(ctx)
             response.headers.append(("x-aigw-tokens-consumed", str(actual)))
             self._settle_later(reservations, actual)
         else:
@@ -210,7 +212,7 @@ class LimitsPolicy:
     ) -> AsyncIterator[bytes]:
         def settle() -> None:
             total = ctx.tokens.actual_total
-            self._settle_later(reservations, ctx.tokens.estimate if total is None else total)
+            self._settle_later(reservations, (ctx.tokens.estimate if total is None else total) + _maybe_billed(ctx))
 
         return _then(stream, settle)
 
@@ -226,10 +228,9 @@ class LimitsPolicy:
     async def _unchecked(self, ctx: RequestContext, call_next: Handler, limits: list[Limit]) -> GatewayResponse:
         """fail_open: admit without reservations and add the actual usage after the response; if the store is
         still down then, that count is lost (logged by the background task), not retried."""
-        response = await call_next(ctx)
-        now = self._clock.now_s()
 
         def count(actual: int) -> None:
+            now = self._clock.now_s()
             for limit in limits:
                 value = counter_value(limit.rule, ctx)
                 if limit.kind == "tpm":
@@ -240,11 +241,24 @@ class LimitsPolicy:
                     key, ttl = f"quota:{limit.rule.name}:{value}", end - window + 3600
                 self._tasks.spawn(self._store.add(key, window, actual, ttl), f"count later {key}")
 
+        try:
+            response = await call_next(ctx)
+        except BaseException:
+            if _maybe_billed(ctx):
+                count(_maybe_billed(ctx))
+            raise
         if response.stream is None:
-            count(self._actual(ctx, response))
+            count(self._actual(ctx, response) + _maybe_billed(ctx))
             return response
-        response.stream = _then(response.stream, lambda: count(ctx.tokens.actual_total or ctx.tokens.estimate))
+        response.stream = _then(
+            response.stream, lambda: count((ctx.tokens.actual_total or ctx.tokens.estimate) + _maybe_billed(ctx))
+        )
         return response
+
+
+def _maybe_billed(ctx: RequestContext) -> int:
+    """The estimate once for each try that reached a backend and then timed out or was cut (Azure may bill it)."""
+    return ctx.tokens.estimate * sum(1 for attempt in ctx.attempts if attempt.maybe_billed)
 
 
 async def _then(stream: AsyncIterator[bytes], on_end: Callable[[], None]) -> AsyncIterator[bytes]:

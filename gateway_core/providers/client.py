@@ -2,7 +2,8 @@
 
 ``send`` makes one call to one backend and returns its response, streaming SSE chunk by chunk as they arrive.
 Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); the failover loop decides
-what to try next.
+what to try next. Those after the request was sent (a read timeout, a dropped connection) are the ``AfterSend``
+kind: the backend may have generated, and bill, an answer nobody received.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ RETURNED_RESPONSE_HEADERS = frozenset(
     {"content-type", "retry-after", "retry-after-ms", "x-ms-region", "openai-processing-ms", "apim-request-id"}
 )
 _RATELIMIT_PREFIX = "x-ratelimit-"
+
+
+class AfterSend:
+    """Marks a transport failure that happened after the request was sent: the backend may still bill it."""
+
+
+class TimeoutAfterSend(BackendTimeout, AfterSend):
+    pass
+
+
+class DroppedAfterSend(BackendUnreachable, AfterSend):
+    pass
+
+
+def maybe_billed(exc: BaseException) -> bool:
+    """True if ``exc`` came after the request reached the backend (not a refused or unreachable connection)."""
+    return isinstance(exc, AfterSend)
 
 
 class UpstreamClient:
@@ -73,9 +91,10 @@ class UpstreamClient:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise BackendUnreachable(f"Backend '{backend.name}' is unreachable: {_describe(exc)}.") from None
         except TimeoutError:
-            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
+            raise TimeoutAfterSend(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
-            raise BackendUnreachable(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
+            # Connected, then cut (server disconnected, reset, bad answer): the request may have been processed.
+            raise DroppedAfterSend(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
         out_headers = _returned_headers(response.headers)
         if stream and 200 <= response.status < 300:
             # Whatever its content-type: some OpenAI-compatible servers omit or mislabel it on a stream.
@@ -85,9 +104,9 @@ class UpstreamClient:
         try:
             data = await response.read()
         except TimeoutError:
-            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
+            raise TimeoutAfterSend(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
-            raise BackendUnreachable(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
+            raise DroppedAfterSend(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
         finally:
             response.release()
         return GatewayResponse(response.status, out_headers, data)

@@ -17,7 +17,7 @@ from ..clock import Clock
 from ..config import RoutingSettings
 from ..context import Attempt, GatewayResponse, RequestContext
 from ..errors import BackendUnreachable, GatewayError, ServiceUnavailable, TokenLimitExceeded
-from ..providers.client import UpstreamClient, forwarded_headers
+from ..providers.client import UpstreamClient, forwarded_headers, maybe_billed
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
 from ..tokens.usage import record_json_usage, scan_sse
@@ -119,6 +119,7 @@ class Forwarder:
                 )
             except GatewayError as exc:
                 attempt.error = exc.message
+                attempt.maybe_billed = maybe_billed(exc)
                 attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
                 self._health.observe(backend.name, status=None, error=exc.message, latency_ms=attempt.elapsed_ms)
                 ctx.backend, tries.last_error, tries.last_response = backend.name, exc, None
