@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -17,7 +18,8 @@ from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
-from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.context import GatewayRequest, GatewayResponse, Principal, RequestContext
+from gateway_core.errors import TokenLimitExceeded
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import Fault, SimConfig
 from gateway_core.storage.memory import MemoryCounters
@@ -35,6 +37,11 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def requests_seen(url: str) -> int:
+    # A plain blocking call is fine: the simulators run on their own thread's event loop.
+    return len(httpx.get(url + "/_sim/requests").json()["requests"])
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,7 @@ def sims() -> Iterator[dict[str, str]]:
 async def make(sims: dict[str, str]) -> AsyncIterator[Any]:
     made: list[Gateway] = []
 
-    async def build(*names: str) -> Gateway:
+    async def build(*names: str, tpm: int = 100_000) -> Gateway:
         backends = [
             {
                 "name": name,
@@ -73,7 +80,7 @@ async def make(sims: dict[str, str]) -> AsyncIterator[Any]:
             {
                 "backends": backends,
                 "keys": [{"name": "k", "sha256": sha256_hex("k"), "user": "u"}],
-                "limits": {"rules": [{"name": "tpm", "key": "user", "tokens_per_minute": 100_000}]},
+                "limits": {"rules": [{"name": "tpm", "key": "user", "tokens_per_minute": tpm}]},
                 "stores": {"counters": "memory://", "health": "memory://"},
             }
         )
@@ -148,3 +155,17 @@ async def test_a_backend_that_ignores_stream_options_is_counted_from_the_stream(
     completion = orjson.loads(answer.body)["usage"]["completion_tokens"]
     prompt = chat_prompt_tokens({"messages": HELLO, "tools": tools}, encoding("o200k_base"))
     assert counted == prompt + completion  # before: the prompt alone, the arguments counted as nothing
+
+
+async def test_gateway_embed_is_admitted_and_settled_under_the_callers_rules(make: Any, sims: dict[str, str]) -> None:
+    gateway = await make("healthy", tpm=5)
+    raw = orjson.dumps({"model": "gpt-4o", "messages": HELLO})
+    caller = RequestContext(GatewayRequest("POST", "/v1/chat/completions", {}, KEY, raw, len(raw)), "req-1", START)
+    caller.principal = Principal(user="u", tenant="t")
+    assert len(await gateway.embed("gpt-4o", "three little words", caller)) > 0
+    assert await charged(gateway) == 3  # the backend's usage for the embedded text, charged to user u
+    seen = requests_seen(sims["healthy"])
+    with pytest.raises(TokenLimitExceeded):  # 3 more would pass the rule's 5: refused before the backend
+        await gateway.embed("gpt-4o", "three little words", caller)
+    assert requests_seen(sims["healthy"]) == seen
+    assert await charged(gateway) == 3
