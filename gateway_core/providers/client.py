@@ -96,13 +96,17 @@ class UpstreamClient:
             # Connected, then cut (server disconnected, reset, bad answer): the request may have been processed.
             raise DroppedAfterSend(f"Backend '{backend.name}' failed: {_describe(exc)}.") from None
         out_headers = _returned_headers(response.headers)
+        first = b""
         if stream and 200 <= response.status < 300:
-            # Whatever its content-type: some OpenAI-compatible servers omit or mislabel it on a stream.
-            out_headers = [(k, v) for k, v in out_headers if k != "content-type"]
-            out_headers.append(("content-type", "text/event-stream"))
-            return GatewayResponse(response.status, out_headers, stream=_relay(backend, response))
+            first = await _first_chunk(backend, response, limit_s)
+            if not first.lstrip().startswith(b"{"):
+                # SSE whatever its content-type: some OpenAI-compatible servers omit or mislabel it on a stream.
+                out_headers = [(k, v) for k, v in out_headers if k != "content-type"]
+                out_headers.append(("content-type", "text/event-stream"))
+                return GatewayResponse(response.status, out_headers, stream=_relay(backend, response, first))
+            # One JSON body: the backend ignored "stream". Passed on as it is, so that its usage is read.
         try:
-            data = await response.read()
+            data = first + await response.read()
         except TimeoutError:
             raise TimeoutAfterSend(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
@@ -125,9 +129,26 @@ async def _get_status(
         raise BackendUnreachable(_describe(exc)) from None
 
 
-async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _first_chunk(backend: Backend, response: aiohttp.ClientResponse, limit_s: float) -> bytes:
+    """The first bytes of a streamed answer, which tell SSE from a JSON body (content-types are not reliable)."""
+    try:
+        return await response.content.readany()
+    except TimeoutError:
+        response.close()
+        raise TimeoutAfterSend(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
+    except aiohttp.ClientError as exc:
+        response.close()
+        raise DroppedAfterSend(f"Backend '{backend.name}' failed mid-response: {_describe(exc)}.") from None
+    except BaseException:
+        response.close()
+        raise
+
+
+async def _relay(backend: Backend, response: aiohttp.ClientResponse, first: bytes) -> AsyncIterator[bytes]:
     finished = False
     try:
+        if first:
+            yield first
         async for chunk in response.content.iter_any():
             yield chunk
         finished = True

@@ -74,10 +74,7 @@ async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, U
     await runner.cleanup()
 
 
-async def test_a_stream_without_an_event_stream_content_type_is_relayed_incrementally_and_counted(
-    upstream: tuple[str, Upstream],
-) -> None:
-    url, server = upstream
+def gateway_for(url: str) -> Gateway:
     config = config_from_dict(
         {
             "backends": [
@@ -88,15 +85,31 @@ async def test_a_stream_without_an_event_stream_content_type_is_relayed_incremen
             "stores": {"counters": "memory://", "health": "memory://"},
         }
     )
-    gateway = Gateway(config, clock=ManualClock(START))
+    return Gateway(config, clock=ManualClock(START))
+
+
+def stream_request() -> GatewayRequest:
+    raw = orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 300}
+    )
+    return GatewayRequest("POST", "/v1/chat/completions", {}, {"api-key": "k"}, raw, len(raw))
+
+
+async def charged(gateway: Gateway) -> int:
+    await gateway.tasks.drain()
+    assert isinstance(gateway.counters, MemoryCounters)
+    return await gateway.counters.get("tpm:tpm:u", int(START))
+
+
+async def test_a_stream_without_an_event_stream_content_type_is_relayed_incrementally_and_counted(
+    upstream: tuple[str, Upstream],
+) -> None:
+    url, server = upstream
+    gateway = gateway_for(url)
     await gateway.start()
     try:
-        raw = orjson.dumps(
-            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 300}
-        )
-        request = GatewayRequest("POST", "/v1/chat/completions", {}, {"api-key": "k"}, raw, len(raw))
         # Before the fix the gateway read the whole body first, which the upstream holds back: a hang, not a stream.
-        response = await asyncio.wait_for(gateway.handle(request), 10)
+        response = await asyncio.wait_for(gateway.handle(stream_request()), 10)
         assert response.status == 200 and response.stream is not None
         assert response.header("content-type") == "text/event-stream"
         first = await asyncio.wait_for(anext(response.stream), 10)
@@ -105,8 +118,31 @@ async def test_a_stream_without_an_event_stream_content_type_is_relayed_incremen
         rest = b"".join([chunk async for chunk in response.stream])
         assert b'"lo"' in rest and rest.endswith(b"data: [DONE]\n\n")
         assert b'"usage"' not in first + rest  # the gateway asked for it; the client did not
-        await gateway.tasks.drain()
-        assert isinstance(gateway.counters, MemoryCounters)
-        assert await gateway.counters.get("tpm:tpm:u", int(START)) == USAGE["total_tokens"]  # not the estimate
+        assert await charged(gateway) == USAGE["total_tokens"]  # read from the stream, not the estimate
     finally:
         await gateway.close()
+
+
+async def test_a_json_answer_to_a_stream_request_stays_json_and_its_usage_is_read() -> None:
+    answer = {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": "Hello"}}], "usage": USAGE}
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(answer)  # a backend that ignores "stream": true
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    gateway = gateway_for(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await gateway.start()
+    try:
+        response = await gateway.handle(stream_request())
+        assert response.status == 200 and response.stream is None
+        assert (response.header("content-type") or "").startswith("application/json")
+        assert orjson.loads(response.body) == answer
+        assert await charged(gateway) == USAGE["total_tokens"]
+    finally:
+        await gateway.close()
+        await runner.cleanup()
