@@ -23,6 +23,7 @@ from ..errors import ServiceUnavailable, TokenLimitExceeded
 from ..limits.rules import Limit, applies, counter_value, limits_of
 from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
 from ..pipeline import Handler
+from ..providers.client import maybe_billed
 from ..storage.ports import CounterStore, StorageError
 
 log = logging.getLogger("aigw")
@@ -210,9 +211,8 @@ class LimitsPolicy:
     def _settle_after_stream(
         self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation]
     ) -> AsyncIterator[bytes]:
-        def settle() -> None:
-            total = ctx.tokens.actual_total
-            self._settle_later(reservations, (ctx.tokens.estimate if total is None else total) + _maybe_billed(ctx))
+        def settle(error: BaseException | None) -> None:
+            self._settle_later(reservations, _stream_total(ctx, error) + _maybe_billed(ctx))
 
         return _then(stream, settle)
 
@@ -250,9 +250,7 @@ class LimitsPolicy:
         if response.stream is None:
             count(self._actual(ctx, response) + _maybe_billed(ctx))
             return response
-        response.stream = _then(
-            response.stream, lambda: count((ctx.tokens.actual_total or ctx.tokens.estimate) + _maybe_billed(ctx))
-        )
+        response.stream = _then(response.stream, lambda error: count(_stream_total(ctx, error) + _maybe_billed(ctx)))
         return response
 
 
@@ -261,16 +259,32 @@ def _maybe_billed(ctx: RequestContext) -> int:
     return ctx.tokens.estimate * sum(1 for attempt in ctx.attempts if attempt.maybe_billed)
 
 
-async def _then(stream: AsyncIterator[bytes], on_end: Callable[[], None]) -> AsyncIterator[bytes]:
-    """Relay ``stream``, then call ``on_end`` however it ended (done, failed, or the client gone)."""
+def _stream_total(ctx: RequestContext, error: BaseException | None) -> int:
+    """A stream's charge: its usage, or what passed if none came; but at least the estimate if the backend cut it
+    (it may have generated, and bill, more than reached the gateway)."""
+    total = ctx.tokens.actual_total
+    if total is None:
+        return ctx.tokens.estimate
+    if error is not None and maybe_billed(error) and ctx.tokens.source != "backend":
+        return max(total, ctx.tokens.estimate)
+    return total
+
+
+async def _then(stream: AsyncIterator[bytes], on_end: Callable[[BaseException | None], None]) -> AsyncIterator[bytes]:
+    """Relay ``stream``, then call ``on_end`` however it ended: done (None), failed (the error), or the client
+    gone (None)."""
+    error: BaseException | None = None
     try:
         async for chunk in stream:
             yield chunk
+    except Exception as exc:
+        error = exc
+        raise
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()  # lets the usage scanner count what passed, if the stream was cut short
-        on_end()
+        on_end(error)
 
 
 def _duration(seconds: float) -> str:

@@ -153,9 +153,9 @@ async def _relay(backend: Backend, response: aiohttp.ClientResponse, first: byte
             yield chunk
         finished = True
     except TimeoutError:
-        raise BackendTimeout(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
+        raise TimeoutAfterSend(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
     except aiohttp.ClientError as exc:
-        raise BackendUnreachable(f"Backend '{backend.name}' broke off the stream: {_describe(exc)}.") from None
+        raise DroppedAfterSend(f"Backend '{backend.name}' broke off the stream: {_describe(exc)}.") from None
     finally:
         # An unfinished stream (client gone, error) closes the connection, which cancels the upstream call.
         if finished:

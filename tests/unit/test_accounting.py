@@ -136,6 +136,24 @@ async def test_a_stream_after_a_cut_try_is_charged_its_usage_plus_the_cut_estima
     assert await charged(gateway) == ESTIMATE + ACTUAL
 
 
+async def test_a_stream_the_backend_cuts_midway_stays_charged_at_least_its_estimate(make: Any) -> None:
+    gateway = await make("drop")  # streams half its words, then aborts the connection
+    response = await call(gateway, stream=True)
+    assert response.status == 200 and response.stream is not None
+    body = b"".join([chunk async for chunk in response.stream])
+    assert b'"content":"' in body and b"backend_unreachable" in body  # some words, then the error event
+    assert await charged(gateway) == ESTIMATE  # not the prompt plus the few words that passed
+
+
+async def test_a_stream_the_client_leaves_is_charged_what_passed(make: Any) -> None:
+    gateway = await make("healthy")
+    response = await call(gateway, stream=True)
+    assert response.stream is not None
+    await anext(response.stream)
+    await response.stream.aclose()  # type: ignore[attr-defined]
+    assert 8 <= await charged(gateway) < ESTIMATE  # the gateway hung up: counted from the text, as before
+
+
 async def test_a_backend_that_ignores_stream_options_is_counted_from_the_stream(make: Any) -> None:
     gateway = await make("healthy")
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
