@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import tiktoken
 
 from ..context import TokenUsage
 from .counting import text_tokens
@@ -93,7 +94,7 @@ class _Generated:
             self.add(index, f"{field}.name", function.get("name"))
             self.add(index, f"{field}.arguments", function.get("arguments"))
 
-    def tokens(self, enc: Any) -> int:
+    def tokens(self, enc: tiktoken.Encoding) -> int:
         return sum(text_tokens("".join(parts), enc) for parts in self._parts.values())
 
 
