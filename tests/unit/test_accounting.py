@@ -54,7 +54,7 @@ def sims() -> Iterator[dict[str, str]]:
     yield {
         "healthy": sim(),
         "drop": sim(Fault(kind="drop")),  # sends half an answer, then aborts the connection
-        "slow": sim(Fault(kind="slow", extra_latency_ms=3000)),
+        "slow": sim(Fault(kind="slow", extra_latency_ms=5000)),
         "refused": f"http://127.0.0.1:{closed_port()}",
     }
     servers.stop()
@@ -70,7 +70,7 @@ async def make(sims: dict[str, str]) -> AsyncIterator[Any]:
                 "name": name,
                 "url": sims[name],
                 "priority": i + 1,
-                "timeout_s": 0.3 if name == "slow" else 30,
+                "timeout_s": 1.0 if name == "slow" else 30,
                 "auth": {"type": "none"},
                 "deployments": ["gpt-4o"],
             }
