@@ -80,13 +80,19 @@ class Gateway:
             self.cache = cache_store(
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
+        tokens = TokensPolicy(self.pools, config.limits)
+        limits = (
+            LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
+        )
+        # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
+        self._internal: Handler = build_chain([tokens, *([limits] if limits else [])], self._forward)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),
             # 2 usage: the usage issue
             AuthPolicy(config, env),  # 3 auth
             ValidatePolicy(config, self.pools),  # 4 validate (transform: a later issue)
-            TokensPolicy(self.pools, config.limits),  # 5 tokens
+            tokens,  # 5 tokens
         ]
         if self.cache is not None:
             semantic = config.cache.semantic
@@ -94,8 +100,8 @@ class Gateway:
                 for name in (*semantic.deployments, semantic.embedding_deployment):
                     self.pools.check_exists(name)
             policies.append(CachePolicy(config.cache, self.cache, self.pools, self.clock, self.tasks, self.embed))  # 6
-        if self.counters is not None:
-            policies.append(LimitsPolicy(config.limits, self.counters, self.clock, self.tasks))  # 7 limits
+        if limits is not None:
+            policies.append(limits)  # 7 limits
         self._handle: Handler = build_chain(policies, self._dispatch)
 
     async def start(self) -> None:
@@ -150,16 +156,25 @@ class Gateway:
         """Publish this instance's health windows and adopt the others' (what the background sync does)."""
         await self._health_sync.sync()
 
-    async def embed(self, deployment: str, text: str) -> tuple[float, ...]:
-        """An embedding of ``text`` from one of this gateway's own deployments (the semantic cache's input)."""
+    async def embed(self, deployment: str, text: str, caller: RequestContext) -> tuple[float, ...]:
+        """An embedding of ``text`` from one of this gateway's own deployments (the semantic cache's input).
+
+        It is the ``caller``'s call: counted and limited by the rules that match ``deployment`` for the caller's
+        principal, headers and address. A refusal (``TokenLimitExceeded``) or a failure raises, before or after
+        the backend; the caller decides what to do without the embedding.
+        """
         body = {"input": text, "encoding_format": "float"}
         raw = orjson.dumps(body)
-        request = GatewayRequest("POST", f"/openai/deployments/{deployment}/embeddings", {}, {}, raw, len(raw))
-        ctx = RequestContext(request=request, request_id=uuid.uuid4().hex, started_s=self.clock.now_s())
+        # The caller's headers name its rate-limit keys (header:<name>) and region; its simulator controls
+        # (x-aigw-sim-*) were meant for its own call, not this one.
+        headers = {k: v for k, v in caller.request.headers.items() if not k.startswith("x-aigw-sim-")}
+        path = f"/openai/deployments/{deployment}/embeddings"
+        request = GatewayRequest("POST", path, {}, headers, raw, len(raw), caller.request.client_ip)
+        ctx = RequestContext(request=request, request_id=caller.request_id, started_s=self.clock.now_s())
         ctx.endpoint = Endpoint(EndpointKind.INFERENCE, Surface.AZURE, "embeddings", deployment)
-        ctx.principal = Principal(user="aigw-semantic-cache", tenant="aigw")
+        ctx.principal = caller.principal or Principal(user="anonymous", tenant="default")
         ctx.deployment, ctx.body_json = deployment, body
-        response = await self._forward(ctx)
+        response = await self._internal(ctx)
         if response.status != 200:
             raise RuntimeError(f"embedding deployment {deployment!r} answered {response.status}")
         return tuple(orjson.loads(response.body)["data"][0]["embedding"])

@@ -95,6 +95,8 @@ class Attempt:
     status: int | None = None
     error: str | None = None
     elapsed_ms: float = 0.0
+    # The request was sent, then timed out or was cut: the backend may have generated (and billed) an answer.
+    maybe_billed: bool = False
 
 
 @dataclass(slots=True)

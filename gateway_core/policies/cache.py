@@ -29,7 +29,8 @@ from ..storage.ports import CacheEntry, CacheStore, StorageError
 from ..storage.vectors import normalise
 
 log = logging.getLogger("aigw")
-Embedder = Callable[[str, str], Awaitable[tuple[float, ...]]]  # (embedding deployment, text) -> vector
+# (embedding deployment, text, the caller's context, charged for the call) -> vector
+Embedder = Callable[[str, str, RequestContext], Awaitable[tuple[float, ...]]]
 
 
 @dataclass(slots=True)
@@ -157,7 +158,7 @@ class CachePolicy:
         vary = [ctx.request.headers.get(h.lower(), "") for h in semantic.vary_by_headers]
         plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary)
         try:
-            plan.vector = normalise(await self._embed(semantic.embedding_deployment, text))
+            plan.vector = normalise(await self._embed(semantic.embedding_deployment, text, ctx))
         except Exception as exc:  # noqa: BLE001 - a failed embedding must not fail the request
             log.warning("semantic cache: embedding failed, skipping lookup: %s", exc)
             return None

@@ -3,7 +3,9 @@
 Admission adds the estimate to each rule's counter (one store round trip per limit) and takes it back if the
 new total is over the limit, so the tokens admitted never exceed a limit: concurrent requests each see a
 total that includes everyone admitted before them. After the response the reservation is replaced by the
-backend's reported usage (off the response path, in the background); a backend error releases it.
+backend's reported usage (off the response path, in the background); a backend error releases it, except the
+estimate of each try that reached a backend and then timed out or was cut, which Azure may bill (so a failover
+after such a try costs that estimate plus the usage of the answer that came).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..errors import ServiceUnavailable, TokenLimitExceeded
 from ..limits.rules import Limit, applies, counter_value, limits_of
 from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
 from ..pipeline import Handler
+from ..providers.client import maybe_billed
 from ..storage.ports import CounterStore, StorageError
 
 log = logging.getLogger("aigw")
@@ -85,11 +88,11 @@ class LimitsPolicy:
         try:
             response = await call_next(ctx)
         except BaseException:
-            self._settle_later(reservations, 0)
+            self._settle_later(reservations, _maybe_billed(ctx))
             raise
         self._replace_ratelimit_headers(response, reservations)
         if response.stream is None:
-            actual = self._actual(ctx, response)
+            actual = self._actual(ctx, response) + _maybe_billed(ctx)
             response.headers.append(("x-aigw-tokens-consumed", str(actual)))
             self._settle_later(reservations, actual)
         else:
@@ -208,9 +211,8 @@ class LimitsPolicy:
     def _settle_after_stream(
         self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation]
     ) -> AsyncIterator[bytes]:
-        def settle() -> None:
-            total = ctx.tokens.actual_total
-            self._settle_later(reservations, ctx.tokens.estimate if total is None else total)
+        def settle(error: BaseException | None) -> None:
+            self._settle_later(reservations, _stream_total(ctx, error) + _maybe_billed(ctx))
 
         return _then(stream, settle)
 
@@ -226,10 +228,9 @@ class LimitsPolicy:
     async def _unchecked(self, ctx: RequestContext, call_next: Handler, limits: list[Limit]) -> GatewayResponse:
         """fail_open: admit without reservations and add the actual usage after the response; if the store is
         still down then, that count is lost (logged by the background task), not retried."""
-        response = await call_next(ctx)
-        now = self._clock.now_s()
 
         def count(actual: int) -> None:
+            now = self._clock.now_s()
             for limit in limits:
                 value = counter_value(limit.rule, ctx)
                 if limit.kind == "tpm":
@@ -240,23 +241,50 @@ class LimitsPolicy:
                     key, ttl = f"quota:{limit.rule.name}:{value}", end - window + 3600
                 self._tasks.spawn(self._store.add(key, window, actual, ttl), f"count later {key}")
 
+        try:
+            response = await call_next(ctx)
+        except BaseException:
+            if _maybe_billed(ctx):
+                count(_maybe_billed(ctx))
+            raise
         if response.stream is None:
-            count(self._actual(ctx, response))
+            count(self._actual(ctx, response) + _maybe_billed(ctx))
             return response
-        response.stream = _then(response.stream, lambda: count(ctx.tokens.actual_total or ctx.tokens.estimate))
+        response.stream = _then(response.stream, lambda error: count(_stream_total(ctx, error) + _maybe_billed(ctx)))
         return response
 
 
-async def _then(stream: AsyncIterator[bytes], on_end: Callable[[], None]) -> AsyncIterator[bytes]:
-    """Relay ``stream``, then call ``on_end`` however it ended (done, failed, or the client gone)."""
+def _maybe_billed(ctx: RequestContext) -> int:
+    """The estimate once for each try that reached a backend and then timed out or was cut (Azure may bill it)."""
+    return ctx.tokens.estimate * sum(1 for attempt in ctx.attempts if attempt.maybe_billed)
+
+
+def _stream_total(ctx: RequestContext, error: BaseException | None) -> int:
+    """A stream's charge: its usage, or what passed if none came; but at least the estimate if the backend cut it
+    (it may have generated, and bill, more than reached the gateway)."""
+    total = ctx.tokens.actual_total
+    if total is None:
+        return ctx.tokens.estimate
+    if error is not None and maybe_billed(error) and ctx.tokens.source != "backend":
+        return max(total, ctx.tokens.estimate)
+    return total
+
+
+async def _then(stream: AsyncIterator[bytes], on_end: Callable[[BaseException | None], None]) -> AsyncIterator[bytes]:
+    """Relay ``stream``, then call ``on_end`` however it ended: done (None), failed (the error), or the client
+    gone (None)."""
+    error: BaseException | None = None
     try:
         async for chunk in stream:
             yield chunk
+    except Exception as exc:
+        error = exc
+        raise
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()  # lets the usage scanner count what passed, if the stream was cut short
-        on_end()
+        on_end(error)
 
 
 def _duration(seconds: float) -> str:

@@ -3,7 +3,8 @@
 ``send`` makes one call to one backend and returns its response, streaming SSE chunk by chunk as they arrive.
 Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); the failover loop decides
 what to try next. Their messages reach clients, so they name the backend but never its host or port (aiohttp's
-own messages do): those details go to the log.
+own messages do): those details go to the log. Failures after the request was sent (a read timeout, a dropped
+connection) are the ``AfterSend`` kind: the backend may have generated, and bill, an answer nobody received.
 """
 
 from __future__ import annotations
@@ -26,6 +27,23 @@ RETURNED_RESPONSE_HEADERS = frozenset(
 )
 _RATELIMIT_PREFIX = "x-ratelimit-"
 log = logging.getLogger("aigw")
+
+
+class AfterSend:
+    """Marks a transport failure that happened after the request was sent: the backend may still bill it."""
+
+
+class TimeoutAfterSend(BackendTimeout, AfterSend):
+    pass
+
+
+class DroppedAfterSend(BackendUnreachable, AfterSend):
+    pass
+
+
+def maybe_billed(exc: BaseException) -> bool:
+    """True if ``exc`` came after the request reached the backend (not a refused or unreachable connection)."""
+    return isinstance(exc, AfterSend)
 
 
 class UpstreamClient:
@@ -60,7 +78,7 @@ class UpstreamClient:
         stream: bool,
         budget_s: float | None = None,
     ) -> GatewayResponse:
-        """POST ``body`` to ``url``; a 200 ``text/event-stream`` answer to a streaming call is relayed lazily.
+        """POST ``body`` to ``url``; a 2xx answer to a streaming call is relayed lazily, as ``text/event-stream``.
 
         ``budget_s`` caps the wait for the answer (for a stream: for its status line) below ``timeout_s``.
         """
@@ -76,19 +94,26 @@ class UpstreamClient:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise _unreachable(backend, "could not be connected to", exc) from None
         except TimeoutError:
-            raise BackendTimeout(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
+            raise TimeoutAfterSend(f"Backend '{backend.name}' did not answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
-            raise _unreachable(backend, "failed before answering", exc) from None
+            # Connected, then cut (server disconnected, reset, bad answer): the request may have been processed.
+            raise _unreachable(backend, "failed before answering", exc, DroppedAfterSend) from None
         out_headers = _returned_headers(response.headers)
-        content_type = response.headers.get("content-type", "")
-        if stream and response.status == 200 and content_type.startswith("text/event-stream"):
-            return GatewayResponse(response.status, out_headers, stream=_relay(backend, response))
+        first = b""
+        if stream and 200 <= response.status < 300:
+            first = await _first_chunk(backend, response, limit_s)
+            if not first.lstrip().startswith(b"{"):
+                # SSE whatever its content-type: some OpenAI-compatible servers omit or mislabel it on a stream.
+                out_headers = [(k, v) for k, v in out_headers if k != "content-type"]
+                out_headers.append(("content-type", "text/event-stream"))
+                return GatewayResponse(response.status, out_headers, stream=_relay(backend, response, first))
+            # One JSON body: the backend ignored "stream". Passed on as it is, so that its usage is read.
         try:
-            data = await response.read()
+            data = first + await response.read()
         except TimeoutError:
             raise _slow(f"Backend '{backend.name}' did not finish its answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
-            raise _unreachable(backend, "failed mid-response", exc) from None
+            raise _unreachable(backend, "failed mid-response", exc, DroppedAfterSend) from None
         finally:
             response.release()
         return GatewayResponse(response.status, out_headers, data)
@@ -107,16 +132,33 @@ async def _get_status(
         raise BackendUnreachable(_describe(exc)) from None
 
 
-async def _relay(backend: Backend, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _first_chunk(backend: Backend, response: aiohttp.ClientResponse, limit_s: float) -> bytes:
+    """The first bytes of a streamed answer, which tell SSE from a JSON body (content-types are not reliable)."""
+    try:
+        return await response.content.readany()
+    except TimeoutError:
+        response.close()
+        raise _slow(f"Backend '{backend.name}' sent no answer body within {limit_s:g} s.") from None
+    except aiohttp.ClientError as exc:
+        response.close()
+        raise _unreachable(backend, "failed mid-response", exc, DroppedAfterSend) from None
+    except BaseException:
+        response.close()
+        raise
+
+
+async def _relay(backend: Backend, response: aiohttp.ClientResponse, first: bytes) -> AsyncIterator[bytes]:
     finished = False
     try:
+        if first:
+            yield first
         async for chunk in response.content.iter_any():
             yield chunk
         finished = True
     except TimeoutError:
         raise _slow(f"Backend '{backend.name}' stopped sending for {backend.timeout_s:g} s.") from None
     except aiohttp.ClientError as exc:
-        raise _unreachable(backend, "broke off the stream", exc) from None
+        raise _unreachable(backend, "broke off the stream", exc, DroppedAfterSend) from None
     finally:
         # An unfinished stream (client gone, error) closes the connection, which cancels the upstream call.
         if finished:
@@ -148,14 +190,16 @@ def _returned_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-def _unreachable(backend: Backend, what: str, exc: BaseException) -> BackendUnreachable:
+def _unreachable(
+    backend: Backend, what: str, exc: BaseException, kind: type[BackendUnreachable] = BackendUnreachable
+) -> BackendUnreachable:
     """A client-safe error: the backend's name and what happened; aiohttp's text (host, port) only in the log."""
     log.warning("backend %s %s: %s", backend.name, what, _describe(exc))
-    return BackendUnreachable(f"Backend '{backend.name}' {what} ({type(exc).__name__}).")
+    return kind(f"Backend '{backend.name}' {what} ({type(exc).__name__}).")
 
 
 def _slow(message: str) -> BackendTimeout:
-    exc = BackendTimeout(message)
+    exc = TimeoutAfterSend(message)
     exc.started = True  # the status line had come: a slow generation, not a dead backend
     return exc
 

@@ -19,7 +19,7 @@ from ..clock import Clock
 from ..config import RoutingSettings
 from ..context import Attempt, GatewayResponse, RequestContext
 from ..errors import BackendTimeout, BackendUnreachable, GatewayError, ServiceUnavailable, TokenLimitExceeded
-from ..providers.client import UpstreamClient, forwarded_headers
+from ..providers.client import UpstreamClient, forwarded_headers, maybe_billed
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
 from ..tokens.usage import record_json_usage, scan_sse
@@ -137,6 +137,7 @@ class Forwarder:
                 )
             except GatewayError as exc:
                 attempt.error = exc.message
+                attempt.maybe_billed = maybe_billed(exc)
                 attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
                 # A generation that is merely slow (its status line came, or our budget was the limit) says
                 # nothing about the backend's health.

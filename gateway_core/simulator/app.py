@@ -2,7 +2,8 @@
 
 Fault injection by header (each overrides the deployment's configured faults):
 ``x-aigw-sim-fault: 429|500|503|slow|drop``, ``x-aigw-sim-retry-after: <s>``, ``x-aigw-sim-latency-ms: <ms>``
-(added before the first byte), ``x-aigw-sim-completion-tokens: <n>``. ``GET /_sim/requests`` lists the
+(added before the first byte), ``x-aigw-sim-completion-tokens: <n>``, ``x-aigw-sim-no-usage: 1`` (a stream ignores
+``stream_options.include_usage``, as some OpenAI-compatible servers do). ``GET /_sim/requests`` lists the
 recent requests it received (method, path, query, headers, and the undecoded ``raw_path`` and
 ``query_string``), so tests can see what a gateway sent upstream.
 ``GET /++/config`` shows the settings and ``POST /++/config`` changes them while it runs (a JSON object merged
@@ -30,8 +31,10 @@ from .generate import (
     embed,
     embedding_inputs,
     encode_embedding,
+    forced_tool,
     prompt_text_tokens,
     reply_words,
+    tool_arguments,
 )
 from .settings import Fault, SimConfig, SimDeployment
 
@@ -40,6 +43,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _OPERATIONS = ("chat/completions", "completions", "embeddings")
 _MAX_EMBEDDING_INPUTS = 2048  # Azure OpenAI refuses longer input lists with a 400
+# Azure OpenAI answers 400 to stream_options on api-versions before this one.
+_STREAM_OPTIONS_SINCE = "2024-09-01"
 
 
 class _Dropped(Exception):
@@ -142,6 +147,10 @@ class SimulatorApp:
             await _error(send, 400, "BadRequest", "Request body must be a JSON object.")
             return
         watch.record["model"] = request.get("model")
+        version = query.get("api-version", "")
+        if "stream_options" in request and path.startswith("/openai/deployments/") and version < _STREAM_OPTIONS_SINCE:
+            await _error(send, 400, "BadRequest", "Unrecognized request argument supplied: stream_options")
+            return
         if deployment_name is None:
             deployment_name = str(request.get("model", ""))
         deployment = self._deployments.get(deployment_name)
@@ -172,8 +181,17 @@ class SimulatorApp:
             return
         if request.get("stream") is True:
             dropped = fault is not None and fault.kind == "drop"
+            options = request.get("stream_options")
+            include_usage = (
+                isinstance(options, dict)
+                and bool(options.get("include_usage"))
+                and self.config.stream_usage
+                and headers.get("x-aigw-sim-no-usage") != "1"
+            )
             async with watch:
-                await self._stream(send, operation, request, answer, deployment, ttft_s, watch, dropped=dropped)
+                await self._stream(
+                    send, operation, answer, deployment, ttft_s, watch, include_usage=include_usage, dropped=dropped
+                )
             return
         await _sleep(ttft_s)
         payload = orjson.dumps(answer["response"])
@@ -285,13 +303,25 @@ class SimulatorApp:
             seed = orjson.dumps(request.get("prompt")).decode()
         words = reply_words(seed, target)
         text = " ".join(words)
-        completion_tokens = count_tokens(text, model) * n
+        tool = forced_tool(request) if operation == "chat/completions" else None
+        pieces = tool_arguments(words) if tool is not None else [w if i == 0 else " " + w for i, w in enumerate(words)]
+        call_id = f"call_{uuid.uuid4().hex[:24]}"
+        if tool is not None:
+            # The reply is a forced tool call: its name and arguments are what the model generated (and is billed).
+            completion_tokens = (count_tokens(tool, model) + count_tokens("".join(pieces), model)) * n
+            finish = "tool_calls" if finish == "stop" else finish
+        else:
+            completion_tokens = count_tokens(text, model) * n
         created = int(time.time())
         if operation == "chat/completions":
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if tool is not None:
+                call = {"id": call_id, "type": "function", "function": {"name": tool, "arguments": "".join(pieces)}}
+                message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
             choices: list[dict[str, Any]] = [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "finish_reason": finish,
                     "logprobs": None,
                     "content_filter_results": {},
@@ -315,22 +345,22 @@ class SimulatorApp:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        return {"response": response, "words": words, "finish": finish, "n": n}
+        return {"response": response, "pieces": pieces, "finish": finish, "n": n, "tool": tool, "call_id": call_id}
 
     async def _stream(
         self,
         send: Send,
         operation: str,
-        request: dict[str, Any],
         answer: dict[str, Any],
         deployment: SimDeployment,
         ttft_s: float,
         watch: _Watch,
         *,
+        include_usage: bool,
         dropped: bool,
     ) -> None:
         response = answer["response"]
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        tool: str | None = answer["tool"]
         tps = deployment.tokens_per_s if deployment.tokens_per_s is not None else self.config.tokens_per_s
         gap_s = 1.0 / tps if tps > 0 else 0.0
         chat = operation == "chat/completions"
@@ -354,25 +384,29 @@ class SimulatorApp:
 
         n = answer["n"]
         if chat:
-            await event(
-                [
-                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
-                    for i in range(n)
-                ]
-            )
-        words: list[str] = answer["words"]
-        for position, word in enumerate(words):
+            first: dict[str, Any] = {"role": "assistant", "content": ""}
+            if tool is not None:
+                call = {
+                    "index": 0,
+                    "id": answer["call_id"],
+                    "type": "function",
+                    "function": {"name": tool, "arguments": ""},
+                }
+                first = {"role": "assistant", "content": None, "tool_calls": [call]}
+            await event([{"index": i, "delta": first, "finish_reason": None, "logprobs": None} for i in range(n)])
+        pieces: list[str] = answer["pieces"]
+        for position, piece in enumerate(pieces):
             if watch.disconnected:
                 watch.record["outcome"] = "client_disconnected"
                 return
-            if dropped and position == len(words) // 2:
+            if dropped and position == len(pieces) // 2:
                 raise _Dropped("simulated dropped connection")
-            piece = word if position == 0 else " " + word
             choices: list[dict[str, Any]]
             if chat:
-                choices = [
-                    {"index": i, "delta": {"content": piece}, "finish_reason": None, "logprobs": None} for i in range(n)
-                ]
+                delta: dict[str, Any] = {"content": piece}
+                if tool is not None:
+                    delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                choices = [{"index": i, "delta": delta, "finish_reason": None, "logprobs": None} for i in range(n)]
             else:
                 choices = [{"index": i, "text": piece, "finish_reason": None, "logprobs": None} for i in range(n)]
             await event(choices)

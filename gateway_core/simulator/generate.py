@@ -152,6 +152,29 @@ def reply_words(seed_text: str, count: int) -> list[str]:
     return words
 
 
+def forced_tool(request: dict[str, Any]) -> str | None:
+    """The function a chat request forces (``tool_choice`` naming one, or ``"required"`` with tools), else None."""
+    choice = request.get("tool_choice")
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        return name if isinstance(name, str) and name else None
+    tools = request.get("tools")
+    if choice != "required" or not isinstance(tools, list):
+        return None
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name:
+            return name
+    return None
+
+
+def tool_arguments(words: list[str]) -> list[str]:
+    """A tool call's arguments, a JSON object holding the reply's words, in the pieces a stream sends them in."""
+    return ['{"text": "', *(w if i == 0 else " " + w for i, w in enumerate(words)), '"}']
+
+
 def embedding_inputs(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]

@@ -48,6 +48,8 @@ class SimConfig(_Model):
     tpm_limit: int | None = Field(default=None, ge=1)  # default per-deployment tokens-per-minute limit
     seed: int = 0
     record_requests: int = Field(default=200, ge=0)  # how many recent requests /_sim/requests keeps
+    # False: streams ignore stream_options.include_usage and send no usage chunk, as some servers do.
+    stream_usage: bool = True
 
 
 def load_sim_config(path: str | Path | None) -> SimConfig:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import tiktoken
 
 from ..context import TokenUsage
 from .counting import text_tokens
@@ -44,11 +45,12 @@ async def scan_sse(stream: AsyncIterator[bytes], tokens: TokenUsage) -> AsyncIte
     """Relay ``stream`` event by event, reading the final usage chunk into ``tokens``.
 
     The usage chunk is dropped when aigw asked for it and the client did not (``tokens.usage_injected``). If the
-    stream ends without usage (backend dropped, client gone), the completion is counted from the text that
-    passed through, and the prompt from the pre-call count.
+    stream ends without usage (an old api-version, a backend that ignores ``stream_options``, a drop, the client
+    gone), the completion is counted from everything the model generated that passed through (content, refusal,
+    tool-call and function-call names and arguments, completions text), and the prompt from the pre-call count.
     """
     buffer = b""
-    pieces: list[str] = []
+    generated = _Generated()
     try:
         async for chunk in stream:
             buffer += chunk
@@ -57,21 +59,43 @@ async def scan_sse(stream: AsyncIterator[bytes], tokens: TokenUsage) -> AsyncIte
                 end, sep = _event_end(buffer)
                 if end < 0:
                     break
-                event = buffer[: end + sep]
+                event = _scan_event(buffer[: end + sep], tokens, generated)
                 buffer = buffer[end + sep :]
-                if _inspect(event, tokens, pieces) and tokens.usage_injected:
-                    continue
-                out.append(event)
+                if event:
+                    out.append(event)
             if out:
                 yield out[0] if len(out) == 1 else b"".join(out)
-        if buffer:
-            yield buffer
+        if buffer.strip():
+            # The end of the body ends the last event too, with or without its blank line (a bare `[DONE]`
+            # line, a final usage chunk): read it, and pass it on terminated so the client's parser sees it.
+            event = _scan_event(buffer, tokens, generated)
+            if event:
+                yield event.rstrip(b"\r\n") + b"\n\n"
     finally:
         if tokens.source != "backend":
             enc = encoding(tokens.encoding or "o200k_base")
             tokens.prompt = tokens.prompt_estimate
-            tokens.completion = text_tokens("".join(pieces), enc)
+            tokens.completion = generated.tokens(enc)
             tokens.source = "counted"
+
+
+class _Generated:
+    """What the model generated in a stream, per choice and per field, to be counted if no usage arrives."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[int, str], list[str]] = {}
+
+    def add(self, index: int, field: str, text: Any) -> None:
+        if isinstance(text, str) and text:
+            self._parts.setdefault((index, field), []).append(text)
+
+    def add_function(self, index: int, field: str, function: Any) -> None:
+        if isinstance(function, dict):
+            self.add(index, f"{field}.name", function.get("name"))
+            self.add(index, f"{field}.arguments", function.get("arguments"))
+
+    def tokens(self, enc: tiktoken.Encoding) -> int:
+        return sum(text_tokens("".join(parts), enc) for parts in self._parts.values())
 
 
 def _event_end(buffer: bytes) -> tuple[int, int]:
@@ -82,27 +106,53 @@ def _event_end(buffer: bytes) -> tuple[int, int]:
     return lf, 2 if lf >= 0 else 0
 
 
-def _inspect(event: bytes, tokens: TokenUsage, pieces: list[str]) -> bool:
-    """Read one SSE event; True if it was the usage chunk."""
-    start = event.find(b"data:")
-    if start < 0:
+# Only chunks carrying one of these can hold usage or generated output: the others are not parsed.
+_MARKS = (b'"content"', b'"text"', b'"refusal"', b'"tool_calls"', b'"function_call"', _USAGE_MARK, b'"usage": {')
+
+
+def _scan_event(event: bytes, tokens: TokenUsage, generated: _Generated) -> bytes:
+    """Read one SSE event; return it as it goes on to the client (b"" if nothing of it remains)."""
+    if b"data:" not in event:
+        return event
+    lines = event.splitlines(keepends=True)
+    kept = [line for line in lines if not _is_dropped_usage(line, tokens, generated)]
+    if len(kept) == len(lines):
+        return event
+    return b"".join(kept) if any(line.startswith(b"data:") for line in kept) else b""
+
+
+def _is_dropped_usage(line: bytes, tokens: TokenUsage, generated: _Generated) -> bool:
+    """Inspect one ``data:`` line; True if it is the usage chunk that aigw asked for and the client did not."""
+    if not line.startswith(b"data:"):
         return False
-    data = event[start + 5 :].strip()
-    if not data.startswith(b"{"):
-        return False
-    is_usage = _USAGE_MARK in data or b'"usage": {' in data
-    if not is_usage and b'"content"' not in data and b'"text"' not in data:
+    data = line[5:].strip()
+    if not data.startswith(b"{") or not any(mark in data for mark in _MARKS):
         return False
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
         return False
-    if is_usage and _take(chunk.get("usage"), tokens):
-        return not chunk.get("choices")
+    if not isinstance(chunk, dict):
+        return False
+    if _take(chunk.get("usage"), tokens):
+        return tokens.usage_injected and not chunk.get("choices")
     for choice in chunk.get("choices") or ():
-        if isinstance(choice, dict):
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            if isinstance(text, str):
-                pieces.append(text)
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index")
+        index = index if isinstance(index, int) else 0
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            generated.add(index, "text", choice.get("text"))  # completions
+            continue
+        generated.add(index, "content", delta.get("content"))
+        generated.add(index, "refusal", delta.get("refusal"))
+        generated.add_function(index, "function_call", delta.get("function_call"))
+        calls = delta.get("tool_calls")
+        for position, call in enumerate(calls if isinstance(calls, list) else ()):
+            if isinstance(call, dict):
+                at = call.get("index")
+                generated.add_function(
+                    index, f"tool_calls.{at if isinstance(at, int) else position}", call.get("function")
+                )
     return False

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from aigw.serve import BackgroundServers
 from gateway_core.simulator.app import SimulatorApp
+from gateway_core.simulator.generate import count_tokens
 from gateway_core.simulator.settings import SimConfig, SimDeployment
 
 CHAT = "/openai/deployments/{d}/chat/completions?api-version=2024-10-21"
@@ -50,3 +53,74 @@ def test_own_tokens_per_minute_limit(sim: str) -> None:
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert ask(sim, "gpt-4o").status_code == 200  # other deployments are not limited
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+]
+
+
+def stream_events(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    events = [e[6:] for e in response.text.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [orjson.loads(e) for e in events[:-1]]
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "name"),
+    [({"type": "function", "function": {"name": "get_weather"}}, "get_weather"), ("required", "search")],
+)
+def test_a_forced_tool_call_is_streamed_and_billed_by_its_name_and_arguments(
+    sim: str, tool_choice: Any, name: str
+) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": TOOLS,
+        "tool_choice": tool_choice,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = stream_events(httpx.post(sim + CHAT.format(d="gpt-4o"), json=body))
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas[0]["tool_calls"][0]["function"]["name"] == name and deltas[0]["content"] is None
+    arguments = "".join(call["function"].get("arguments", "") for d in deltas for call in d.get("tool_calls", ()))
+    assert orjson.loads(arguments)["text"]  # valid JSON, built from the reply's words
+    assert not any(d.get("content") for d in deltas)
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    usage = events[-1]["usage"]
+    assert usage["completion_tokens"] == count_tokens(name, "gpt-4o") + count_tokens(arguments, "gpt-4o")
+
+    answer = httpx.post(sim + CHAT.format(d="gpt-4o"), json={**body, "stream": False, "stream_options": None})
+    call = answer.json()["choices"][0]["message"]["tool_calls"][0]
+    assert (call["function"]["name"], call["function"]["arguments"]) == (name, arguments)
+    assert answer.json()["usage"]["completion_tokens"] == usage["completion_tokens"]
+
+
+def test_tools_without_a_forced_choice_answer_with_text(sim: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS, "tool_choice": "auto"}
+    message = httpx.post(sim + CHAT.format(d="gpt-4o"), json=body).json()["choices"][0]["message"]
+    assert message["content"] and "tool_calls" not in message
+
+
+def test_usage_is_omitted_on_request_or_by_config(sim: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": {"include_usage": True}}
+    with_usage = stream_events(httpx.post(sim + CHAT.format(d="gpt-4o"), json=body))
+    assert with_usage[-1]["choices"] == [] and with_usage[-1]["usage"]["total_tokens"] > 0
+    without = stream_events(httpx.post(sim + CHAT.format(d="gpt-4o"), json=body, headers={"x-aigw-sim-no-usage": "1"}))
+    assert all(e["choices"] and "usage" not in e for e in without)
+    httpx.post(sim + "/++/config", json={"stream_usage": False})
+    by_config = stream_events(httpx.post(sim + CHAT.format(d="gpt-4o"), json=body))
+    assert all(e["choices"] and "usage" not in e for e in by_config)
+
+
+@pytest.mark.parametrize(("version", "status"), [("2024-06-01", 400), ("2024-08-01-preview", 400), ("2024-10-21", 200)])
+def test_stream_options_before_2024_09_01_are_refused_as_azure_does(sim: str, version: str, status: int) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": {"include_usage": True}}
+    url = sim + f"/openai/deployments/gpt-4o/chat/completions?api-version={version}"
+    response = httpx.post(url, json=body)
+    assert response.status_code == status
+    if status == 400:
+        assert "stream_options" in response.json()["error"]["message"]
+    assert httpx.post(url, json={"messages": body["messages"], "stream": True}).status_code == 200

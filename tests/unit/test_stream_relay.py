@@ -1,0 +1,148 @@
+"""Streams from an OpenAI-compatible server that omits or mislabels the content-type of its SSE answer.
+
+The upstream is a tiny aiohttp server in the test: it sends its first chunk, then waits for an event the test
+sets, so the test can see the first chunk reach the client while the backend has not sent the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import hdrs, web
+
+from gateway_core.app import Gateway
+from gateway_core.clock import ManualClock
+from gateway_core.config import config_from_dict, sha256_hex
+from gateway_core.context import GatewayRequest
+from gateway_core.storage.memory import MemoryCounters
+
+START = 1_795_000_020.0  # the start of a minute
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}  # far from the estimate (8 + 300)
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def content(text: str) -> bytes:
+    return event({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+class _Untyped(web.StreamResponse):
+    """A response without any content-type: aiohttp adds application/octet-stream, some servers send none."""
+
+    async def _write_headers(self) -> None:
+        self.headers.popall(hdrs.CONTENT_TYPE, None)
+        await super()._write_headers()
+
+
+class Upstream:
+    def __init__(self, content_type: str | None) -> None:
+        self.content_type = content_type
+        self.release = asyncio.Event()
+        self.second_sent = False
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = _Untyped() if self.content_type is None else web.StreamResponse()
+        if self.content_type is not None:
+            response.headers[hdrs.CONTENT_TYPE] = self.content_type
+        await response.prepare(request)
+        await response.write(content("Hel"))
+        await self.release.wait()
+        self.second_sent = True
+        await response.write(content("lo") + event({"choices": [], "usage": USAGE}) + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture(params=[None, "text/plain; charset=utf-8", "application/json"], ids=["none", "text-plain", "json"])
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Upstream]]:
+    server = Upstream(request.param)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", server
+    server.release.set()
+    await runner.cleanup()
+
+
+def gateway_for(url: str) -> Gateway:
+    config = config_from_dict(
+        {
+            "backends": [
+                {"name": "compat", "type": "openai", "url": url, "auth": {"type": "none"}, "deployments": ["m"]}
+            ],
+            "keys": [{"name": "k", "sha256": sha256_hex("k"), "user": "u"}],
+            "limits": {"rules": [{"name": "tpm", "key": "user", "tokens_per_minute": 10_000}]},
+            "stores": {"counters": "memory://", "health": "memory://"},
+        }
+    )
+    return Gateway(config, clock=ManualClock(START))
+
+
+def stream_request() -> GatewayRequest:
+    raw = orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 300}
+    )
+    return GatewayRequest("POST", "/v1/chat/completions", {}, {"api-key": "k"}, raw, len(raw))
+
+
+async def charged(gateway: Gateway) -> int:
+    await gateway.tasks.drain()
+    assert isinstance(gateway.counters, MemoryCounters)
+    return await gateway.counters.get("tpm:tpm:u", int(START))
+
+
+async def test_a_stream_without_an_event_stream_content_type_is_relayed_incrementally_and_counted(
+    upstream: tuple[str, Upstream],
+) -> None:
+    url, server = upstream
+    gateway = gateway_for(url)
+    await gateway.start()
+    try:
+        # Before the fix the gateway read the whole body first, which the upstream holds back: a hang, not a stream.
+        response = await asyncio.wait_for(gateway.handle(stream_request()), 10)
+        assert response.status == 200 and response.stream is not None
+        assert response.header("content-type") == "text/event-stream"
+        first = await asyncio.wait_for(anext(response.stream), 10)
+        assert b'"Hel"' in first and not server.second_sent
+        server.release.set()
+        rest = b"".join([chunk async for chunk in response.stream])
+        assert b'"lo"' in rest and rest.endswith(b"data: [DONE]\n\n")
+        assert b'"usage"' not in first + rest  # the gateway asked for it; the client did not
+        assert await charged(gateway) == USAGE["total_tokens"]  # read from the stream, not the estimate
+    finally:
+        await gateway.close()
+
+
+async def test_a_json_answer_to_a_stream_request_stays_json_and_its_usage_is_read() -> None:
+    answer = {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": "Hello"}}], "usage": USAGE}
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(answer)  # a backend that ignores "stream": true
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    gateway = gateway_for(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await gateway.start()
+    try:
+        response = await gateway.handle(stream_request())
+        assert response.status == 200 and response.stream is None
+        assert (response.header("content-type") or "").startswith("application/json")
+        assert orjson.loads(response.body) == answer
+        assert await charged(gateway) == USAGE["total_tokens"]
+    finally:
+        await gateway.close()
+        await runner.cleanup()
