@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from ..context import GatewayResponse, RequestContext
+from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..errors import GatewayError, error_payload, sse_error_event
 from ..pipeline import Handler
 
@@ -26,6 +26,9 @@ class ErrorsPolicy:
         response.headers.append(("x-request-id", ctx.request_id))
         if ctx.backend is not None:
             response.headers.append(("x-aigw-backend", ctx.backend))
+        if ctx.endpoint is None or ctx.endpoint.kind is EndpointKind.INFERENCE:
+            # Every answer to an inference path says how many backend tries it cost: 0 for a refusal or a hit.
+            response.headers.append(("x-aigw-attempts", str(len(ctx.attempts))))
         return response
 
     def _to_response(self, ctx: RequestContext, exc: Exception) -> GatewayResponse:

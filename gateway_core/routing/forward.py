@@ -75,13 +75,7 @@ class Forwarder:
         return region
 
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
-        try:
-            return self._tagged(await self._forward(ctx), ctx)
-        except GatewayError as exc:
-            exc.headers["x-aigw-attempts"] = str(len(ctx.attempts))  # errors say how many tries they cost too
-            raise
-
-    async def _forward(self, ctx: RequestContext) -> GatewayResponse:
+        """The final answer (its x-aigw-attempts header is added by the errors policy, for errors too)."""
         assert ctx.endpoint is not None and ctx.deployment is not None
         targets = self.order(ctx)
         tries = _Tries(deadline_s=self._clock.monotonic_s() + self._settings.budget_s)
@@ -201,10 +195,6 @@ class Forwarder:
             "your key was accepted. The gateway's operator must fix the backend credential.",
             code="backend_credential_refused",
         )
-
-    def _tagged(self, response: GatewayResponse, ctx: RequestContext) -> GatewayResponse:
-        response.headers.append(("x-aigw-attempts", str(len(ctx.attempts))))
-        return response
 
     def _soonest_retry(self, response: GatewayResponse, targets: list[Target]) -> GatewayResponse:
         """The last backend's answer as it was; if every backend is throttled, with the soonest Retry-After."""

@@ -78,6 +78,7 @@ async def test_errors_policy_answers_json_and_adds_request_id() -> None:
     response = await ErrorsPolicy()(ctx(), fail)
     assert response.status == 502
     assert response.header("x-request-id") == "rid"
+    assert response.header("x-aigw-attempts") == "0"  # every answer says how many backend tries it cost
     assert orjson.loads(response.body)["error"]["code"] == "backend_unreachable"
 
 
