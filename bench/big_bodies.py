@@ -76,6 +76,21 @@ def healthz(port: int, until: float, out: Any) -> None:
     out.put(latencies)
 
 
+def wait_until_serving(port: int) -> None:
+    """The socket is bound before the workers have started: wait until each of a few connections is answered."""
+    deadline = time.monotonic() + 60
+    answered = 0
+    while answered < 8 and time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            conn.close()
+            answered += 1
+        except OSError:
+            time.sleep(0.1)
+
+
 def random_words(mib: int, seed: int) -> str:
     rng = random.Random(seed)
     alphabet = "abcdefghijklmnopqrstuvwxyz"
@@ -153,6 +168,7 @@ def main() -> None:
             if match is None:
                 raise RuntimeError(log.read_text())
             port = int(match.group(1))
+            wait_until_serving(port)
             until = time.time() + args.duration
             results: Any = ctx.Queue()
             prober = ctx.Process(target=healthz, args=(port, until, results))
