@@ -12,7 +12,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class GatewayServerConfig(uvicorn.Config):
+    """uvicorn's config plus what the protocol reads. It is pickled to each worker process, which imports this
+    module to unpickle it before it starts answering the supervisor's health pings: keep the imports light."""
+
+    def __init__(self, app: Any, *, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout_s = header_timeout_s
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):

@@ -24,7 +24,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process, logger
 from gateway_core.config import GatewayConfig, ServerSettings
 
 from .asgi import CONFIG_ENV, GatewayASGI
-from .protocol import HeadTimeoutProtocol
+from .protocol import GatewayServerConfig, HeadTimeoutProtocol
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -46,14 +46,6 @@ def bind_workers(host: str, port: int, workers: int) -> list[socket.socket]:
     first = bind(host, port, reuse_port=True)
     port = int(first.getsockname()[1])
     return [first, *(bind(host, port, reuse_port=True) for _ in range(workers - 1))]
-
-
-class GatewayServerConfig(uvicorn.Config):
-    """uvicorn's config plus what our protocol reads (pickled to each worker process with the rest)."""
-
-    def __init__(self, app: Any, *, header_timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.header_timeout_s = header_timeout_s
 
 
 def _uvicorn_config(
