@@ -15,6 +15,7 @@ want() { [[ " $VARIANTS " == *" $1 "* ]]; }
 # pipeline on `aigw serve` (uvicorn, a socket per worker), granian and stock uvicorn (one shared socket) back to
 # back, each followed by REPEAT_C32 more 5 s c32 runs with the connections per worker (balance).
 REPEAT_C32=${REPEAT_C32:-0}
+REPEAT_S=${REPEAT_S:-5}  # seconds per repeated c32 run
 JSON_SC=${JSON_SC:-"1:10 32:15 128:15"}
 STREAM_SC=${STREAM_SC:-"1:10 32:15 128:15"}
 if [ "${1:-}" = "--quick" ]; then JSON_SC="1:5 32:5 128:5"; STREAM_SC="1:5 32:5"; export WARMUP=2; fi
@@ -114,12 +115,12 @@ balance() {
   echo "BALANCE label=$1 conns_per_worker=$(ss -Htnp state established '( sport = :18080 )' \
     | grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{print $1}' | sort -rn | paste -sd/)"
 }
-# repeat_c32 LABEL: REPEAT_C32 more c32 runs of 5 s against the running gateway, with the balance of each.
+# repeat_c32 LABEL: REPEAT_C32 more c32 runs of REPEAT_S seconds against the running gateway, with the balance of each.
 repeat_c32() {
   for i in $(seq 1 "$REPEAT_C32"); do
     balance "$1-rep$i" &
     local sampler=$!
-    bench -l "$1-rep$i" -g "$GW_PID" -w 0 -k -p "$AZ" -c "32:5" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    bench -l "$1-rep$i" -g "$GW_PID" -w 0 -k -p "$AZ" -c "32:$REPEAT_S" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     wait "$sampler"
   done
 }
