@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -16,9 +17,11 @@ from urllib.parse import parse_qsl
 import orjson
 
 from aigw.bodies import read_limited
+from aigw.client_address import client_address, networks
 from gateway_core.app import Gateway
 from gateway_core.config import GatewayConfig
 from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.errors import RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,7 +36,10 @@ log = logging.getLogger("aigw")
 class GatewayASGI:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._max_body = gateway.config.server.max_body_bytes
+        server = gateway.config.server
+        self._max_body = server.max_body_bytes
+        self._body_timeout_s = server.body_timeout_s
+        self._trusted = networks(server.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -62,55 +68,112 @@ class GatewayASGI:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        body, size = await read_limited(_chunks(receive), headers.get("content-length", ""), self._max_body)
         query_string = scope.get("query_string", b"")
         client = scope.get("client")
-        request = GatewayRequest(
+        peer = client[0] if client else ""
+        head = GatewayRequest(
             method=scope["method"],
             path=scope["path"],
             query=dict(parse_qsl(query_string.decode("latin-1"))) if query_string else {},
             headers=headers,
-            body=body,
-            body_size=size,
-            client_ip=client[0] if client else "",
+            client_ip=client_address(peer, headers.get("x-forwarded-for", ""), self._trusted),
         )
-        response = await self.gateway.handle(request)
-        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        # Any answer sent before the body was read in full closes the connection: otherwise the server would
+        # keep draining (and discarding) whatever the client goes on sending.
+        early = await self.gateway.check_head(head)
+        if early is not None:
+            await _send_response(early, send, close=True)
+            return
+        body_reader = _Body(receive, self._body_timeout_s)
+        try:
+            body, size = await read_limited(body_reader.chunks(), headers.get("content-length", ""), self._max_body)
+        except TimeoutError:
+            message = f"The request body stalled: nothing arrived for {self._body_timeout_s:g} s."
+            await _send_response(self.gateway.error_response(head, RequestTimeout(message)), send, close=True)
+            return
+        if body_reader.disconnected:
+            return
+        request = dataclasses.replace(head, body=body, body_size=size)
+        response = await _unless_disconnected(self.gateway.handle(request), receive)
+        if response is None:
+            return  # the client went away: the pipeline (and its upstream call) was cancelled
         if response.stream is None:
-            out_headers.append((b"content-length", str(len(response.body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
-        if response.stream is None:
-            await send({"type": "http.response.body", "body": response.body})
+            await _send_response(response, send, close=not body_reader.complete)
         else:
+            await send({"type": "http.response.start", "status": response.status, "headers": _raw(response)})
             await _send_stream(response, receive, send)
 
 
-async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
+class _Body:
+    """The request body as chunks; a wait longer than ``timeout_s`` for the next one raises ``TimeoutError``."""
+
+    def __init__(self, receive: Receive, timeout_s: float) -> None:
+        self._receive = receive
+        self._timeout_s = timeout_s
+        self.complete = False
+        self.disconnected = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await asyncio.wait_for(self._receive(), self._timeout_s)
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                return
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                self.complete = True
+                return
+
+
+async def _unless_disconnected(work: Awaitable[GatewayResponse], receive: Receive) -> GatewayResponse | None:
+    """Await ``work``; if the client disconnects first, cancel it (and with it any upstream call) and return None."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _raw(response: GatewayResponse) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+
+
+async def _send_response(response: GatewayResponse, send: Send, *, close: bool) -> None:
+    """A complete (non-stream) response; ``close`` ends the connection after it."""
+    out_headers = _raw(response)
+    out_headers.append((b"content-length", str(len(response.body)).encode()))
+    if close:
+        out_headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 async def _send_stream(response: GatewayResponse, receive: Receive, send: Send) -> None:
     """Relay the stream chunk by chunk; if the client disconnects, cancel it (and with it the upstream call)."""
     stream = response.stream
-    assert stream is not None
+    if stream is None:
+        return
 
     async def pump() -> None:
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def wait_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
     pump_task = asyncio.ensure_future(pump())
-    watch_task = asyncio.ensure_future(wait_disconnect())
+    watch_task = asyncio.ensure_future(_disconnect(receive))
     try:
         await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from gateway_core.app import Gateway
 
-    from .serve import BackgroundServers, bind, run_gateway
+    from .serve import BackgroundServers, bind_workers, run_gateway
 
     servers: BackgroundServers | None = None
     if args.demo:
@@ -61,17 +61,17 @@ def _serve(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"no_auth": True})
     Gateway(config)  # validates everything that needs the environment (keys, backend credentials) before binding
     try:
-        sock = bind(args.host, args.port)
+        sockets = bind_workers(args.host, args.port, args.workers)
     except OSError as exc:
         print(f"aigw: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    url = f"http://{args.host}:{sock.getsockname()[1]}"
+    url = f"http://{args.host}:{sockets[0].getsockname()[1]}"
     if args.demo:
         print(banner(url, config), flush=True)
     else:
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:
-        run_gateway(config, sock, workers=args.workers, log_level=args.log_level)
+        run_gateway(config, sockets, workers=args.workers, log_level=args.log_level)
     finally:
         if servers is not None:
             servers.stop()

@@ -7,15 +7,18 @@ that loop (no network I/O at import time) and rebuilt only if a different loop s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from aigw.bodies import read_limited
+from aigw.client_address import client_address, host_of, networks
 from gateway_core.app import Gateway
-from gateway_core.config import GatewayConfig, load_config
+from gateway_core.config import GatewayConfig, ServerSettings, load_config
 from gateway_core.context import GatewayRequest
 
 
@@ -25,6 +28,18 @@ def config_from_app_settings(app_root: Path) -> GatewayConfig:
     if path and not Path(path).is_absolute():
         path = str(app_root / path)
     return load_config(path or None)
+
+
+def functions_client_ip(headers: Mapping[str, str], peer: str, server: ServerSettings) -> str:
+    """The caller's address on Azure Functions, for `ip` limit rules.
+
+    The worker's peer is the App Service front end, not the client. The front end sets ``client-ip``
+    (``address:port`` of the connection it accepted) and overwrites any value a client sent, so that header is
+    the peer; behind a further proxy (Front Door, Application Gateway) listed in ``server.trusted_proxies``,
+    ``X-Forwarded-For`` is read from the right as in `aigw serve`.
+    """
+    front_end_peer = host_of(headers.get("client-ip", "")) or peer
+    return client_address(front_end_peer, headers.get("x-forwarded-for", ""), networks(server.trusted_proxies))
 
 
 class FunctionsHost:
@@ -60,20 +75,20 @@ class FunctionsHost:
 
     async def handle(self, request: Request) -> Response:
         gateway = await self.gateway()
-        limit = gateway.config.server.max_body_bytes
+        server = gateway.config.server
         headers = {k.lower(): v for k, v in request.headers.items()}
-        body, size = await read_limited(request.stream(), headers.get("content-length", ""), limit)
-        result = await gateway.handle(
-            GatewayRequest(
-                method=request.method,
-                path=request.url.path,
-                query=dict(request.query_params),
-                headers=headers,
-                body=body,
-                body_size=size,
-                client_ip=request.client.host if request.client else "",
-            )
+        head = GatewayRequest(
+            method=request.method,
+            path=request.url.path,
+            query=dict(request.query_params),
+            headers=headers,
+            client_ip=functions_client_ip(headers, request.client.host if request.client else "", server),
         )
+        early = await gateway.check_head(head)  # 401/404 before the body is read
+        if early is not None:
+            return Response(early.body, status_code=early.status, headers=dict(early.headers))
+        body, size = await read_limited(request.stream(), headers.get("content-length", ""), server.max_body_bytes)
+        result = await gateway.handle(dataclasses.replace(head, body=body, body_size=size))
         out_headers = dict(result.headers)
         if result.stream is not None:
             return StreamingResponse(result.stream, status_code=result.status, headers=out_headers)

@@ -1,12 +1,16 @@
 """Running ASGI apps with uvicorn: the gateway (one or more workers) and simulators (in-process, for the demo).
 
-We bind the listening socket ourselves and set TCP_NODELAY on it before uvicorn's workers inherit it:
-with several workers uvicorn does not, and small responses then wait ~40 ms on delayed ACKs (PITFALLS.md).
+We bind the listening sockets ourselves and set TCP_NODELAY on them (accepted connections inherit it): with
+several workers uvicorn does not, and small responses then wait ~40 ms on delayed ACKs (PITFALLS.md).
+Each worker gets its own SO_REUSEPORT socket on the one port, so the kernel spreads new connections evenly
+over the workers; with one shared socket, whichever worker woke first took them, and a benchmark run could
+land most of its keep-alive connections on one worker (bench/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import threading
@@ -14,16 +18,20 @@ from typing import Any
 
 import orjson
 import uvicorn
-from uvicorn.supervisors import Multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process, logger
 
-from gateway_core.config import GatewayConfig
+from gateway_core.config import GatewayConfig, ServerSettings
 
 from .asgi import CONFIG_ENV, GatewayASGI
+from .protocol import GatewayServerConfig, HeadTimeoutProtocol
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -31,36 +39,103 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: Any, *, workers: int, log_level: str, factory: bool = False) -> uvicorn.Config:
-    return uvicorn.Config(
+def bind_workers(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One listening socket per worker, all on one port (the first one's, when ``port`` is 0)."""
+    if workers <= 1:
+        return [bind(host, port)]
+    first = bind(host, port, reuse_port=True)
+    port = int(first.getsockname()[1])
+    return [first, *(bind(host, port, reuse_port=True) for _ in range(workers - 1))]
+
+
+def _uvicorn_config(
+    app: Any, *, workers: int, log_level: str, factory: bool = False, server: ServerSettings | None = None
+) -> uvicorn.Config:
+    server = server or ServerSettings()
+    return GatewayServerConfig(
         app,
+        header_timeout_s=server.header_timeout_s,
         factory=factory,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=HeadTimeoutProtocol,
         lifespan="on",
         log_level=log_level,
         access_log=False,
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=max(1, math.ceil(server.keep_alive_s)),  # uvicorn takes whole seconds
+        # The client address is the peer's unless server.trusted_proxies says otherwise (aigw/client_address.py);
+        # uvicorn would otherwise believe X-Forwarded-For from any loopback peer.
+        proxy_headers=False,
     )
 
 
-def run_gateway(config: GatewayConfig, sock: socket.socket, *, workers: int = 1, log_level: str = "warning") -> None:
-    """Serve the gateway on ``sock`` until interrupted; blocks."""
+def run_gateway(
+    config: GatewayConfig, sockets: list[socket.socket], *, workers: int = 1, log_level: str = "warning"
+) -> None:
+    """Serve the gateway on ``sockets`` (one per worker, see ``bind_workers``) until interrupted; blocks."""
     if workers <= 1:
         from gateway_core.app import Gateway
 
         gateway = Gateway(config, background_probes=True)
-        server = uvicorn.Server(_uvicorn_config(GatewayASGI(gateway), workers=1, log_level=log_level))
-        server.run(sockets=[sock])
+        app = GatewayASGI(gateway)
+        server = uvicorn.Server(_uvicorn_config(app, workers=1, log_level=log_level, server=config.server))
+        server.run(sockets=sockets)
         return
     payload = config.model_dump(mode="json")
     payload["no_auth"] = config.no_auth
     os.environ[CONFIG_ENV] = orjson.dumps(payload).decode()
-    uv_config = _uvicorn_config("aigw.asgi:create_app", workers=workers, log_level=log_level, factory=True)
-    Multiprocess(uv_config, sockets=[sock]).run()
+    uv_config = _uvicorn_config(
+        "aigw.asgi:create_app", workers=workers, log_level=log_level, factory=True, server=config.server
+    )
+    _SocketPerWorker(uv_config, sockets).run()
+
+
+class _SocketPerWorker(Multiprocess):
+    """uvicorn's supervisor, except that worker ``i`` (and any replacement of it) listens on ``sockets[i]``.
+
+    The worker count is fixed by the sockets, so SIGHUP (restart), SIGTTIN and SIGTTOU (resize) are ignored.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self._own = sockets
+
+    def init_processes(self) -> None:
+        for sock in self._own:
+            process = Process(self.config, [sock])
+            process.start()
+            self.processes.append(process)
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                logger.error(f"Child process [{process.pid}] failed to start, stopping the parent process.")
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            logger.info(f"Child process [{process.pid}] died")
+            replacement = Process(self.config, [self._own[idx]])
+            replacement.start()
+            self.processes[idx] = replacement
+
+    def handle_hup(self) -> None:
+        logger.info("SIGHUP ignored: restart the gateway to restart its workers")
+
+    def handle_ttin(self) -> None:
+        logger.info("SIGTTIN ignored: the number of workers is fixed by --workers")
+
+    def handle_ttou(self) -> None:
+        logger.info("SIGTTOU ignored: the number of workers is fixed by --workers")
 
 
 class BackgroundServers:

@@ -11,10 +11,16 @@ H="$HERE/harness"
 WORKERS=${WORKERS:-2}
 VARIANTS=${VARIANTS:-"direct plain sqlite cosmos cache"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
 want() { [[ " $VARIANTS " == *" $1 "* ]]; }
+# The server comparison: VARIANTS="plain granian uvicorn" REPEAT_C32=5 bench/run.sh --quick runs the plain
+# pipeline on `aigw serve` (uvicorn, a socket per worker), granian and stock uvicorn (one shared socket) back to
+# back, each followed by REPEAT_C32 more 5 s c32 runs with the connections per worker (balance).
+REPEAT_C32=${REPEAT_C32:-0}
+REPEAT_S=${REPEAT_S:-5}  # seconds per repeated c32 run
 JSON_SC=${JSON_SC:-"1:10 32:15 128:15"}
 STREAM_SC=${STREAM_SC:-"1:10 32:15 128:15"}
 if [ "${1:-}" = "--quick" ]; then JSON_SC="1:5 32:5 128:5"; STREAM_SC="1:5 32:5"; export WARMUP=2; fi
 
+if want granian && [ ! -x "$ROOT/.venv/bin/granian" ]; then "$ROOT/.venv/bin/pip" install -q granian==2.8.7; fi
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
 fi
@@ -83,6 +89,42 @@ start_gateway() {
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
 }
 
+# start_server granian|uvicorn: another server's own CLI serving the same ASGI app and config (the factory reads
+# the config as `aigw serve` hands it over). `uvicorn` is stock uvicorn: its workers share one socket, as
+# `aigw serve` did before each worker got its own; granian is a Rust HTTP server with its own workers.
+start_server() {
+  gateway_config > "$WORK/gateway.yaml"
+  AIGW_SERVE_CONFIG_JSON="$(cd "$WORK" && "$ROOT/.venv/bin/python" -c 'import sys, orjson
+from gateway_core.config import load_config
+print(orjson.dumps(load_config(sys.argv[1]).model_dump(mode="json")).decode())' "$WORK/gateway.yaml")"
+  export AIGW_SERVE_CONFIG_JSON
+  if [ "$1" = granian ]; then
+    (cd "$WORK" && exec "$ROOT/.venv/bin/granian" --interface asgi --factory aigw.asgi:create_app --host 127.0.0.1 \
+      --port 18080 --workers "$WORKERS" --loop uvloop --http 1 --no-ws --log-level warning) > "$WORK/gw.log" 2>&1 &
+  else
+    (cd "$WORK" && exec "$ROOT/.venv/bin/uvicorn" --factory aigw.asgi:create_app --host 127.0.0.1 --port 18080 \
+      --workers "$WORKERS" --loop uvloop --http httptools --no-access-log --log-level warning) > "$WORK/gw.log" 2>&1 &
+  fi
+  GW_PID=$!
+  unset AIGW_SERVE_CONFIG_JSON
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+}
+# Established connections per worker process, sampled 2 s into a c32 run: "21 11" means 21 on one worker.
+balance() {
+  sleep 2
+  echo "BALANCE label=$1 conns_per_worker=$(ss -Htnp state established '( sport = :18080 )' \
+    | grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{print $1}' | sort -rn | paste -sd/)"
+}
+# repeat_c32 LABEL: REPEAT_C32 more c32 runs of REPEAT_S seconds against the running gateway, with the balance of each.
+repeat_c32() {
+  for i in $(seq 1 "$REPEAT_C32"); do
+    balance "$1-rep$i" &
+    local sampler=$!
+    bench -l "$1-rep$i" -g "$GW_PID" -w 0 -k -p "$AZ" -c "32:$REPEAT_S" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    wait "$sampler"
+  done
+}
+
 STAMP=$(date +%Y%m%d-%H%M%S)
 CSV="$HERE/results/$STAMP.csv"
 AZ="/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
@@ -100,8 +142,17 @@ bench() { "$H/bench.sh" "$@" || true; }
     start_gateway
     bench -l "aigw-w$WORKERS" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    repeat_c32 "aigw-w$WORKERS"
     stop_gateway
   fi
+  for server in granian uvicorn; do
+    want "$server" || continue
+    start_server "$server"
+    bench -l "$server-w$WORKERS" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    bench -l "$server-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    repeat_c32 "$server-w$WORKERS"
+    stop_gateway
+  done
   if want sqlite; then
     start_gateway "sqlite:///$WORK/counters.db"
     bench -l "aigw-w$WORKERS-tpm-sqlite" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"

@@ -20,6 +20,7 @@ from .background import BackgroundTasks
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
+from .errors import GatewayError, error_body
 from .pipeline import Handler, Policy, build_chain
 from .policies.auth import AuthPolicy
 from .policies.cache import CachePolicy
@@ -86,11 +87,14 @@ class Gateway:
         )
         # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
         self._internal: Handler = build_chain([tokens, *([limits] if limits else [])], self._forward)
+        auth = AuthPolicy(config, env)
+        # The same first three policies, run on the request head before the body is read (see check_head).
+        self._check_head: Handler = build_chain([ErrorsPolicy(), _ResolveEndpoint(), auth], _continue)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),
             # 2 usage: the usage issue
-            AuthPolicy(config, env),  # 3 auth
+            auth,  # 3 auth
             ValidatePolicy(config, self.pools),  # 4 validate (transform: a later issue)
             tokens,  # 5 tokens
         ]
@@ -142,15 +146,32 @@ class Gateway:
         for credential in self._credentials.values():
             await credential.close()
 
+    async def check_head(self, request: GatewayRequest) -> GatewayResponse | None:
+        """Resolve the path and authenticate from the head alone (``request`` without its body). None: go on
+        and read the body; otherwise the answer (401, 404) to send without reading it, so an unauthenticated
+        client never makes the gateway buffer a body."""
+        response = await self._check_head(self._context(request))
+        return None if response.status == CONTINUE else response
+
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run ``request`` through the pipeline; never raises, every failure is an error response."""
-        client_id = request.headers.get("x-request-id", "")
-        request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
-        ctx = RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
+        ctx = self._context(request)
         response = await self._handle(ctx)
         if ctx.attempts:
             self._health_sync.maybe_sync()
         return response
+
+    def error_response(self, request: GatewayRequest, error: GatewayError) -> GatewayResponse:
+        """``error`` as the pipeline would answer it, for failures a host adapter detects itself (a stalled body)."""
+        request_id = self._context(request).request_id
+        status, body, extra = error_body(error, request_id)
+        headers = [*_JSON, *((k.lower(), v) for k, v in extra.items()), ("x-request-id", request_id)]
+        return GatewayResponse(status, headers, body)
+
+    def _context(self, request: GatewayRequest) -> RequestContext:
+        client_id = request.headers.get("x-request-id", "")
+        request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        return RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
 
     async def sync_health(self) -> None:
         """Publish this instance's health windows and adopt the others' (what the background sync does)."""
@@ -232,6 +253,13 @@ class Gateway:
         else:
             data = [{"id": n, "object": "model", "created": 0, "owned_by": "aigw"} for n in names]
         return {"object": "list", "data": data}
+
+
+CONTINUE = 100  # check_head's "the head is fine, read the body"
+
+
+async def _continue(ctx: RequestContext) -> GatewayResponse:
+    return GatewayResponse(CONTINUE)
 
 
 class _ResolveEndpoint:

@@ -7,6 +7,7 @@ which in Azure are app settings or Key Vault references. Client keys may also ap
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -185,7 +186,25 @@ class GatewayKey(_Model):
 
 
 class ServerSettings(_Model):
+    """The HTTP server of `aigw serve` (on Functions the host owns the socket: only max_body_bytes and
+    trusted_proxies apply there)."""
+
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)  # connect to end of the request head
+    body_timeout_s: float = Field(default=30.0, gt=0)  # longest wait for the next piece of a body (else 408)
+    keep_alive_s: float = Field(default=5.0, gt=0)  # idle keep-alive connections are closed after this
+    # Peers (addresses or CIDR networks) whose X-Forwarded-For is believed; empty: the peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
 
 
 COUNTER_KEYS = ("user", "tenant", "key", "ip", "deployment")

@@ -5,7 +5,8 @@ Every failure the gateway reports is a ``GatewayError``; each one knows its HTTP
 
     GatewayError                     500 server_error
     ├── BadRequest                   400 invalid_request_error
-    │   └── PayloadTooLarge          413 invalid_request_error / payload_too_large
+    │   ├── PayloadTooLarge          413 invalid_request_error / payload_too_large
+    │   └── RequestTimeout           408 invalid_request_error / request_timeout (the client's body stalled)
     ├── AuthenticationFailed         401 authentication_error / invalid_api_key
     ├── PermissionDenied             403 permission_error
     ├── TokenLimitExceeded           429 rate_limit_exceeded / tokens_per_minute, or 403/429 quota_exceeded
@@ -56,6 +57,11 @@ class BadRequest(GatewayError):
 class PayloadTooLarge(BadRequest):
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(BadRequest):
+    status = 408
+    code = "request_timeout"
 
 
 class AuthenticationFailed(GatewayError):

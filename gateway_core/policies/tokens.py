@@ -12,7 +12,7 @@ from ..config import LimitsSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
-from ..tokens.counting import chat_prompt_tokens, completion_prompt_tokens, embedding_input_tokens
+from ..tokens.counting import prompt_tokens
 from ..tokens.encodings import encoding, encoding_for_model
 
 # Azure OpenAI accepts stream_options from this api-version on; older versions answer 400 to it.
@@ -35,12 +35,7 @@ class TokensPolicy:
         tokens = ctx.tokens
         tokens.encoding = enc.name
         operation = endpoint.operation
-        if operation == "chat/completions":
-            tokens.prompt_estimate = chat_prompt_tokens(body, enc)
-        elif operation == "completions":
-            tokens.prompt_estimate = completion_prompt_tokens(body, enc)
-        else:
-            tokens.prompt_estimate = embedding_input_tokens(body, enc)
+        tokens.prompt_estimate = await prompt_tokens(operation, body, enc, len(ctx.request.body))
         tokens.estimate = tokens.prompt_estimate
         if operation != "embeddings":
             tokens.estimate += self._choices(body) * self._max_completion(body)

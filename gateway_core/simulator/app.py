@@ -58,12 +58,20 @@ class _Watch:
         self._receive = receive
         self.record = record
         self.disconnected = False
+        self._gone = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def _wait(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
         self.disconnected = True
+        self._gone.set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` (inside ``async with``); False if the client hung up meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gone.wait(), seconds)
+        return not self.disconnected
 
     async def __aenter__(self) -> _Watch:
         self._task = asyncio.ensure_future(self._wait())
@@ -193,7 +201,10 @@ class SimulatorApp:
                     send, operation, answer, deployment, ttft_s, watch, include_usage=include_usage, dropped=dropped
                 )
             return
-        await _sleep(ttft_s)
+        async with watch:
+            if not await watch.sleep(ttft_s):
+                watch.record["outcome"] = "client_disconnected"  # a real backend stops generating too
+                return
         payload = orjson.dumps(answer["response"])
         if fault is not None and fault.kind == "drop":
             await _start(send, 200, "application/json")
@@ -201,6 +212,7 @@ class SimulatorApp:
             raise _Dropped("simulated dropped connection")
         await _start(send, 200, "application/json", self._region_headers())
         await send({"type": "http.response.body", "body": payload})
+        watch.record["outcome"] = "completed"
 
     async def _runtime_config(self, method: str, body: bytes, send: Send) -> None:
         if method == "POST":

@@ -9,6 +9,7 @@ content type) is counted from its JSON text, so it is never free.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -28,9 +29,29 @@ _TOOL_FRAMING = {
 }
 
 
+# Bodies at least this large are counted in a worker thread, so the event loop goes on serving meanwhile.
+OFF_LOOP_BODY_BYTES = 256 * 1024
+# Texts at least this long are encoded to a numpy array: ``encode`` releases the GIL while it tokenizes but
+# then builds one Python int per token with the GIL held (hundreds of ms for a 16 MiB prompt).
+_NUMPY_TEXT_CHARS = 64 * 1024
+
+
 def text_tokens(text: str, encoding: tiktoken.Encoding) -> int:
     # Special-token text in a prompt is ordinary text to the API; count it as such, never raise.
+    if len(text) >= _NUMPY_TEXT_CHARS:
+        return int(encoding.encode_to_numpy(text, disallowed_special=()).size)
     return len(encoding.encode(text, disallowed_special=()))
+
+
+async def prompt_tokens(operation: str, body: dict[str, Any], encoding: tiktoken.Encoding, body_bytes: int) -> int:
+    """Prompt tokens of a request to ``operation``; large bodies are counted off the event loop."""
+    count = {
+        "chat/completions": chat_prompt_tokens,
+        "completions": completion_prompt_tokens,
+    }.get(operation, embedding_input_tokens)
+    if body_bytes < OFF_LOOP_BODY_BYTES:
+        return count(body, encoding)
+    return await asyncio.to_thread(count, body, encoding)
 
 
 def chat_prompt_tokens(body: dict[str, Any], encoding: tiktoken.Encoding) -> int:

@@ -130,3 +130,13 @@ async def test_timer_trigger_probes_every_backend(functions: dict[str, Any], tri
     (probe,) = sim_requests(sim_url)
     assert probe["method"] == "GET" and probe["path"] == "/openai/models"
     assert probe["headers"]["api-key"] == BACKEND_KEY
+
+
+async def test_http_trigger_refuses_an_unauthenticated_caller_without_reading_its_body(trigger: Any) -> None:
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read before the caller was authenticated")
+
+    scope = starlette_request("POST", "/v1/chat/completions").scope
+    scope["headers"] = [(b"content-length", b"10000000")]
+    response = await trigger(Request(scope, receive))
+    assert response.status_code == 401

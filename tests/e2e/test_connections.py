@@ -1,0 +1,195 @@
+"""What a hostile or careless client can do to `aigw serve`'s connections, tried with raw sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.servers import CLIENT_KEY, GATEWAY_ENV, Running, gateway_config, run_aigw, sim_requests, write_yaml
+
+CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+SHORT = {"header_timeout_s": 1, "body_timeout_s": 1, "keep_alive_s": 1}
+WAIT_S = 15  # generous upper bound for anything that should take about a second
+
+
+@pytest.fixture(scope="module")
+def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    config = gateway_config(sim_url, server=SHORT)
+    path = write_yaml(tmp_path_factory.mktemp("conn") / "gateway.yaml", config)
+    with run_aigw(["serve", "--config", str(path)], env=GATEWAY_ENV) as running:
+        yield running
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=WAIT_S)
+    return sock
+
+
+def _head(path: str, headers: dict[str, str], method: str = "POST") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "host: aigw", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One response with a content-length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return int(status_line.split()[1]), headers, rest[:length]
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Blocks until the server closes (True) or WAIT_S passes (False)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_unauthenticated_request_is_refused_before_its_body_is_read(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        # 10 MB announced (under the 16 MiB limit), not a byte of it sent: the answer needs only the head.
+        sock.sendall(_head(CHAT, {"content-type": "application/json", "content-length": "10000000"}))
+        status, headers, body = _read_response(sock)
+        assert status == 401
+        assert headers["connection"] == "close"
+        assert orjson.loads(body)["error"]["type"] == "authentication_error"
+        assert _closed_by_server(sock)
+
+
+def test_413_closes_the_connection_so_a_client_cannot_keep_streaming_into_it(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        sock.sendall(_head(CHAT, {"api-key": CLIENT_KEY, "content-length": str(500 * 1024 * 1024)}))
+        status, headers, _ = _read_response(sock)
+        assert status == 413
+        assert headers["connection"] == "close"
+        sent = 0
+        with pytest.raises(OSError):  # reset or broken pipe: the gateway is not draining the upload
+            while sent < 256 * 1024 * 1024:
+                sock.sendall(b"x" * (1024 * 1024))
+                sent += 1024 * 1024
+        assert sent < 64 * 1024 * 1024
+
+
+def test_connection_that_sends_nothing_is_closed_after_the_header_timeout(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        assert _closed_by_server(sock)
+
+
+def test_incomplete_request_head_is_closed_after_the_header_timeout(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nhost: aigw\r\napi-key: ")
+        assert _closed_by_server(sock)
+
+
+def test_body_shorter_than_its_content_length_gets_408(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        sock.sendall(_head(CHAT, {"api-key": CLIENT_KEY, "content-length": "100"}) + b'{"messages": [')
+        status, headers, body = _read_response(sock)
+        assert status == 408
+        assert headers["connection"] == "close"
+        error = orjson.loads(body)["error"]
+        assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
+        assert _closed_by_server(sock)
+
+
+def test_idle_keep_alive_connection_is_closed(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        sock.sendall(_head("/healthz", {}, method="GET"))
+        status, headers, _ = _read_response(sock)
+        assert status == 200 and "connection" not in headers  # kept alive...
+        assert _closed_by_server(sock)  # ...until keep_alive_s of idleness
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_200_idle_connections_do_not_keep_200_descriptors_open(gateway: Running) -> None:
+    pid = gateway.process.pid
+    before = _fds(pid)
+    sockets = [_connect(gateway.url) for _ in range(200)]
+    try:
+        _wait_for(lambda: _fds(pid) >= before + 200, "the gateway to accept 200 connections")
+        for sock in sockets:
+            assert _closed_by_server(sock)
+        _wait_for(lambda: _fds(pid) <= before + 5, "the gateway to release the descriptors")
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_client_disconnect_cancels_a_non_stream_upstream_call(gateway: Running, sim_url: str) -> None:
+    marker = uuid.uuid4().hex
+    body = orjson.dumps({"messages": [{"role": "user", "content": "take your time"}]})
+    head = {
+        "api-key": CLIENT_KEY,
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "x-request-id": marker,
+        "x-aigw-sim-latency-ms": "60000",  # the backend "generates" for a minute
+    }
+
+    def record() -> dict[str, object] | None:
+        return next((r for r in sim_requests(sim_url) if r["headers"].get("x-request-id") == marker), None)
+
+    with _connect(gateway.url) as sock:
+        sock.sendall(_head(CHAT, head) + body)
+        _wait_for(lambda: record() is not None, "the request to reach the backend")
+    _wait_for(lambda: (record() or {}).get("outcome") == "client_disconnected", "the upstream call to be cancelled")
+
+
+def test_forwarded_for_from_an_untrusted_peer_does_not_change_the_ip_counter(sim_url: str, tmp_path: Path) -> None:
+    config = gateway_config(
+        sim_url, limits={"rules": [{"name": "per-ip", "key": "ip", "tokens_per_minute": 100}]}, stores={}
+    )
+    config["stores"] = {"health": "memory://", "counters": f"sqlite:///{tmp_path}/counters.db"}
+    path = write_yaml(tmp_path / "gateway.yaml", config)
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 80})
+    with run_aigw(["serve", "--config", str(path)], env=GATEWAY_ENV) as running:
+        statuses = []
+        for forwarded in ("198.51.100.1", "198.51.100.2"):
+            with _connect(running.url) as sock:
+                headers = {
+                    "api-key": CLIENT_KEY,
+                    "content-type": "application/json",
+                    "content-length": str(len(body)),
+                    "x-forwarded-for": forwarded,
+                    "x-aigw-sim-completion-tokens": "80",
+                }
+                sock.sendall(_head(CHAT, headers) + body)
+                statuses.append(_read_response(sock)[0])
+        # Both requests come from 127.0.0.1: one bucket of 100 tokens, the second (~90 more) is refused.
+        assert statuses == [200, 429]
