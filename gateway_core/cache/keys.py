@@ -57,10 +57,14 @@ def exact_key(settings: CacheSettings, ctx: RequestContext, model: str) -> tuple
     return bucket, key
 
 
-def semantic_bucket(settings: CacheSettings, ctx: RequestContext, model: str, vary: list[str]) -> str:
-    """Prompts are compared only with prompts of the same deployment, scope, parameters and vary-by values."""
-    assert ctx.body_json is not None and ctx.endpoint is not None
-    params = {k: v for k, v in keyed_body(settings, ctx.body_json).items() if k not in ("messages", "prompt")}
+def semantic_bucket(
+    settings: CacheSettings, ctx: RequestContext, model: str, vary: list[str], masked_body: dict[str, Any]
+) -> str:
+    """Prompts are compared only with prompts whose request is the same in everything but the embedded text.
+
+    ``masked_body`` is the request body with the embedded text replaced by a marker (``cache.semantic``).
+    """
+    assert ctx.endpoint is not None
     return _digest(
         [
             "semantic",
@@ -69,7 +73,7 @@ def semantic_bucket(settings: CacheSettings, ctx: RequestContext, model: str, va
             ctx.api_version or "",
             ctx.endpoint.operation,
             scope_value(settings, ctx),
-            params,
+            keyed_body(settings, masked_body),
             vary,
         ]
     )

@@ -13,13 +13,13 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from ..background import BackgroundTasks
 from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, semantic_bucket
 from ..cache.replay import StreamAssembler, replay_as_sse
+from ..cache.semantic import embedded_prompt
 from ..clock import Clock
 from ..config import CacheSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
@@ -151,11 +151,13 @@ class CachePolicy:
     async def _semantic_lookup(self, ctx: RequestContext, plan: _Plan, now: float) -> GatewayResponse | None:
         semantic = self._semantic
         assert semantic is not None and self._embed is not None and ctx.deployment is not None
-        text = prompt_text(ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages)
+        text, masked = embedded_prompt(
+            ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages
+        )
         if not text:
             return None
         vary = [ctx.request.headers.get(h.lower(), "") for h in semantic.vary_by_headers]
-        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary)
+        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary, masked)
         try:
             plan.vector = normalise(await self._embed(semantic.embedding_deployment, text))
         except Exception as exc:  # noqa: BLE001 - a failed embedding must not fail the request
@@ -264,28 +266,3 @@ class CachePolicy:
 def _tag(response: GatewayResponse, ctx: RequestContext) -> GatewayResponse:
     response.headers.append(("x-aigw-cache", ctx.cache_status))
     return response
-
-
-def prompt_text(body: dict[str, Any], max_messages: int, include_system: bool) -> str:
-    """What the semantic cache embeds: the last user message, or the last N messages of the conversation."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        prompt = body.get("prompt")
-        return prompt if isinstance(prompt, str) else ""
-    kept = [
-        m for m in messages if isinstance(m, dict) and (include_system or m.get("role") not in ("system", "developer"))
-    ]
-    if max_messages == 1:
-        users = [m for m in kept if m.get("role") == "user"]
-        kept = users[-1:]
-    else:
-        kept = kept[-max_messages:]
-    return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in kept)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""

@@ -209,3 +209,47 @@ def test_gpt4o_has_no_semantic_cache(cached_url: str, calls: Any) -> None:
     assert ask(cached_url, "Where is the Eiffel Tower?")[0] == "MISS"
     assert ask(cached_url, "where is the eiffel tower")[0] == "MISS"
     assert calls() == 2
+
+
+def ask_messages(url: str, messages: list[dict[str, Any]], **extra: Any) -> str:
+    """x-aigw-cache of one gpt-4o-mini (semantic) chat request with these messages."""
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,  # type: ignore[arg-type]
+        temperature=0,
+        **extra,
+    )
+    return raw.headers["x-aigw-cache"]
+
+
+def test_semantic_hits_only_when_all_but_the_embedded_text_matches(cached_url: str, calls: Any) -> None:
+    def convo(system: str, *turns: str) -> list[dict[str, Any]]:
+        roles = ["user", "assistant"] * len(turns)
+        return [{"role": "system", "content": system}] + [
+            {"role": role, "content": text} for role, text in zip(roles, turns, strict=False)
+        ]
+
+    question = "Which river flows through the city of Paris?"
+    assert ask_messages(cached_url, convo("You answer in French.", question)) == "MISS"
+    # The same question, worded a little differently, in the same conversation: a semantic hit.
+    assert ask_messages(cached_url, convo("You answer in French.", "which river flows through the city of paris")) == (
+        "SEMANTIC-HIT"
+    )
+    # Another system prompt, or another conversation ending in the same question, is never a semantic hit.
+    assert ask_messages(cached_url, convo("You answer in German.", question)) == "MISS"
+    assert ask_messages(cached_url, convo("You answer in French.", "Hi", "Hello!", question)) == "MISS"
+    # Nor is another parameter (or a tool) that the exact key would have seen.
+    assert ask_messages(cached_url, convo("You answer in French.", question), max_tokens=77) == "MISS"
+    assert calls() == 4
+
+
+def test_semantic_hits_never_cross_images(cached_url: str, calls: Any) -> None:
+    def with_image(url: str, text: str) -> list[dict[str, Any]]:
+        parts = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+        return [{"role": "user", "content": parts}]
+
+    cat, dog = "https://example.invalid/cat.png", "https://example.invalid/dog.png"
+    assert ask_messages(cached_url, with_image(cat, "What animal is in this picture?")) == "MISS"
+    assert ask_messages(cached_url, with_image(cat, "what animal is in this picture")) == "SEMANTIC-HIT"
+    assert ask_messages(cached_url, with_image(dog, "What animal is in this picture?")) == "MISS"
+    assert calls() == 2
