@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,12 +24,14 @@ from ..cache.semantic import embedded_prompt
 from ..clock import Clock
 from ..config import CacheSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..errors import BadRequest
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
 from ..storage.ports import CacheEntry, CacheStore, StorageError
 from ..storage.vectors import normalise
 
 log = logging.getLogger("aigw")
+_DIGITS = re.compile(r"[0-9]{1,12}")
 Embedder = Callable[[str, str], Awaitable[tuple[float, ...]]]  # (embedding deployment, text) -> vector
 
 
@@ -121,14 +124,26 @@ class CachePolicy:
         directives = {d.strip().lower() for d in ctx.request.headers.get("cache-control", "").split(",")}
         if "no-store" in directives or not request_is_cacheable(self._settings, ctx):
             return None
-        requested = ctx.request.headers.get("x-aigw-cache-ttl")
-        if requested is not None and requested.strip().isdigit():
-            ttl_s = int(requested)
-            if ttl_s == 0:
-                return None
+        requested = self._requested_ttl(ctx)
+        if requested == 0:
+            return None
+        if requested is not None:
+            ttl_s = requested
         assert ctx.deployment is not None
         bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.deployment))
         return _Plan(bucket, key, ttl_s, lookup="no-cache" not in directives)
+
+    def _requested_ttl(self, ctx: RequestContext) -> int | None:
+        """``x-aigw-cache-ttl``: ASCII digits only (``str.isdigit`` also takes '٣' and '²'), at most max_ttl_s."""
+        value = ctx.request.headers.get("x-aigw-cache-ttl")
+        if value is None:
+            return None
+        max_ttl_s = self._settings.max_ttl_s
+        if _DIGITS.fullmatch(value) is None or int(value) > max_ttl_s:
+            raise BadRequest(
+                f"x-aigw-cache-ttl must be a whole number of seconds from 0 to {max_ttl_s}", param="x-aigw-cache-ttl"
+            )
+        return int(value)
 
     def _model_of(self, deployment: str) -> str:
         ref = self._pools.deployment_ref(deployment)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from openai import AsyncAzureOpenAI, AzureOpenAI
 
@@ -253,3 +254,28 @@ def test_semantic_hits_never_cross_images(cached_url: str, calls: Any) -> None:
     assert ask_messages(cached_url, with_image(cat, "what animal is in this picture")) == "SEMANTIC-HIT"
     assert ask_messages(cached_url, with_image(dog, "What animal is in this picture?")) == "MISS"
     assert calls() == 2
+
+
+@pytest.mark.parametrize("value", ["+5", "5 0", "1e3", "-1", "0x10", "٣".encode(), "²".encode(), "604801", "9" * 40])
+def test_cache_ttl_header_takes_ascii_digits_up_to_the_maximum_else_400(
+    cached_url: str, calls: Any, value: str | bytes
+) -> None:
+    body = {"messages": [{"role": "user", "content": "ttl header"}], "temperature": 0}
+    response = httpx.post(
+        f"{cached_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        json=body,
+        headers=[
+            (b"api-key", CLIENT_KEY.encode()),
+            (b"x-aigw-cache-ttl", value.encode() if isinstance(value, str) else value),
+        ],
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "x-aigw-cache-ttl" and "x-aigw-cache-ttl" in error["message"]
+    assert calls() == 0
+
+
+def test_cache_ttl_header_at_the_maximum_is_used(cached_url: str, calls: Any) -> None:
+    assert ask(cached_url, "longest ttl", extra_headers={"x-aigw-cache-ttl": "604800"})[0] == "MISS"
+    assert ask(cached_url, "longest ttl")[0] == "HIT"
+    assert calls() == 1
