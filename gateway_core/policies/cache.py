@@ -199,8 +199,10 @@ class CachePolicy:
         )
         age = str(max(0, math.floor(self._clock.now_s() - entry.created_s)))
         if ctx.stream:
+            # As the client asked: the tokens policy may have added include_usage for its own count.
             options = (ctx.body_json or {}).get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            asked = isinstance(options, dict) and options.get("include_usage") is True
+            include_usage = asked and not ctx.tokens.usage_injected
             headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
             response = GatewayResponse(200, headers, stream=replay_as_sse(orjson.loads(entry.body), include_usage))
         else:

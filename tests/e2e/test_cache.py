@@ -279,3 +279,18 @@ def test_cache_ttl_header_at_the_maximum_is_used(cached_url: str, calls: Any) ->
     assert ask(cached_url, "longest ttl", extra_headers={"x-aigw-cache-ttl": "604800"})[0] == "MISS"
     assert ask(cached_url, "longest ttl")[0] == "HIT"
     assert calls() == 1
+
+
+def test_streamed_hit_has_no_usage_unless_the_client_asked(cached_url: str, calls: Any) -> None:
+    c = client(cached_url)
+    messages: Any = [{"role": "user", "content": "stream me without usage"}]
+    for expected in ("MISS", "HIT"):
+        raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages, temperature=0, stream=True)
+        assert raw.headers["x-aigw-cache"] == expected
+        text = ""
+        for chunk in raw.parse():  # the common loop: every chunk has a choice
+            if expected == "HIT":  # (a relayed miss is the streams' business: tokens/usage.py)
+                assert "usage" not in chunk.model_fields_set, chunk
+            text += chunk.choices[0].delta.content or ""
+        assert text
+    assert calls() == 1
