@@ -94,7 +94,10 @@ def request_is_cacheable(settings: CacheSettings, ctx: RequestContext) -> bool:
 
 def answer_is_cacheable(settings: CacheSettings, body: dict[str, Any]) -> bool:
     """A complete success: no choice cut by content filtering, nor by max_tokens unless configured."""
-    for choice in body.get("choices") or ():
+    choices = body.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return False
+    for choice in choices or ():
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         if reason == "content_filter" or reason is None:
             return False

@@ -12,13 +12,14 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
 
 from ..background import BackgroundTasks
 from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, semantic_bucket
+from ..cache.recorded import RecordedStream
 from ..cache.replay import StreamAssembler, replay_as_sse
 from ..cache.semantic import embedded_prompt
 from ..clock import Clock
@@ -45,6 +46,12 @@ class _Plan:
     vector: tuple[float, ...] | None = None
 
 
+@dataclass(slots=True)
+class _Flight:
+    future: asyncio.Future[CacheEntry | None]
+    started_s: float
+
+
 class CachePolicy:
     def __init__(
         self,
@@ -54,6 +61,7 @@ class CachePolicy:
         clock: Clock,
         tasks: BackgroundTasks,
         embed: Embedder | None = None,
+        max_in_flight: int = 10_000,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -64,7 +72,13 @@ class CachePolicy:
         self._semantic = settings.semantic
         if self._semantic is not None and embed is None:
             raise ValueError("semantic caching needs an embedder")
-        self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        self._inflight: dict[str, _Flight] = {}
+        self._max_in_flight = max_in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Misses currently leading a single flight in this instance."""
+        return len(self._inflight)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         endpoint = ctx.endpoint
@@ -81,30 +95,33 @@ class CachePolicy:
             hit = await self._lookup(ctx, plan)
             if hit is not None:
                 return hit
-            leader = self._inflight.get(plan.key)
+            leader = self._leader(plan.key)
             if leader is not None:
                 shared = await self._wait_for(leader)
                 if shared is not None:
                     return self._answer(ctx, shared, "HIT")
-        if plan.key in self._inflight:  # a refresh while another miss is in flight: go alone, do not lead
+        if plan.key in self._inflight or len(self._inflight) >= self._max_in_flight:
+            # A refresh while another miss is in flight, or too many in flight: go alone, do not lead.
             ctx.cache_status = "MISS"
             return _tag(await call_next(ctx), ctx)
         future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
-        self._inflight[plan.key] = future
+        self._inflight[plan.key] = _Flight(future, self._clock.monotonic_s())
         ctx.cache_status = "MISS"
-        try:
-            response = await call_next(ctx)
-        except BaseException:
-            self._finish(plan.key, future, None)
-            raise
-        _tag(response, ctx)
-        if response.status != 200:
-            self._finish(plan.key, future, None)
-        elif response.stream is None:
-            self._store_later(ctx, plan, future, response.body)
-        else:
-            response.stream = self._store_after_stream(ctx, plan, future, response.stream)
-        return response
+        handed_to_stream = False
+        try:  # whatever happens from here on, the waiters are released (by this finally or by the stream)
+            response = _tag(await call_next(ctx), ctx)
+            if response.status == 200 and response.stream is None:
+                self._store_later(ctx, plan, future, response.body)
+            elif response.status == 200 and response.stream is not None:
+                response.stream = RecordedStream(
+                    response.stream,
+                    lambda assembler, complete: self._stream_ended(ctx, plan, future, assembler, complete),
+                )
+                handed_to_stream = True
+            return response
+        finally:
+            if not handed_to_stream:
+                self._finish(plan.key, future, None)  # no-op once _store_later answered the waiters
 
     # -- deciding
 
@@ -227,19 +244,27 @@ class CachePolicy:
     def _store_later(
         self, ctx: RequestContext, plan: _Plan, future: asyncio.Future[CacheEntry | None], body: bytes
     ) -> None:
+        """Answer the waiters with ``body`` if it is cacheable, then store it in the background; never raises."""
+        entries: list[CacheEntry] = []
+        try:
+            entries = self._cacheable(ctx, plan, body)
+        except Exception:
+            log.exception("cache: not storing an answer it could not read")
+        finally:
+            self._finish(plan.key, future, entries[0] if entries else None)
+        if entries:
+            self._tasks.spawn(self._put(entries), "cache store")
+
+    def _cacheable(self, ctx: RequestContext, plan: _Plan, body: bytes) -> list[CacheEntry]:
+        if len(body) > self._settings.max_entry_bytes:
+            return []
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict) or len(body) > self._settings.max_entry_bytes:
-            self._finish(plan.key, future, None)
-            return
-        if not answer_is_cacheable(self._settings, answer):
-            self._finish(plan.key, future, None)
-            return
-        entries = self._entries(ctx, plan, body)
-        self._finish(plan.key, future, entries[0])  # waiters are answered now, the store write follows
-        self._tasks.spawn(self._put(entries), "cache store")
+            return []
+        if not isinstance(answer, dict) or not answer_is_cacheable(self._settings, answer):
+            return []
+        return self._entries(ctx, plan, body)
 
     async def _put(self, entries: list[CacheEntry]) -> None:
         try:
@@ -248,33 +273,44 @@ class CachePolicy:
         except StorageError as exc:
             log.warning("cache store failed: %s", exc)
 
-    async def _store_after_stream(
-        self, ctx: RequestContext, plan: _Plan, future: asyncio.Future[CacheEntry | None], stream: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        assembler = StreamAssembler()
-        try:
-            async for chunk in stream:
-                assembler.feed(chunk)
-                yield chunk
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            answer = None
-            if ctx.tokens.source == "backend":
-                usage = {
-                    "prompt_tokens": ctx.tokens.prompt or 0,
-                    "completion_tokens": ctx.tokens.completion or 0,
-                    "total_tokens": ctx.tokens.actual_total or 0,
-                }
+    def _stream_ended(
+        self,
+        ctx: RequestContext,
+        plan: _Plan,
+        future: asyncio.Future[CacheEntry | None],
+        assembler: StreamAssembler,
+        complete: bool,
+    ) -> None:
+        """The end of a streamed miss, however it ended: store it if it completed with usage; never raises."""
+        answer = None
+        if complete and ctx.tokens.source == "backend":
+            usage = {
+                "prompt_tokens": ctx.tokens.prompt or 0,
+                "completion_tokens": ctx.tokens.completion or 0,
+                "total_tokens": ctx.tokens.actual_total or 0,
+            }
+            try:
                 answer = assembler.answer(usage)
-            if answer is None:
-                self._finish(plan.key, future, None)
-            else:
-                self._store_later(ctx, plan, future, orjson.dumps(answer))
+            except Exception:
+                log.exception("cache: not storing a stream it could not assemble")
+        if answer is None:
+            self._finish(plan.key, future, None)
+        else:
+            self._store_later(ctx, plan, future, orjson.dumps(answer))
+
+    def _leader(self, key: str) -> asyncio.Future[CacheEntry | None] | None:
+        """The miss in flight for ``key``; one older than the waiters' patience is dropped, not waited for."""
+        flight = self._inflight.get(key)
+        if flight is None:
+            return None
+        if self._clock.monotonic_s() - flight.started_s > self._settings.single_flight_wait_s:
+            self._finish(key, flight.future, None)  # its stream was never read nor closed: do not wedge the key
+            return None
+        return flight.future
 
     def _finish(self, key: str, future: asyncio.Future[CacheEntry | None], entry: CacheEntry | None) -> None:
-        if self._inflight.get(key) is future:
+        flight = self._inflight.get(key)
+        if flight is not None and flight.future is future:
             del self._inflight[key]
         if not future.done():
             future.set_result(entry)
