@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from .replay import StreamAssembler
+from .assemble import StreamAssembler
 
 
 class RecordedStream:

@@ -14,13 +14,15 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from ..background import BackgroundTasks
+from ..cache.assemble import StreamAssembler
 from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, semantic_bucket
 from ..cache.recorded import RecordedStream
-from ..cache.replay import StreamAssembler, replay_as_sse
+from ..cache.replay import replay_as_sse, replayable
 from ..cache.semantic import embedded_prompt
 from ..clock import Clock
 from ..config import CacheSettings
@@ -98,8 +100,9 @@ class CachePolicy:
             leader = self._leader(plan.key)
             if leader is not None:
                 shared = await self._wait_for(leader)
-                if shared is not None:
-                    return self._answer(ctx, shared, "HIT")
+                answered = self._answer(ctx, shared, "HIT") if shared is not None else None
+                if answered is not None:
+                    return answered
         if plan.key in self._inflight or len(self._inflight) >= self._max_in_flight:
             # A refresh while another miss is in flight, or too many in flight: go alone, do not lead.
             ctx.cache_status = "MISS"
@@ -207,7 +210,12 @@ class CachePolicy:
         except TimeoutError:
             return None
 
-    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: str) -> GatewayResponse:
+    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: str) -> GatewayResponse | None:
+        """The cached answer in the shape the client asked for; None if a stream would lose some of its fields."""
+        answer: Any = orjson.loads(entry.body) if ctx.stream else {}
+        if not isinstance(answer, dict) or not replayable(answer):
+            ctx.cache_score = None
+            return None
         ctx.cache_status = status
         ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = (
             entry.prompt_tokens,
@@ -221,7 +229,7 @@ class CachePolicy:
             asked = isinstance(options, dict) and options.get("include_usage") is True
             include_usage = asked and not ctx.tokens.usage_injected
             headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
-            response = GatewayResponse(200, headers, stream=replay_as_sse(orjson.loads(entry.body), include_usage))
+            response = GatewayResponse(200, headers, stream=replay_as_sse(answer, include_usage))
         else:
             response = GatewayResponse(200, [("content-type", "application/json")], entry.body)
         response.headers.append(("age", age))
