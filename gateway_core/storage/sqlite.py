@@ -144,6 +144,8 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cache_key ON cache (bucket, key);
 CREATE INDEX IF NOT EXISTS cache_lru ON cache (last_used_s);
+-- (bucket, rowid): a semantic lookup reads only the rows added since it last looked, not the whole bucket.
+CREATE INDEX IF NOT EXISTS cache_bucket ON cache (bucket);
 -- The running total of entry sizes, kept by triggers, so every put can check the budget in O(1).
 CREATE TABLE IF NOT EXISTS cache_size (id INTEGER PRIMARY KEY CHECK (id = 1), total INTEGER NOT NULL);
 INSERT OR IGNORE INTO cache_size (id, total) VALUES (1, 0);
@@ -156,6 +158,7 @@ CREATE TRIGGER IF NOT EXISTS cache_size_update AFTER UPDATE OF size ON cache
 """
 _TOUCH_EVERY_S = 60.0
 _RESYNC_S = 60.0  # how often a bucket's index drops the rows other processes deleted
+_LOAD_BATCH = 1024  # rows read into the index at a time
 _IDLE_S = 600.0  # a bucket's index not searched this long is dropped (rebuilt from the file when needed)
 _ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
 
@@ -269,12 +272,14 @@ class SqliteCache:
             index = self._index[bucket] = VectorIndex(len(vector))
             index.synced_s = mono_s
         index.used_s = mono_s
-        index.add(
-            conn.execute(
-                "SELECT id, vector, expires_s FROM cache WHERE bucket = ? AND id > ? AND vector IS NOT NULL",
-                (bucket, index.last_id),
-            ).fetchall()
+        if index.last_id == 0:  # a cold load: size the matrix once instead of growing it step by step
+            index.reserve(conn.execute("SELECT count(*) FROM cache WHERE bucket = ?", (bucket,)).fetchone()[0])
+        rows = conn.execute(
+            "SELECT id, vector, expires_s FROM cache WHERE bucket = ? AND id > ? AND vector IS NOT NULL",
+            (bucket, index.last_id),
         )
+        while batch := rows.fetchmany(_LOAD_BATCH):  # a batch at a time: no second copy of a whole bucket
+            index.add(batch)
         if mono_s - index.synced_s > _RESYNC_S:  # rows other processes evicted or replaced
             index.retain(
                 r[0] for r in conn.execute("SELECT id FROM cache WHERE bucket = ? AND vector IS NOT NULL", (bucket,))

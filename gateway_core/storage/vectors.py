@@ -76,6 +76,11 @@ class VectorIndex:
         """Rows the matrix has room for without growing."""
         return len(self._ids)
 
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` more rows at once."""
+        if self._n + rows > self.capacity:
+            self._resize(self._n + rows)
+
     def add(self, rows: list[tuple[int, bytes, float]]) -> None:
         """Append ``(row id, packed vector, expires_s)`` rows; vectors of another length are not indexed."""
         if rows:
