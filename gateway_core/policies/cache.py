@@ -141,11 +141,9 @@ class CachePolicy:
         return enabled, ttl_s
 
     def _plan(self, ctx: RequestContext, ttl_s: int) -> _Plan | None:
+        requested = self._requested_ttl(ctx)  # checked first: a bad header is a 400 whether or not it would matter
         directives = {d.strip().lower() for d in ctx.request.headers.get("cache-control", "").split(",")}
-        if "no-store" in directives or not request_is_cacheable(self._settings, ctx):
-            return None
-        requested = self._requested_ttl(ctx)
-        if requested == 0:
+        if "no-store" in directives or not request_is_cacheable(self._settings, ctx) or requested == 0:
             return None
         if requested is not None:
             ttl_s = requested

@@ -260,7 +260,7 @@ def test_semantic_hits_never_cross_images(cached_url: str, calls: Any) -> None:
 def test_cache_ttl_header_takes_ascii_digits_up_to_the_maximum_else_400(
     cached_url: str, calls: Any, value: str | bytes
 ) -> None:
-    body = {"messages": [{"role": "user", "content": "ttl header"}], "temperature": 0}
+    body = {"messages": [{"role": "user", "content": "ttl header"}], "temperature": 0.7}  # even when not cached
     response = httpx.post(
         f"{cached_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
         json=body,
