@@ -7,7 +7,9 @@ numpy (the default, what aigw uses): fills one bucket of ``SqliteCache`` with ra
 50 warm lookups. ``--sqlite-vec`` does the same with a ``vec0`` table of the sqlite-vec extension (partitioned by
 bucket, expiry as a metadata column), loaded through ``apsw`` because this Python's ``sqlite3`` cannot load
 extensions; it needs ``pip install apsw sqlite-vec`` and is not a dependency of aigw. RSS is this process's
-resident memory after the lookups (each size runs in a fresh process), not a peak.
+resident memory after the lookups (each size runs in a fresh process), not a peak; it includes what filling
+left behind, so the last column, how much the lookups added (the index itself, or SQLite's pages), is the
+fairer comparison.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def unit_vectors(size: int) -> Any:
     return vectors
 
 
-async def measure_numpy(size: int, folder: Path) -> tuple[float, float, float, float]:
+async def measure_numpy(size: int, folder: Path) -> tuple[float, float, float, float, float]:
     from gateway_core.storage.ports import CacheEntry
     from gateway_core.storage.sqlite import SqliteCache
 
@@ -52,6 +54,7 @@ async def measure_numpy(size: int, folder: Path) -> tuple[float, float, float, f
     fill_s = time.perf_counter() - start
     del vectors
     query = tuple(unit_vectors(size)[size // 2].tolist())
+    filled_rss = rss_mb()
     start = time.perf_counter()
     found = await store.nearest("bucket", query, 1.0)
     cold_ms = (time.perf_counter() - start) * 1000
@@ -64,10 +67,10 @@ async def measure_numpy(size: int, folder: Path) -> tuple[float, float, float, f
         warm.append((time.perf_counter() - start) * 1000)
     rss = rss_mb()
     await store.close()
-    return fill_s, cold_ms, statistics.median(warm), rss
+    return fill_s, cold_ms, statistics.median(warm), rss, rss - filled_rss
 
 
-def measure_sqlite_vec(size: int, folder: Path) -> tuple[float, float, float, float]:
+def measure_sqlite_vec(size: int, folder: Path) -> tuple[float, float, float, float, float]:
     import apsw
     import sqlite_vec
 
@@ -91,6 +94,7 @@ def measure_sqlite_vec(size: int, folder: Path) -> tuple[float, float, float, fl
     del vectors
     sql = "SELECT rowid, distance FROM cache_vec WHERE embedding MATCH ? AND k = 1 AND bucket = ? AND expires_s > ?"
     times = []
+    filled_rss = rss_mb()
     for _ in range(51):
         start = time.perf_counter()
         rows = list(conn.execute(sql, (query, "bucket", 1.0)))
@@ -99,7 +103,7 @@ def measure_sqlite_vec(size: int, folder: Path) -> tuple[float, float, float, fl
             raise SystemExit("sqlite-vec: wrong nearest entry")
     rss = rss_mb()
     conn.close()
-    return fill_s, times[0], statistics.median(times[1:]), rss
+    return fill_s, times[0], statistics.median(times[1:]), rss, rss - filled_rss
 
 
 def one(kind: str, size: int) -> None:
@@ -108,8 +112,8 @@ def one(kind: str, size: int) -> None:
             result = asyncio.run(measure_numpy(size, Path(folder)))
         else:
             result = measure_sqlite_vec(size, Path(folder))
-    fill_s, cold_ms, warm_ms, rss = result
-    print(f"| {kind} | {size:,} | {fill_s:.1f} | {cold_ms:.1f} | {warm_ms:.2f} | {rss:.0f} |", flush=True)
+    fill_s, cold_ms, warm_ms, rss, grown = result
+    print(f"| {kind} | {size:,} | {fill_s:.1f} | {cold_ms:.1f} | {warm_ms:.2f} | {rss:.0f} | {grown:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -119,8 +123,11 @@ def main() -> None:
         return
     kind = "sqlite-vec" if "--sqlite-vec" in args else "numpy"
     sizes = [int(a) for a in args if a.isdigit()] or [1000, 10000, 50000]
-    print(f"| index | entries in bucket ({DIMS} dims) | fill s | first lookup ms | warm lookup p50 ms | RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|", flush=True)
+    print(
+        f"| index | entries in bucket ({DIMS} dims) | fill s | first lookup ms | warm lookup p50 ms | RSS MB "
+        "| RSS grown by the lookups MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
     for size in sizes:  # a fresh process per size, so RSS is that size's alone
         subprocess.run([sys.executable, __file__, "--one", kind, str(size)], check=True)
 
