@@ -6,8 +6,16 @@ from typing import Any
 
 import orjson
 
+from gateway_core.background import BackgroundTasks
 from gateway_core.cache.assemble import StreamAssembler
 from gateway_core.cache.replay import replay_as_sse, replayable
+from gateway_core.clock import ManualClock
+from gateway_core.config import config_from_dict
+from gateway_core.context import GatewayResponse, RequestContext
+from gateway_core.policies.cache import CachePolicy
+from gateway_core.routing.pools import PoolTable
+from gateway_core.storage.memory import MemoryCache
+from tests.unit.test_cache_single_flight import request
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
 SAFE = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
@@ -122,3 +130,33 @@ def test_a_stored_answer_with_fields_a_replay_would_lose_does_not_answer_a_strea
     assert replayable(answer)  # empty extras carry nothing
     message["audio"] = {"id": "a1", "data": "UklGR", "transcript": "hi"}
     assert not replayable(answer)
+
+
+async def test_a_streamed_request_does_not_get_a_stored_answer_it_would_lose_fields_of() -> None:
+
+    config = config_from_dict(
+        {
+            "backends": [
+                {"name": "b", "url": "http://127.0.0.1:9", "auth": {"type": "none"}, "deployments": ["gpt-4o"]}
+            ],
+            "cache": {"enabled": True},
+        }
+    )
+    tasks = BackgroundTasks()
+    policy = CachePolicy(config.cache, MemoryCache(), PoolTable(config), ManualClock(), tasks)
+    audio = {"id": "a1", "data": "UklGR", "transcript": "hi"}
+    message = {"role": "assistant", "content": "hi", "audio": audio}
+    body = orjson.dumps(
+        {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    )
+    calls = []
+
+    async def backend(ctx: RequestContext) -> GatewayResponse:
+        calls.append(ctx.stream)
+        return GatewayResponse(200, [("content-type", "application/json")], body)
+
+    assert (await policy(request(), backend)).header("x-aigw-cache") == "MISS"
+    await tasks.drain()
+    assert (await policy(request(stream=True), backend)).header("x-aigw-cache") == "MISS"  # not a lossy replay
+    assert (await policy(request(), backend)).header("x-aigw-cache") == "HIT"  # JSON gets it whole
+    assert calls == [False, True]
