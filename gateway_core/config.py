@@ -280,6 +280,7 @@ class CacheSettings(_Model):
     enabled: bool = False
     scope: Literal["global", "tenant", "user", "key"] = "tenant"
     ttl_s: int = Field(default=3600, ge=1)
+    max_ttl_s: int = Field(default=7 * 86400, ge=1)  # the most a client may ask for with x-aigw-cache-ttl
     max_entry_bytes: int = Field(default=1024 * 1024, ge=1)
     max_store_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # SQLite eviction budget (LRU)
     deterministic_only: bool = True  # cache only temperature 0 or a fixed seed (embeddings always)

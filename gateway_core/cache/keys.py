@@ -57,10 +57,14 @@ def exact_key(settings: CacheSettings, ctx: RequestContext, model: str) -> tuple
     return bucket, key
 
 
-def semantic_bucket(settings: CacheSettings, ctx: RequestContext, model: str, vary: list[str]) -> str:
-    """Prompts are compared only with prompts of the same deployment, scope, parameters and vary-by values."""
-    assert ctx.body_json is not None and ctx.endpoint is not None
-    params = {k: v for k, v in keyed_body(settings, ctx.body_json).items() if k not in ("messages", "prompt")}
+def semantic_bucket(
+    settings: CacheSettings, ctx: RequestContext, model: str, vary: list[str], masked_body: dict[str, Any]
+) -> str:
+    """Prompts are compared only with prompts whose request is the same in everything but the embedded text.
+
+    ``masked_body`` is the request body with the embedded text replaced by a marker (``cache.semantic``).
+    """
+    assert ctx.endpoint is not None
     return _digest(
         [
             "semantic",
@@ -69,7 +73,7 @@ def semantic_bucket(settings: CacheSettings, ctx: RequestContext, model: str, va
             ctx.api_version or "",
             ctx.endpoint.operation,
             scope_value(settings, ctx),
-            params,
+            keyed_body(settings, masked_body),
             vary,
         ]
     )
@@ -90,7 +94,10 @@ def request_is_cacheable(settings: CacheSettings, ctx: RequestContext) -> bool:
 
 def answer_is_cacheable(settings: CacheSettings, body: dict[str, Any]) -> bool:
     """A complete success: no choice cut by content filtering, nor by max_tokens unless configured."""
-    for choice in body.get("choices") or ():
+    choices = body.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return False
+    for choice in choices or ():
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         if reason == "content_filter" or reason is None:
             return False

@@ -1,4 +1,11 @@
-"""Between the two shapes of an answer: a stored JSON body replayed as SSE, and an SSE stream assembled to JSON."""
+"""Between the two shapes of an answer: a stored JSON body replayed as SSE, and an SSE stream assembled to JSON.
+
+Both directions carry the same fields (content, refusal, tool calls, legacy function_call, chat logprobs,
+Azure's content and prompt filter results). A field either direction does not reproduce makes the answer
+unreplayable: the assembler then refuses to build it (the stream is not cached) and ``replayable`` says a
+stored answer may not answer a stream (the request goes to the backend). Empty values (null, "", [], {}) of
+unknown fields carry nothing and are allowed.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,29 @@ from typing import Any
 
 import orjson
 
+from .fields import CHAT_CHOICE, LOGPROBS, MESSAGE, TEXT_CHOICE, TOP, empty, only
+
 _WORDS_PER_CHUNK = 8
+
+
+def replayable(answer: dict[str, Any]) -> bool:
+    """Whether ``replay_as_sse`` reproduces every field of this stored JSON answer."""
+    if not only(answer, TOP):
+        return False
+    chat = answer.get("object") == "chat.completion"
+    for choice in answer.get("choices") or ():
+        if not isinstance(choice, dict) or not only(choice, CHAT_CHOICE if chat else TEXT_CHOICE):
+            return False
+        if not chat and not empty(choice.get("logprobs")):
+            return False  # completions logprobs (tokens, offsets) are not replayed
+        if chat:
+            message = choice.get("message")
+            logprobs = choice.get("logprobs")
+            if not isinstance(message, dict) or not only(message, MESSAGE):
+                return False
+            if not empty(logprobs) and (not isinstance(logprobs, dict) or not only(logprobs, LOGPROBS)):
+                return False
+    return True
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -15,7 +44,10 @@ def _event(payload: dict[str, Any]) -> bytes:
 
 
 async def replay_as_sse(answer: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
-    """The chunks a backend would have streamed for ``answer`` (chat or completions), ending with [DONE]."""
+    """The chunks a backend would have streamed for ``answer`` (chat or completions), ending with [DONE].
+
+    ``usage`` appears (null on each chunk, then a final usage chunk) only with ``include_usage``.
+    """
     chat = answer.get("object") == "chat.completion"
     base = {
         "id": answer.get("id"),
@@ -24,54 +56,66 @@ async def replay_as_sse(answer: dict[str, Any], include_usage: bool) -> AsyncIte
         "model": answer.get("model"),
         "system_fingerprint": answer.get("system_fingerprint"),
     }
+    if "service_tier" in answer:
+        base["service_tier"] = answer["service_tier"]
 
-    def chunk(choices: list[dict[str, Any]]) -> bytes:
-        payload = {**base, "choices": choices}
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        payload = {**base, "choices": choices, **extra}
         if include_usage:
             payload["usage"] = None
         return _event(payload)
 
     out: list[bytes] = []
+    if not empty(answer.get("prompt_filter_results")):
+        out.append(chunk([], prompt_filter_results=answer["prompt_filter_results"]))  # as Azure sends it: first
     for choice in answer.get("choices") or ():
-        index = choice.get("index", 0)
-        if chat:
-            message = choice.get("message") or {}
-            out.append(
-                chunk(
-                    [
-                        {
-                            "index": index,
-                            "delta": {"role": message.get("role", "assistant"), "content": ""},
-                            "finish_reason": None,
-                            "logprobs": None,
-                        }
-                    ]
-                )
-            )
-            for piece in _pieces(message.get("content") or ""):
-                out.append(
-                    chunk([{"index": index, "delta": {"content": piece}, "finish_reason": None, "logprobs": None}])
-                )
-            calls = message.get("tool_calls")
-            if calls:
-                deltas = [{**call, "index": i} for i, call in enumerate(calls)]
-                out.append(
-                    chunk([{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None, "logprobs": None}])
-                )
-            out.append(
-                chunk([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason"), "logprobs": None}])
-            )
-        else:
-            for piece in _pieces(choice.get("text") or ""):
-                out.append(chunk([{"index": index, "text": piece, "finish_reason": None, "logprobs": None}]))
-            out.append(
-                chunk([{"index": index, "text": "", "finish_reason": choice.get("finish_reason"), "logprobs": None}])
-            )
+        out.extend(chunk([part]) for part in (_chat_parts(choice) if chat else _text_parts(choice)))
     if include_usage and answer.get("usage") is not None:
         out.append(_event({**base, "choices": [], "usage": answer["usage"]}))
     out.append(b"data: [DONE]\n\n")
     # One write: a hit has nothing to wait for, and one send is cheaper than many.
     yield b"".join(out)
+
+
+def _chat_parts(choice: dict[str, Any]) -> list[dict[str, Any]]:
+    index = choice.get("index", 0)
+    message = choice.get("message") or {}
+    filters = choice.get("content_filter_results")
+    logprobs = choice.get("logprobs")
+
+    def part(delta: dict[str, Any], finish_reason: Any = None, logprobs: Any = None) -> dict[str, Any]:
+        out = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
+        if not empty(filters):
+            out["content_filter_results"] = filters
+        return out
+
+    parts = [part({"role": message.get("role", "assistant"), "content": ""})]
+    content, refusal = message.get("content") or "", message.get("refusal") or ""
+    if not empty(logprobs):  # the text in one piece with all its logprobs, so the two stay aligned
+        delta = {k: v for k, v in (("content", content), ("refusal", refusal)) if v}
+        parts.append(part(delta, logprobs=logprobs))
+    else:
+        parts.extend(part({"content": piece}) for piece in _pieces(content))
+        parts.extend(part({"refusal": piece}) for piece in _pieces(refusal))
+    if message.get("function_call"):
+        parts.append(part({"function_call": message["function_call"]}))
+    if message.get("tool_calls"):
+        parts.append(part({"tool_calls": [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]}))
+    parts.append(part({}, choice.get("finish_reason")))
+    return parts
+
+
+def _text_parts(choice: dict[str, Any]) -> list[dict[str, Any]]:
+    index = choice.get("index", 0)
+    filters = choice.get("content_filter_results")
+
+    def part(text: str, finish_reason: Any = None) -> dict[str, Any]:
+        out = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        if not empty(filters):
+            out["content_filter_results"] = filters
+        return out
+
+    return [*(part(piece) for piece in _pieces(choice.get("text") or "")), part("", choice.get("finish_reason"))]
 
 
 def _pieces(text: str) -> list[str]:
@@ -84,95 +128,3 @@ def _pieces(text: str) -> list[str]:
         if text
         else []
     )
-
-
-class StreamAssembler:
-    """Rebuilds the complete JSON answer from a stream's chunks, so a streamed miss can be cached."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._head: dict[str, Any] = {}
-        self._choices: dict[int, dict[str, Any]] = {}
-        self.done = False  # saw data: [DONE]
-        self.broken = False  # saw something it could not read (an error event, bad JSON)
-
-    def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                return
-            event, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-            self._read(event.strip())
-
-    def _read(self, event: bytes) -> None:
-        if not event.startswith(b"data:"):
-            return
-        data = event[5:].strip()
-        if data == b"[DONE]":
-            self.done = True
-            return
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.broken = True
-            return
-        if "error" in payload:
-            self.broken = True
-            return
-        if not self._head:
-            self._head = {k: payload.get(k) for k in ("id", "created", "model", "system_fingerprint")}
-            self._head["object"] = (
-                "chat.completion" if payload.get("object") == "chat.completion.chunk" else "text_completion"
-            )
-        for part in payload.get("choices") or ():
-            self._merge(part)
-
-    def _merge(self, part: dict[str, Any]) -> None:
-        index = part.get("index", 0)
-        choice = self._choices.setdefault(index, {"index": index, "content": [], "text": [], "tools": {}})
-        delta = part.get("delta")
-        if isinstance(delta, dict):
-            if delta.get("role"):
-                choice["role"] = delta["role"]
-            if isinstance(delta.get("content"), str):
-                choice["content"].append(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                slot = choice["tools"].setdefault(
-                    call.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
-                )
-                if call.get("id"):
-                    slot["id"] = call["id"]
-                function = call.get("function") or {}
-                slot["function"]["name"] += function.get("name") or ""
-                slot["function"]["arguments"] += function.get("arguments") or ""
-        elif isinstance(part.get("text"), str):
-            choice["text"].append(part["text"])
-        if part.get("finish_reason"):
-            choice["finish_reason"] = part["finish_reason"]
-
-    def answer(self, usage: dict[str, int]) -> dict[str, Any] | None:
-        """The assembled answer, or None if the stream did not end cleanly."""
-        if not self.done or self.broken or not self._choices:
-            return None
-        chat = self._head.get("object") == "chat.completion"
-        choices = []
-        for index in sorted(self._choices):
-            c = self._choices[index]
-            if chat:
-                message: dict[str, Any] = {"role": c.get("role", "assistant"), "content": "".join(c["content"]) or None}
-                if c["tools"]:
-                    message["tool_calls"] = [c["tools"][i] for i in sorted(c["tools"])]
-                choices.append(
-                    {"index": index, "message": message, "finish_reason": c.get("finish_reason"), "logprobs": None}
-                )
-            else:
-                choices.append(
-                    {
-                        "index": index,
-                        "text": "".join(c["text"]),
-                        "finish_reason": c.get("finish_reason"),
-                        "logprobs": None,
-                    }
-                )
-        return {**self._head, "choices": choices, "usage": usage}

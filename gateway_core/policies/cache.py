@@ -11,24 +11,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..background import BackgroundTasks
+from ..cache.assemble import StreamAssembler
 from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, semantic_bucket
-from ..cache.replay import StreamAssembler, replay_as_sse
+from ..cache.recorded import RecordedStream
+from ..cache.replay import replay_as_sse, replayable
+from ..cache.semantic import embedded_prompt
 from ..clock import Clock
 from ..config import CacheSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..errors import BadRequest
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
 from ..storage.ports import CacheEntry, CacheStore, StorageError
 from ..storage.vectors import normalise
 
 log = logging.getLogger("aigw")
+_DIGITS = re.compile(r"[0-9]{1,12}")
 # (embedding deployment, text, the caller's context, charged for the call) -> vector
 Embedder = Callable[[str, str, RequestContext], Awaitable[tuple[float, ...]]]
 
@@ -43,6 +49,12 @@ class _Plan:
     vector: tuple[float, ...] | None = None
 
 
+@dataclass(slots=True)
+class _Flight:
+    future: asyncio.Future[CacheEntry | None]
+    started_s: float
+
+
 class CachePolicy:
     def __init__(
         self,
@@ -52,6 +64,7 @@ class CachePolicy:
         clock: Clock,
         tasks: BackgroundTasks,
         embed: Embedder | None = None,
+        max_in_flight: int = 10_000,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -62,7 +75,13 @@ class CachePolicy:
         self._semantic = settings.semantic
         if self._semantic is not None and embed is None:
             raise ValueError("semantic caching needs an embedder")
-        self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        self._inflight: dict[str, _Flight] = {}
+        self._max_in_flight = max_in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Misses currently leading a single flight in this instance."""
+        return len(self._inflight)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         endpoint = ctx.endpoint
@@ -79,30 +98,34 @@ class CachePolicy:
             hit = await self._lookup(ctx, plan)
             if hit is not None:
                 return hit
-            leader = self._inflight.get(plan.key)
+            leader = self._leader(plan.key)
             if leader is not None:
                 shared = await self._wait_for(leader)
-                if shared is not None:
-                    return self._answer(ctx, shared, "HIT")
-        if plan.key in self._inflight:  # a refresh while another miss is in flight: go alone, do not lead
+                answered = self._answer(ctx, shared, "HIT") if shared is not None else None
+                if answered is not None:
+                    return answered
+        if plan.key in self._inflight or len(self._inflight) >= self._max_in_flight:
+            # A refresh while another miss is in flight, or too many in flight: go alone, do not lead.
             ctx.cache_status = "MISS"
             return _tag(await call_next(ctx), ctx)
         future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
-        self._inflight[plan.key] = future
+        self._inflight[plan.key] = _Flight(future, self._clock.monotonic_s())
         ctx.cache_status = "MISS"
-        try:
-            response = await call_next(ctx)
-        except BaseException:
-            self._finish(plan.key, future, None)
-            raise
-        _tag(response, ctx)
-        if response.status != 200:
-            self._finish(plan.key, future, None)
-        elif response.stream is None:
-            self._store_later(ctx, plan, future, response.body)
-        else:
-            response.stream = self._store_after_stream(ctx, plan, future, response.stream)
-        return response
+        handed_to_stream = False
+        try:  # whatever happens from here on, the waiters are released (by this finally or by the stream)
+            response = _tag(await call_next(ctx), ctx)
+            if response.status == 200 and response.stream is None:
+                self._store_later(ctx, plan, future, response.body)
+            elif response.status == 200 and response.stream is not None:
+                response.stream = RecordedStream(
+                    response.stream,
+                    lambda assembler, complete: self._stream_ended(ctx, plan, future, assembler, complete),
+                )
+                handed_to_stream = True
+            return response
+        finally:
+            if not handed_to_stream:
+                self._finish(plan.key, future, None)  # no-op once _store_later answered the waiters
 
     # -- deciding
 
@@ -119,17 +142,27 @@ class CachePolicy:
         return enabled, ttl_s
 
     def _plan(self, ctx: RequestContext, ttl_s: int) -> _Plan | None:
+        requested = self._requested_ttl(ctx)  # checked first: a bad header is a 400 whether or not it would matter
         directives = {d.strip().lower() for d in ctx.request.headers.get("cache-control", "").split(",")}
-        if "no-store" in directives or not request_is_cacheable(self._settings, ctx):
+        if "no-store" in directives or not request_is_cacheable(self._settings, ctx) or requested == 0:
             return None
-        requested = ctx.request.headers.get("x-aigw-cache-ttl")
-        if requested is not None and requested.strip().isdigit():
-            ttl_s = int(requested)
-            if ttl_s == 0:
-                return None
+        if requested is not None:
+            ttl_s = requested
         assert ctx.deployment is not None
         bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.deployment))
         return _Plan(bucket, key, ttl_s, lookup="no-cache" not in directives)
+
+    def _requested_ttl(self, ctx: RequestContext) -> int | None:
+        """``x-aigw-cache-ttl``: ASCII digits only (``str.isdigit`` also takes '٣' and '²'), at most max_ttl_s."""
+        value = ctx.request.headers.get("x-aigw-cache-ttl")
+        if value is None:
+            return None
+        max_ttl_s = self._settings.max_ttl_s
+        if _DIGITS.fullmatch(value) is None or int(value) > max_ttl_s:
+            raise BadRequest(
+                f"x-aigw-cache-ttl must be a whole number of seconds from 0 to {max_ttl_s}", param="x-aigw-cache-ttl"
+            )
+        return int(value)
 
     def _model_of(self, deployment: str) -> str:
         ref = self._pools.deployment_ref(deployment)
@@ -152,11 +185,13 @@ class CachePolicy:
     async def _semantic_lookup(self, ctx: RequestContext, plan: _Plan, now: float) -> GatewayResponse | None:
         semantic = self._semantic
         assert semantic is not None and self._embed is not None and ctx.deployment is not None
-        text = prompt_text(ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages)
+        text, masked = embedded_prompt(
+            ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages
+        )
         if not text:
             return None
         vary = [ctx.request.headers.get(h.lower(), "") for h in semantic.vary_by_headers]
-        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary)
+        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary, masked)
         try:
             plan.vector = normalise(await self._embed(semantic.embedding_deployment, text, ctx))
         except Exception as exc:  # noqa: BLE001 - a failed embedding must not fail the request
@@ -174,7 +209,12 @@ class CachePolicy:
         except TimeoutError:
             return None
 
-    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: str) -> GatewayResponse:
+    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: str) -> GatewayResponse | None:
+        """The cached answer in the shape the client asked for; None if a stream would lose some of its fields."""
+        answer: Any = orjson.loads(entry.body) if ctx.stream else {}
+        if not isinstance(answer, dict) or not replayable(answer):
+            ctx.cache_score = None
+            return None
         ctx.cache_status = status
         ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = (
             entry.prompt_tokens,
@@ -183,10 +223,12 @@ class CachePolicy:
         )
         age = str(max(0, math.floor(self._clock.now_s() - entry.created_s)))
         if ctx.stream:
+            # As the client asked: the tokens policy may have added include_usage for its own count.
             options = (ctx.body_json or {}).get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            asked = isinstance(options, dict) and options.get("include_usage") is True
+            include_usage = asked and not ctx.tokens.usage_injected
             headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
-            response = GatewayResponse(200, headers, stream=replay_as_sse(orjson.loads(entry.body), include_usage))
+            response = GatewayResponse(200, headers, stream=replay_as_sse(answer, include_usage))
         else:
             response = GatewayResponse(200, [("content-type", "application/json")], entry.body)
         response.headers.append(("age", age))
@@ -209,19 +251,27 @@ class CachePolicy:
     def _store_later(
         self, ctx: RequestContext, plan: _Plan, future: asyncio.Future[CacheEntry | None], body: bytes
     ) -> None:
+        """Answer the waiters with ``body`` if it is cacheable, then store it in the background; never raises."""
+        entries: list[CacheEntry] = []
+        try:
+            entries = self._cacheable(ctx, plan, body)
+        except Exception:
+            log.exception("cache: not storing an answer it could not read")
+        finally:
+            self._finish(plan.key, future, entries[0] if entries else None)
+        if entries:
+            self._tasks.spawn(self._put(entries), "cache store")
+
+    def _cacheable(self, ctx: RequestContext, plan: _Plan, body: bytes) -> list[CacheEntry]:
+        if len(body) > self._settings.max_entry_bytes:
+            return []
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict) or len(body) > self._settings.max_entry_bytes:
-            self._finish(plan.key, future, None)
-            return
-        if not answer_is_cacheable(self._settings, answer):
-            self._finish(plan.key, future, None)
-            return
-        entries = self._entries(ctx, plan, body)
-        self._finish(plan.key, future, entries[0])  # waiters are answered now, the store write follows
-        self._tasks.spawn(self._put(entries), "cache store")
+            return []
+        if not isinstance(answer, dict) or not answer_is_cacheable(self._settings, answer):
+            return []
+        return self._entries(ctx, plan, body)
 
     async def _put(self, entries: list[CacheEntry]) -> None:
         try:
@@ -230,33 +280,44 @@ class CachePolicy:
         except StorageError as exc:
             log.warning("cache store failed: %s", exc)
 
-    async def _store_after_stream(
-        self, ctx: RequestContext, plan: _Plan, future: asyncio.Future[CacheEntry | None], stream: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        assembler = StreamAssembler()
-        try:
-            async for chunk in stream:
-                assembler.feed(chunk)
-                yield chunk
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            answer = None
-            if ctx.tokens.source == "backend":
-                usage = {
-                    "prompt_tokens": ctx.tokens.prompt or 0,
-                    "completion_tokens": ctx.tokens.completion or 0,
-                    "total_tokens": ctx.tokens.actual_total or 0,
-                }
+    def _stream_ended(
+        self,
+        ctx: RequestContext,
+        plan: _Plan,
+        future: asyncio.Future[CacheEntry | None],
+        assembler: StreamAssembler,
+        complete: bool,
+    ) -> None:
+        """The end of a streamed miss, however it ended: store it if it completed with usage; never raises."""
+        answer = None
+        if complete and ctx.tokens.source == "backend":
+            usage = {
+                "prompt_tokens": ctx.tokens.prompt or 0,
+                "completion_tokens": ctx.tokens.completion or 0,
+                "total_tokens": ctx.tokens.actual_total or 0,
+            }
+            try:
                 answer = assembler.answer(usage)
-            if answer is None:
-                self._finish(plan.key, future, None)
-            else:
-                self._store_later(ctx, plan, future, orjson.dumps(answer))
+            except Exception:
+                log.exception("cache: not storing a stream it could not assemble")
+        if answer is None:
+            self._finish(plan.key, future, None)
+        else:
+            self._store_later(ctx, plan, future, orjson.dumps(answer))
+
+    def _leader(self, key: str) -> asyncio.Future[CacheEntry | None] | None:
+        """The miss in flight for ``key``; one older than the waiters' patience is dropped, not waited for."""
+        flight = self._inflight.get(key)
+        if flight is None:
+            return None
+        if self._clock.monotonic_s() - flight.started_s > self._settings.single_flight_wait_s:
+            self._finish(key, flight.future, None)  # its stream was never read nor closed: do not wedge the key
+            return None
+        return flight.future
 
     def _finish(self, key: str, future: asyncio.Future[CacheEntry | None], entry: CacheEntry | None) -> None:
-        if self._inflight.get(key) is future:
+        flight = self._inflight.get(key)
+        if flight is not None and flight.future is future:
             del self._inflight[key]
         if not future.done():
             future.set_result(entry)
@@ -265,28 +326,3 @@ class CachePolicy:
 def _tag(response: GatewayResponse, ctx: RequestContext) -> GatewayResponse:
     response.headers.append(("x-aigw-cache", ctx.cache_status))
     return response
-
-
-def prompt_text(body: dict[str, Any], max_messages: int, include_system: bool) -> str:
-    """What the semantic cache embeds: the last user message, or the last N messages of the conversation."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        prompt = body.get("prompt")
-        return prompt if isinstance(prompt, str) else ""
-    kept = [
-        m for m in messages if isinstance(m, dict) and (include_system or m.get("role") not in ("system", "developer"))
-    ]
-    if max_messages == 1:
-        users = [m for m in kept if m.get("role") == "user"]
-        kept = users[-1:]
-    else:
-        kept = kept[-max_messages:]
-    return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in kept)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""

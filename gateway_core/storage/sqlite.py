@@ -11,15 +11,13 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from .ports import CacheEntry, SharedHealth, StorageError
-from .vectors import pack, unpack
+from .vectors import VectorIndex, pack, unpack
 
 T = TypeVar("T")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
@@ -160,6 +158,8 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cache_key ON cache (bucket, key);
 CREATE INDEX IF NOT EXISTS cache_lru ON cache (last_used_s);
+-- (bucket, rowid): a semantic lookup reads only the rows added since it last looked, not the whole bucket.
+CREATE INDEX IF NOT EXISTS cache_bucket ON cache (bucket);
 -- The running total of entry sizes, kept by triggers, so every put can check the budget in O(1).
 CREATE TABLE IF NOT EXISTS cache_size (id INTEGER PRIMARY KEY CHECK (id = 1), total INTEGER NOT NULL);
 INSERT OR IGNORE INTO cache_size (id, total) VALUES (1, 0);
@@ -171,21 +171,29 @@ CREATE TRIGGER IF NOT EXISTS cache_size_update AFTER UPDATE OF size ON cache
   BEGIN UPDATE cache_size SET total = total - old.size + new.size WHERE id = 1; END;
 """
 _TOUCH_EVERY_S = 60.0
+_RESYNC_S = 60.0  # how often a bucket's index drops the rows other processes deleted
+_LOAD_BATCH = 1024  # rows read into the index at a time
+_IDLE_S = 600.0  # a bucket's index not searched this long is dropped (rebuilt from the file when needed)
 _ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
 
 
 class SqliteCache:
     """Exact and semantic cache in one table; evicts least recently used entries past ``max_bytes``.
 
-    Semantic lookups keep, per bucket, an in-memory matrix of the bucket's vectors, topped up with the rows
-    other processes added since (``id > last seen``), so a lookup is one small query plus one matrix product.
+    Semantic lookups keep, per bucket, an in-memory matrix of the bucket's vectors (``VectorIndex``), topped up
+    with the rows other processes added since (``id > last seen``), so a lookup is one small query plus one
+    matrix product, all on the store's thread, never the event loop's. Rows this process deletes (expiry,
+    eviction) leave the index at once; rows other processes deleted leave it at the next resync (every
+    ``_RESYNC_S``) or when a lookup finds them gone. A bucket not searched for ``_IDLE_S`` is dropped, so the
+    index holds at most the vectors of the store (itself bounded by ``max_bytes``).
     """
 
     def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._db = _SqliteThread(path, _CACHE_SCHEMA)
         self._max_bytes = max_bytes
-        self._index: dict[str, _BucketIndex] = {}
+        self._index: dict[str, VectorIndex] = {}  # touched only on the store's thread
         self._puts = 0
+        self._swept_s = 0.0
 
     async def start(self) -> None:
         await self._db.run(lambda conn: None)
@@ -235,7 +243,9 @@ class SqliteCache:
                 ),
             )
             if drop_expired:
-                conn.execute("DELETE FROM cache WHERE expires_s <= ?", (entry.created_s,))
+                self._forget(
+                    conn.execute("DELETE FROM cache WHERE expires_s <= ? RETURNING id, bucket", (entry.created_s,))
+                )
             total = conn.execute("SELECT total FROM cache_size WHERE id = 1").fetchone()[0]
             if total > self._max_bytes:
                 self._evict(conn, total)
@@ -245,78 +255,74 @@ class SqliteCache:
     def _evict(self, conn: sqlite3.Connection, total: int) -> None:
         # Least recently used first, down to 90% of the budget so eviction does not run on every put.
         excess = total - int(self._max_bytes * 0.9)
-        victims: list[tuple[int]] = []
-        for row_id, size in conn.execute("SELECT id, size FROM cache ORDER BY last_used_s, id"):
+        victims: list[tuple[int, str]] = []
+        for row_id, bucket, size in conn.execute("SELECT id, bucket, size FROM cache ORDER BY last_used_s, id"):
             if excess <= 0:
                 break
-            victims.append((row_id,))
+            victims.append((row_id, bucket))
             excess -= size
-        conn.executemany("DELETE FROM cache WHERE id = ?", victims)
+        conn.executemany("DELETE FROM cache WHERE id = ?", [(row_id,) for row_id, _ in victims])
+        self._forget(victims)
+
+    def _forget(self, rows: Iterable[tuple[int, str]]) -> None:
+        """Drop deleted rows from the semantic index (on the store's thread)."""
+        by_bucket: dict[str, list[int]] = {}
+        for row_id, bucket in rows:
+            if bucket in self._index:
+                by_bucket.setdefault(bucket, []).append(row_id)
+        for bucket, row_ids in by_bucket.items():
+            self._index[bucket].remove(row_ids)
 
     async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
-        index = self._index.setdefault(bucket, _BucketIndex())
+        return await self._db.run(lambda conn: self._nearest(conn, bucket, vector, now_s))
 
-        def refresh(conn: sqlite3.Connection) -> list[tuple[int, bytes, float]]:
-            return conn.execute(
-                "SELECT id, vector, expires_s FROM cache WHERE bucket = ? AND id > ? AND vector IS NOT NULL",
-                (bucket, index.last_id),
-            ).fetchall()
-
-        index.add(await self._db.run(refresh))
+    def _nearest(
+        self, conn: sqlite3.Connection, bucket: str, vector: tuple[float, ...], now_s: float
+    ) -> tuple[CacheEntry, float] | None:
+        mono_s = time.monotonic()
+        self._sweep(mono_s)
+        index = self._index.get(bucket)
+        if index is None or index.dims != len(vector):
+            index = self._index[bucket] = VectorIndex(len(vector))
+            index.synced_s = mono_s
+        index.used_s = mono_s
+        if index.last_id == 0:  # a cold load: size the matrix once instead of growing it step by step
+            index.reserve(conn.execute("SELECT count(*) FROM cache WHERE bucket = ?", (bucket,)).fetchone()[0])
+        rows = conn.execute(
+            "SELECT id, vector, expires_s FROM cache WHERE bucket = ? AND id > ? AND vector IS NOT NULL",
+            (bucket, index.last_id),
+        )
+        while batch := rows.fetchmany(_LOAD_BATCH):  # a batch at a time: no second copy of a whole bucket
+            index.add(batch)
+        if mono_s - index.synced_s > _RESYNC_S:  # rows other processes evicted or replaced
+            index.retain(
+                r[0] for r in conn.execute("SELECT id FROM cache WHERE bucket = ? AND vector IS NOT NULL", (bucket,))
+            )
+            index.synced_s = mono_s
         best = index.best(vector, now_s)
         if best is None:
             return None
         row_id, score = best
-
-        def load(conn: sqlite3.Connection) -> CacheEntry | None:
-            row = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM cache WHERE id = ?", (row_id,)).fetchone()
-            return _entry(row) if row is not None else None
-
-        entry = await self._db.run(load)
-        if entry is None or entry.expires_s <= now_s:
-            index.forget(row_id)  # evicted or replaced meanwhile
+        row = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM cache WHERE id = ?", (row_id,)).fetchone()
+        if row is None or row[6] <= now_s:
+            index.remove([row_id])  # evicted or replaced meanwhile
             return None
-        return entry, score
+        return _entry(row), score
+
+    async def indexed_rows(self) -> int:
+        """How many vectors the semantic index holds in memory, over all buckets (live and not yet compacted)."""
+        return await self._db.run(lambda conn: sum(index.held for index in self._index.values()))
+
+    def _sweep(self, mono_s: float) -> None:
+        """Drop the indexes of buckets nobody searched lately, and of buckets left empty."""
+        if mono_s - self._swept_s < _RESYNC_S:
+            return
+        self._swept_s = mono_s
+        for bucket in [b for b, i in self._index.items() if mono_s - i.used_s > _IDLE_S or not len(i)]:
+            del self._index[bucket]
 
     async def close(self) -> None:
         await self._db.close()
-
-
-class _BucketIndex:
-    def __init__(self) -> None:
-        self.last_id = 0
-        self._ids: list[int] = []
-        self._expires: list[float] = []
-        self._vectors: list[np.ndarray[Any, np.dtype[np.float32]]] = []
-        self._matrix: np.ndarray[Any, np.dtype[np.float32]] | None = None
-
-    def add(self, rows: list[tuple[int, bytes, float]]) -> None:
-        for row_id, raw, expires_s in rows:
-            self._ids.append(row_id)
-            self._expires.append(expires_s)
-            self._vectors.append(np.frombuffer(raw, dtype="<f4"))  # no copy, no per-float Python objects
-            self.last_id = max(self.last_id, row_id)
-        if rows:
-            self._matrix = None
-
-    def forget(self, row_id: int) -> None:
-        if row_id in self._ids:
-            i = self._ids.index(row_id)
-            del self._ids[i], self._expires[i], self._vectors[i]
-            self._matrix = None
-
-    def best(self, vector: tuple[float, ...], now_s: float) -> tuple[int, float] | None:
-        dims = len(vector)
-        live = [i for i, v in enumerate(self._vectors) if v.shape[0] == dims and self._expires[i] > now_s]
-        if not live:
-            return None
-        if self._matrix is None or self._matrix.shape != (len(self._vectors), dims):
-            zeros = np.zeros(dims, dtype=np.float32)
-            self._matrix = np.vstack([v if v.shape[0] == dims else zeros for v in self._vectors])
-        scores = self._matrix @ np.asarray(vector, dtype=np.float32)
-        candidates = np.asarray(live)
-        i = int(candidates[int(np.argmax(scores[candidates]))])
-        return self._ids[i], float(scores[i])
 
 
 def _entry(row: tuple[Any, ...]) -> CacheEntry:

@@ -9,6 +9,7 @@ import pytest
 
 from gateway_core.storage.factory import cache_store
 from gateway_core.storage.ports import CacheEntry, CacheStore
+from gateway_core.storage.sqlite import SqliteCache
 from gateway_core.storage.vectors import normalise
 from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
@@ -80,4 +81,37 @@ async def test_sqlite_evicts_least_recently_used_past_its_budget(tmp_path: Path)
     assert len(kept) <= 4  # about 1,200 bytes an entry against a 5,000-byte budget
     assert 0 in kept  # used most recently, so evicted last
     assert await adapter.get("b", "last", NOW + 31) is not None
+    await adapter.close()
+
+
+def spread(i: int, dims: int = 8) -> tuple[float, ...]:
+    """A distinct unit vector for each ``i``."""
+    return normalise(tuple(float((i * 7 + d * 3) % 11 + 1) for d in range(dims)))
+
+
+async def test_sqlite_semantic_index_lets_expired_entries_go(tmp_path: Path) -> None:
+    adapter = cache_store(f"sqlite:///{tmp_path}/sem.db")
+    assert isinstance(adapter, SqliteCache)
+    for i in range(100):
+        await adapter.put(entry(f"short{i}", "sem", ttl_s=10, vector=spread(i)))
+    await adapter.put(entry("long", "sem", ttl_s=3600, vector=spread(1000)))
+    assert await adapter.nearest("sem", spread(5), NOW + 1) is not None
+    assert await adapter.indexed_rows() == 101
+    found = await adapter.nearest("sem", spread(5), NOW + 20)  # the hundred short ones have expired
+    assert found is not None and found[0].key == "long"
+    assert await adapter.indexed_rows() == 1
+    await adapter.close()
+
+
+async def test_sqlite_semantic_index_lets_evicted_entries_go(tmp_path: Path) -> None:
+    adapter = cache_store(f"sqlite:///{tmp_path}/sem.db", max_bytes=20_000)  # about 60 small entries
+    assert isinstance(adapter, SqliteCache)
+    for i in range(50):
+        await adapter.put(entry(f"old{i}", "sem", ttl_s=3600, vector=spread(i)))
+    assert await adapter.nearest("sem", spread(3), NOW) is not None
+    for i in range(200):  # evicts the old ones, least recently used first
+        await adapter.put(CacheEntry(f"new{i}", "sem", b"{}", NOW + 1 + i, NOW + 3600, vector=spread(i)))
+    assert await adapter.nearest("sem", spread(3), NOW + 300) is not None
+    stored = sum([await adapter.get("sem", f"new{i}", NOW + 300) is not None for i in range(200)])
+    assert stored < 100 and await adapter.indexed_rows() <= stored
     await adapter.close()

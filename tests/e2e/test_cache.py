@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from openai import AsyncAzureOpenAI, AzureOpenAI
 
@@ -209,3 +210,87 @@ def test_gpt4o_has_no_semantic_cache(cached_url: str, calls: Any) -> None:
     assert ask(cached_url, "Where is the Eiffel Tower?")[0] == "MISS"
     assert ask(cached_url, "where is the eiffel tower")[0] == "MISS"
     assert calls() == 2
+
+
+def ask_messages(url: str, messages: list[dict[str, Any]], **extra: Any) -> str:
+    """x-aigw-cache of one gpt-4o-mini (semantic) chat request with these messages."""
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,  # type: ignore[arg-type]
+        temperature=0,
+        **extra,
+    )
+    return raw.headers["x-aigw-cache"]
+
+
+def test_semantic_hits_only_when_all_but_the_embedded_text_matches(cached_url: str, calls: Any) -> None:
+    def convo(system: str, *turns: str) -> list[dict[str, Any]]:
+        roles = ["user", "assistant"] * len(turns)
+        return [{"role": "system", "content": system}] + [
+            {"role": role, "content": text} for role, text in zip(roles, turns, strict=False)
+        ]
+
+    question = "Which river flows through the city of Paris?"
+    assert ask_messages(cached_url, convo("You answer in French.", question)) == "MISS"
+    # The same question, worded a little differently, in the same conversation: a semantic hit.
+    assert ask_messages(cached_url, convo("You answer in French.", "which river flows through the city of paris")) == (
+        "SEMANTIC-HIT"
+    )
+    # Another system prompt, or another conversation ending in the same question, is never a semantic hit.
+    assert ask_messages(cached_url, convo("You answer in German.", question)) == "MISS"
+    assert ask_messages(cached_url, convo("You answer in French.", "Hi", "Hello!", question)) == "MISS"
+    # Nor is another parameter (or a tool) that the exact key would have seen.
+    assert ask_messages(cached_url, convo("You answer in French.", question), max_tokens=77) == "MISS"
+    assert calls() == 4
+
+
+def test_semantic_hits_never_cross_images(cached_url: str, calls: Any) -> None:
+    def with_image(url: str, text: str) -> list[dict[str, Any]]:
+        parts = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+        return [{"role": "user", "content": parts}]
+
+    cat, dog = "https://example.invalid/cat.png", "https://example.invalid/dog.png"
+    assert ask_messages(cached_url, with_image(cat, "What animal is in this picture?")) == "MISS"
+    assert ask_messages(cached_url, with_image(cat, "what animal is in this picture")) == "SEMANTIC-HIT"
+    assert ask_messages(cached_url, with_image(dog, "What animal is in this picture?")) == "MISS"
+    assert calls() == 2
+
+
+@pytest.mark.parametrize("value", ["+5", "5 0", "1e3", "-1", "0x10", "٣".encode(), "²".encode(), "604801", "9" * 40])
+def test_cache_ttl_header_takes_ascii_digits_up_to_the_maximum_else_400(
+    cached_url: str, calls: Any, value: str | bytes
+) -> None:
+    body = {"messages": [{"role": "user", "content": "ttl header"}], "temperature": 0.7}  # even when not cached
+    response = httpx.post(
+        f"{cached_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        json=body,
+        headers=[
+            (b"api-key", CLIENT_KEY.encode()),
+            (b"x-aigw-cache-ttl", value.encode() if isinstance(value, str) else value),
+        ],
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "x-aigw-cache-ttl" and "x-aigw-cache-ttl" in error["message"]
+    assert calls() == 0
+
+
+def test_cache_ttl_header_at_the_maximum_is_used(cached_url: str, calls: Any) -> None:
+    assert ask(cached_url, "longest ttl", extra_headers={"x-aigw-cache-ttl": "604800"})[0] == "MISS"
+    assert ask(cached_url, "longest ttl")[0] == "HIT"
+    assert calls() == 1
+
+
+def test_streamed_hit_has_no_usage_unless_the_client_asked(cached_url: str, calls: Any) -> None:
+    c = client(cached_url)
+    messages: Any = [{"role": "user", "content": "stream me without usage"}]
+    for expected in ("MISS", "HIT"):
+        raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages, temperature=0, stream=True)
+        assert raw.headers["x-aigw-cache"] == expected
+        text = ""
+        for chunk in raw.parse():  # the common loop: every chunk has a choice
+            if expected == "HIT":  # (a relayed miss is the streams' business: tokens/usage.py)
+                assert "usage" not in chunk.model_fields_set, chunk
+            text += chunk.choices[0].delta.content or ""
+        assert text
+    assert calls() == 1
