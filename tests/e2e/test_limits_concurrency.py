@@ -25,7 +25,15 @@ def _align_to_a_fresh_minute() -> None:
 
 
 async def _burst(url: str) -> tuple[list[int], list[openai.RateLimitError]]:
-    client = AsyncAzureOpenAI(azure_endpoint=url, api_key=CLIENT_KEY, api_version="2024-10-21", max_retries=0)
+    # 200 connections opened at once by one client on a loaded 2-core CI box can take longer than the SDK's
+    # 5 s connect timeout to be scheduled; this test is about admission, not connect latency.
+    client = AsyncAzureOpenAI(
+        azure_endpoint=url,
+        api_key=CLIENT_KEY,
+        api_version="2024-10-21",
+        max_retries=0,
+        timeout=openai.Timeout(120.0, connect=60.0),
+    )
 
     async def one(i: int) -> int | openai.RateLimitError:
         try:
