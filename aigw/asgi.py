@@ -21,7 +21,7 @@ from aigw.client_address import client_address, networks
 from gateway_core.app import Gateway
 from gateway_core.config import GatewayConfig
 from gateway_core.context import GatewayRequest, GatewayResponse
-from gateway_core.errors import RequestTimeout
+from gateway_core.errors import PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,6 +83,13 @@ class GatewayASGI:
         early = await self.gateway.check_head(head)
         if early is not None:
             await _send_response(early, send, close=True)
+            return
+        announced = headers.get("content-length", "")
+        if announced.isdigit() and int(announced) > self._max_body:
+            # Refused on the head alone, before receive() is ever called: uvicorn would answer a client's
+            # "Expect: 100-continue" with "100 Continue" and invite the upload it is about to refuse.
+            too_large = PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body} bytes.")
+            await _send_response(self.gateway.error_response(head, too_large), send, close=True)
             return
         body_reader = _Body(receive, self._body_timeout_s)
         try:

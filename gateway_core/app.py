@@ -166,6 +166,7 @@ class Gateway:
         request_id = self._context(request).request_id
         status, body, extra = error_body(error, request_id)
         headers = [*_JSON, *((k.lower(), v) for k, v in extra.items()), ("x-request-id", request_id)]
+        headers.append(("x-aigw-attempts", "0"))  # no backend was tried, as for any refusal before routing
         return GatewayResponse(status, headers, body)
 
     def _context(self, request: GatewayRequest) -> RequestContext:

@@ -52,21 +52,22 @@ class AuthPolicy:
         if self._no_auth:
             return ANONYMOUS
         secret = headers.get("api-key")
+        bearer = False
         if not secret:
             authorization = headers.get("authorization", "")
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer":
-                secret = value.strip()
+                secret, bearer = value.strip(), True
         if not secret:
             raise AuthenticationFailed(
                 "Missing credentials: send your gateway key in the api-key header or as Authorization: Bearer <key>."
             )
-        if secret.count(".") == 2:
-            raise AuthenticationFailed("JWT bearer tokens are not accepted by this gateway; use a gateway key.")
-        digest = sha256_hex(secret)
         # The lookup is keyed by the SHA-256 of the secret, so its timing says nothing about the secret itself.
-        principal = self._by_hash.get(digest)
+        # A configured key wins even if it has two dots; only an unknown bearer value shaped like a JWT is one.
+        principal = self._by_hash.get(sha256_hex(secret))
         if principal is None:
+            if bearer and secret.count(".") == 2:
+                raise AuthenticationFailed("JWT bearer tokens are not accepted by this gateway; use a gateway key.")
             raise AuthenticationFailed("Invalid gateway key.")
         return principal
 

@@ -103,6 +103,17 @@ def test_413_closes_the_connection_so_a_client_cannot_keep_streaming_into_it(gat
         assert sent < 64 * 1024 * 1024
 
 
+def test_an_announced_oversized_body_gets_413_and_never_100_continue(gateway: Running) -> None:
+    with _connect(gateway.url) as sock:
+        headers = {"api-key": CLIENT_KEY, "expect": "100-continue", "content-length": str(500 * 1024 * 1024)}
+        sock.sendall(_head(CHAT, headers))
+        status, headers, body = _read_response(sock)
+        assert status == 413  # not "100 Continue" first: the client is not invited to upload what is refused
+        assert headers["connection"] == "close" and headers["x-aigw-attempts"] == "0"
+        assert orjson.loads(body)["error"]["code"] == "payload_too_large"
+        assert _closed_by_server(sock)
+
+
 def test_connection_that_sends_nothing_is_closed_after_the_header_timeout(gateway: Running) -> None:
     with _connect(gateway.url) as sock:
         assert _closed_by_server(sock)
@@ -119,7 +130,7 @@ def test_body_shorter_than_its_content_length_gets_408(gateway: Running) -> None
         sock.sendall(_head(CHAT, {"api-key": CLIENT_KEY, "content-length": "100"}) + b'{"messages": [')
         status, headers, body = _read_response(sock)
         assert status == 408
-        assert headers["connection"] == "close"
+        assert headers["connection"] == "close" and headers["x-aigw-attempts"] == "0"
         error = orjson.loads(body)["error"]
         assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
         assert _closed_by_server(sock)

@@ -47,6 +47,14 @@ def test_refusals(headers: dict[str, str], fragment: str) -> None:
         policy.principal_for(headers)
 
 
+def test_a_configured_key_with_two_dots_is_a_key_not_a_jwt() -> None:
+    policy = auth([{"name": "dotted", "sha256": sha256_hex("app.v1.prod"), "user": "u"}])
+    assert policy.principal_for({"api-key": "app.v1.prod"}).user == "u"
+    assert policy.principal_for({"authorization": "Bearer app.v1.prod"}).user == "u"
+    with pytest.raises(AuthenticationFailed, match="Invalid gateway key"):
+        policy.principal_for({"api-key": "other.v1.prod"})  # an api-key header is never a JWT
+
+
 def test_no_keys_refuses_to_start_unless_no_auth() -> None:
     with pytest.raises(ConfigError, match="no client key is configured"):
         auth([])
