@@ -106,7 +106,8 @@ Try it:
     -H 'api-key: {key}' -H 'content-type: application/json' \\
     -d '{{"messages": [{{"role": "user", "content": "Hello"}}], "temperature": 0}}'
 
-  python -c 'from openai import AzureOpenAI
+  # the openai SDK (scripts/demo installs it into .venv):
+  .venv/bin/python -c 'from openai import AzureOpenAI
 c = AzureOpenAI(azure_endpoint="{url}", api_key="{key}", api_version="2024-10-21")
 r = c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello"}}])
 print(r.choices[0].message.content)'
