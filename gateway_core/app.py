@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import orjson
 
 from .background import BackgroundTasks
+from .catalogue import PoolTable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
@@ -33,7 +34,6 @@ from .providers.credentials import Credential, credential_for
 from .routes import resolve
 from .routing.forward import Forwarder
 from .routing.health import HealthView
-from .routing.pools import PoolTable
 from .routing.probes import Prober
 from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store

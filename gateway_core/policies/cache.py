@@ -24,12 +24,12 @@ from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, s
 from ..cache.recorded import RecordedStream
 from ..cache.replay import replay_as_sse, replayable
 from ..cache.semantic import embedded_prompt
+from ..catalogue import PoolTable
 from ..clock import Clock
 from ..config import CacheSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..errors import BadRequest
 from ..pipeline import Handler
-from ..routing.pools import PoolTable
 from ..storage.ports import CacheEntry, CacheStore, StorageError
 from ..storage.vectors import normalise
 

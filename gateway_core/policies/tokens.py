@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..catalogue import PoolTable
 from ..config import LimitsSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..pipeline import Handler
-from ..routing.pools import PoolTable
 from ..tokens.counting import prompt_tokens
 from ..tokens.encodings import encoding, encoding_for_model
 

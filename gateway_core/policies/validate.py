@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
+from ..catalogue import PoolTable
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
 from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
-from ..routing.pools import PoolTable
 
 MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
 MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today

@@ -15,6 +15,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from ..catalogue import PoolTable, Target
 from ..clock import Clock
 from ..config import RoutingSettings
 from ..context import Attempt, GatewayResponse, RequestContext
@@ -24,7 +25,6 @@ from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
 from ..tokens.usage import record_json_usage, scan_sse
 from .health import HealthView
-from .pools import PoolTable, Target
 from .retry_after import retry_after_s
 from .strategies import by_priority_then_weight, region_first
 

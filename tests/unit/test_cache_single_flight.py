@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from gateway_core.background import BackgroundTasks
+from gateway_core.catalogue import PoolTable
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict
 from gateway_core.context import (
@@ -26,7 +27,6 @@ from gateway_core.context import (
 )
 from gateway_core.errors import BackendUnreachable
 from gateway_core.policies.cache import CachePolicy
-from gateway_core.routing.pools import PoolTable
 from gateway_core.storage.memory import MemoryCache
 from gateway_core.storage.ports import CacheEntry, StorageError
 
