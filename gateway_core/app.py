@@ -23,6 +23,7 @@ from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
 from .errors import GatewayError, error_body
 from .pipeline import Handler, Policy, build_chain
+from .policies.accounting import AccountingPolicy
 from .policies.auth import AuthPolicy
 from .policies.cache import CachePolicy
 from .policies.errors import ErrorsPolicy
@@ -61,7 +62,9 @@ class Gateway:
         self.health = HealthView(self.clock, list(config.backends), config.routing.breaker)
         self.client = UpstreamClient()
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
-        self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
+        forwarder = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
+        # 8 route/failover, with the actual tokens of its final answer read by the accounting policy around it.
+        self._forward: Handler = build_chain([AccountingPolicy()], forwarder)
         self.tasks = BackgroundTasks()
         self.health_store: HealthStore = health_store(config.stores.health or default_url("health", env), env)
         self._health_sync = HealthSync(

@@ -6,6 +6,7 @@ credential refused), 408, a connection error or a timeout, within ``routing.max_
 attempts and budget remain, the backends behind open breakers are tried too, soonest-to-reopen first. A
 streaming answer is committed once its status is 200: the client has not seen a byte before that, and after it
 a failure can only end the stream with an SSE error event (and counts against that backend's breaker).
+Reading the answer's token usage is not this loop's job: the accounting policy around it does that.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from ..errors import BackendTimeout, BackendUnreachable, GatewayError, ServiceUn
 from ..providers.client import UpstreamClient, forwarded_headers, maybe_billed
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
-from ..tokens.usage import record_json_usage, scan_sse
 from .health import HealthView
 from .retry_after import retry_after_s
 from .strategies import by_priority_then_weight, region_first
@@ -159,11 +159,8 @@ class Forwarder:
             if self._retryable(backend.name, response.status):
                 tries.last_response, tries.last_error = response, None
                 continue
-            if response.status == 200:
-                if response.stream is not None:
-                    response.stream = scan_sse(self._watched(response.stream, target), ctx.tokens)
-                else:
-                    record_json_usage(response.body, ctx.tokens)
+            if response.status == 200 and response.stream is not None:
+                response.stream = self._watched(response.stream, target)
             return response
         return None
 
