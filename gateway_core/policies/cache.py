@@ -24,6 +24,7 @@ from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, s
 from ..cache.recorded import RecordedStream
 from ..cache.replay import replay_as_sse, replayable
 from ..cache.semantic import embedded_prompt
+from ..cache.vectors import normalise
 from ..catalogue import PoolTable
 from ..clock import Clock
 from ..config import CacheSettings
@@ -31,7 +32,6 @@ from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..errors import BadRequest
 from ..pipeline import Handler
 from ..storage.ports import CacheEntry, CacheStore, StorageError
-from ..storage.vectors import normalise
 
 log = logging.getLogger("aigw")
 _DIGITS = re.compile(r"[0-9]{1,12}")

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..cache.vectors import VectorIndex, pack, unpack
 from .ports import CacheEntry, SharedHealth, StorageError
-from .vectors import VectorIndex, pack, unpack
 
 T = TypeVar("T")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters

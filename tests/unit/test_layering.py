@@ -31,10 +31,6 @@ _ALLOWED: dict[str, set[str]] = {
     "app": {"base", "helpers", "storage", "storage.ports", "providers", "routing", "policies", "app"},
     "simulator": {"base", "helpers", "simulator"},
 }
-# Edges still to be turned around (each names the step that removes it).
-_KNOWN: set[tuple[str, str]] = {
-    ("gateway_core.policies.cache", "gateway_core.storage.vectors"),  # vector maths moves to gateway_core/cache/
-}
 _FORBIDDEN_EXTERNAL = ("aigw", "azure.functions", "uvicorn", "function_app")
 
 
@@ -103,7 +99,7 @@ def test_gateway_core_imports_point_down(path: Path) -> None:
     wrong = [
         f"line {line}: {importer} ({_layer(importer)}) imports {name} ({_layer(name)})"
         for line, name in _imports(path)
-        if name.startswith("gateway_core") and not _allowed(importer, name) and (importer, name) not in _KNOWN
+        if name.startswith("gateway_core") and not _allowed(importer, name)
     ]
     assert not wrong, "imports that point up or sideways (see this test's docstring):\n" + "\n".join(wrong)
 
