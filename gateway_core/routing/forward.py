@@ -24,7 +24,7 @@ from ..errors import BackendTimeout, BackendUnreachable, GatewayError, ServiceUn
 from ..providers.client import UpstreamClient, forwarded_headers, maybe_billed
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
-from .health import HealthView
+from .health import HealthState, HealthView
 from .retry_after import retry_after_s
 from .strategies import by_priority_then_weight, region_first
 
@@ -211,7 +211,7 @@ class Forwarder:
         if not targets:
             return BackendUnreachable(f"No backend serves '{ctx.deployment}'.")
         states = {t.backend.name: self._health.state(t.backend.name, t.upstream_name) for t in targets}
-        if all(state == "throttled" for state in states.values()):
+        if all(state is HealthState.THROTTLED for state in states.values()):
             soonest = min(self._health.throttled_for_s(t.backend.name, t.upstream_name) for t in targets)
             return TokenLimitExceeded(
                 f"Every backend for '{ctx.deployment}' is throttled; retry after {math.ceil(soonest)} seconds.",

@@ -24,6 +24,7 @@ from gateway_core.context import (
     Principal,
     RequestContext,
     Surface,
+    UsageSource,
 )
 from gateway_core.errors import BackendUnreachable
 from gateway_core.policies.cache import CachePolicy
@@ -88,7 +89,7 @@ def request(text: str = "same question", stream: bool = False) -> RequestContext
 
 def answering(body: bytes = ANSWER) -> Callable[[RequestContext], Awaitable[GatewayResponse]]:
     async def handler(ctx: RequestContext) -> GatewayResponse:
-        ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = 1, 1, "backend"
+        ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = 1, 1, UsageSource.BACKEND
         return GatewayResponse(200, [("content-type", "application/json")], body)
 
     return handler
