@@ -204,8 +204,7 @@ class Gateway:
         return tuple(orjson.loads(response.body)["data"][0]["embedding"])
 
     async def _dispatch(self, ctx: RequestContext) -> GatewayResponse:
-        assert ctx.endpoint is not None
-        kind = ctx.endpoint.kind
+        kind = ctx.require_endpoint().kind
         if kind is EndpointKind.INFERENCE:
             return await self._forward(ctx)
         if kind is EndpointKind.HEALTHZ:

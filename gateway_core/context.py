@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import PipelineOrderError
+
 
 @dataclass(slots=True, frozen=True)
 class GatewayRequest:
@@ -156,3 +158,30 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     cache_status: CacheStatus = CacheStatus.NONE
     cache_score: float | None = None  # similarity of a semantic hit
+
+    # What a policy needs from the ones before it, asked for by name: out of order, the request fails with a
+    # 500 that names the missing field (and the chain's wiring is the bug), rather than with an AttributeError.
+
+    def require_endpoint(self) -> Endpoint:
+        """The resolved endpoint (set first, by the endpoint resolver)."""
+        if self.endpoint is None:
+            raise PipelineOrderError("endpoint")
+        return self.endpoint
+
+    def require_principal(self) -> Principal:
+        """The caller (set by the auth policy)."""
+        if self.principal is None:
+            raise PipelineOrderError("principal")
+        return self.principal
+
+    def require_deployment(self) -> str:
+        """The gateway deployment name (set by the validate policy)."""
+        if self.deployment is None:
+            raise PipelineOrderError("deployment")
+        return self.deployment
+
+    def require_body(self) -> dict[str, Any]:
+        """The parsed JSON body (set by the validate policy)."""
+        if self.body_json is None:
+            raise PipelineOrderError("body")
+        return self.body_json

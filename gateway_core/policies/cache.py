@@ -148,8 +148,7 @@ class CachePolicy:
             return None
         if requested is not None:
             ttl_s = requested
-        assert ctx.deployment is not None
-        bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.deployment))
+        bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.require_deployment()))
         return _Plan(bucket, key, ttl_s, lookup="no-cache" not in directives)
 
     def _requested_ttl(self, ctx: RequestContext) -> int | None:
@@ -183,17 +182,19 @@ class CachePolicy:
         return None
 
     async def _semantic_lookup(self, ctx: RequestContext, plan: _Plan, now: float) -> GatewayResponse | None:
-        semantic = self._semantic
-        assert semantic is not None and self._embed is not None and ctx.deployment is not None
+        semantic, embed = self._semantic, self._embed
+        if semantic is None or embed is None:  # never: both are set together (checked in __init__)
+            return None
         text, masked = embedded_prompt(
             ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages
         )
         if not text:
             return None
         vary = [ctx.request.headers.get(h.lower(), "") for h in semantic.vary_by_headers]
-        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary, masked)
+        model = self._model_of(ctx.require_deployment())
+        plan.semantic_bucket = semantic_bucket(self._settings, ctx, model, vary, masked)
         try:
-            plan.vector = normalise(await self._embed(semantic.embedding_deployment, text, ctx))
+            plan.vector = normalise(await embed(semantic.embedding_deployment, text, ctx))
         except Exception as exc:  # noqa: BLE001 - a failed embedding must not fail the request
             log.warning("semantic cache: embedding failed, skipping lookup: %s", exc)
             return None

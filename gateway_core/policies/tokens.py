@@ -30,8 +30,7 @@ class TokensPolicy:
         if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE or ctx.body_json is None:
             return await call_next(ctx)
         body = ctx.body_json
-        assert ctx.deployment is not None
-        enc = self._encoding_of(ctx.deployment)
+        enc = self._encoding_of(ctx.require_deployment())
         tokens = ctx.tokens
         tokens.encoding = enc.name
         operation = endpoint.operation

@@ -63,8 +63,7 @@ class Forwarder:
         self._rng = rng or random.Random()
 
     def order(self, ctx: RequestContext) -> list[Target]:
-        assert ctx.deployment is not None
-        ordered = by_priority_then_weight(self._pools.targets(ctx.deployment), self._rng)
+        ordered = by_priority_then_weight(self._pools.targets(ctx.require_deployment()), self._rng)
         return region_first(ordered, self._region_of(ctx))
 
     def _region_of(self, ctx: RequestContext) -> str | None:
@@ -76,7 +75,6 @@ class Forwarder:
 
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
         """The final answer (its x-aigw-attempts header is added by the errors policy, for errors too)."""
-        assert ctx.endpoint is not None and ctx.deployment is not None
         targets = self.order(ctx)
         tries = _Tries(deadline_s=self._clock.monotonic_s() + self._settings.budget_s)
         answer = await self._try(ctx, targets, self._health.acquire, tries)
@@ -105,7 +103,7 @@ class Forwarder:
         self, ctx: RequestContext, targets: list[Target], may_try: Callable[[str, str], bool], tries: _Tries
     ) -> GatewayResponse | None:
         """Try the ``targets`` that ``may_try`` admits, in order: the final answer, or None if every try failed."""
-        assert ctx.endpoint is not None
+        operation = ctx.require_endpoint().operation
         for target in targets:
             remaining = tries.deadline_s - self._clock.monotonic_s()
             if tries.count >= self._settings.max_attempts or remaining <= 0:
@@ -123,7 +121,7 @@ class Forwarder:
                 headers.extend(await self._credentials[backend.name].headers())
                 response = await self._client.send(
                     backend,
-                    upstream_url(target, ctx, ctx.endpoint.operation),
+                    upstream_url(target, ctx, operation),
                     headers,
                     upstream_body(target, ctx),
                     stream=ctx.stream,
