@@ -17,11 +17,13 @@ from collections.abc import Mapping
 import orjson
 
 from .background import BackgroundTasks
+from .catalogue import PoolTable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
 from .errors import GatewayError, error_body
 from .pipeline import Handler, Policy, build_chain
+from .policies.accounting import AccountingPolicy
 from .policies.auth import AuthPolicy
 from .policies.cache import CachePolicy
 from .policies.errors import ErrorsPolicy
@@ -33,7 +35,6 @@ from .providers.credentials import Credential, credential_for
 from .routes import resolve
 from .routing.forward import Forwarder
 from .routing.health import HealthView
-from .routing.pools import PoolTable
 from .routing.probes import Prober
 from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store
@@ -61,7 +62,9 @@ class Gateway:
         self.health = HealthView(self.clock, list(config.backends), config.routing.breaker)
         self.client = UpstreamClient()
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
-        self._forward = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
+        forwarder = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
+        # 8 route/failover, with the actual tokens of its final answer read by the accounting policy around it.
+        self._forward: Handler = build_chain([AccountingPolicy()], forwarder)
         self.tasks = BackgroundTasks()
         self.health_store: HealthStore = health_store(config.stores.health or default_url("health", env), env)
         self._health_sync = HealthSync(
@@ -202,8 +205,7 @@ class Gateway:
         return tuple(orjson.loads(response.body)["data"][0]["embedding"])
 
     async def _dispatch(self, ctx: RequestContext) -> GatewayResponse:
-        assert ctx.endpoint is not None
-        kind = ctx.endpoint.kind
+        kind = ctx.require_endpoint().kind
         if kind is EndpointKind.INFERENCE:
             return await self._forward(ctx)
         if kind is EndpointKind.HEALTHZ:

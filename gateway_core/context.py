@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import PipelineOrderError
+
 
 @dataclass(slots=True, frozen=True)
 class GatewayRequest:
@@ -99,6 +101,25 @@ class Attempt:
     maybe_billed: bool = False
 
 
+class UsageSource(enum.StrEnum):
+    """Where a request's actual tokens came from (empty: no answer yet, or none)."""
+
+    NONE = ""
+    BACKEND = "backend"  # the backend's usage (a JSON answer's, a stream's final chunk)
+    COUNTED = "counted"  # a stream that ended without usage: counted from its text
+    CACHE = "cache"  # a cached answer's recorded usage
+
+
+class CacheStatus(enum.StrEnum):
+    """What the cache did for a request, as the ``x-aigw-cache`` header shows it (empty: caching off)."""
+
+    NONE = ""
+    HIT = "HIT"
+    SEMANTIC_HIT = "SEMANTIC-HIT"
+    MISS = "MISS"
+    BYPASS = "BYPASS"
+
+
 @dataclass(slots=True)
 class TokenUsage:
     """Tokens of one request: the estimate admitted before the call, and the actuals after it."""
@@ -108,7 +129,7 @@ class TokenUsage:
     estimate: int = 0  # prompt + n x max completion tokens: what limits reserve
     prompt: int | None = None  # actuals: from the backend's usage, or counted from a stream's text
     completion: int | None = None
-    source: str = ""  # "backend" | "counted" (a stream that ended without usage) | "cache" | "" (no answer)
+    source: UsageSource = UsageSource.NONE
     usage_injected: bool = False  # aigw asked for stream usage; the client did not, so it is stripped
 
     @property
@@ -135,5 +156,32 @@ class RequestContext:
     tokens: TokenUsage = field(default_factory=TokenUsage)
     backend: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
-    cache_status: str = ""  # HIT | SEMANTIC-HIT | MISS | BYPASS | "" (caching off for this request)
+    cache_status: CacheStatus = CacheStatus.NONE
     cache_score: float | None = None  # similarity of a semantic hit
+
+    # What a policy needs from the ones before it, asked for by name: out of order, the request fails with a
+    # 500 that names the missing field (and the chain's wiring is the bug), rather than with an AttributeError.
+
+    def require_endpoint(self) -> Endpoint:
+        """The resolved endpoint (set first, by the endpoint resolver)."""
+        if self.endpoint is None:
+            raise PipelineOrderError("endpoint")
+        return self.endpoint
+
+    def require_principal(self) -> Principal:
+        """The caller (set by the auth policy)."""
+        if self.principal is None:
+            raise PipelineOrderError("principal")
+        return self.principal
+
+    def require_deployment(self) -> str:
+        """The gateway deployment name (set by the validate policy)."""
+        if self.deployment is None:
+            raise PipelineOrderError("deployment")
+        return self.deployment
+
+    def require_body(self) -> dict[str, Any]:
+        """The parsed JSON body (set by the validate policy)."""
+        if self.body_json is None:
+            raise PipelineOrderError("body")
+        return self.body_json

@@ -14,7 +14,8 @@ Every failure the gateway reports is a ``GatewayError``; each one knows its HTTP
     │   └── DeploymentNotFound       404 not_found_error / DeploymentNotFound
     ├── BackendUnreachable           502 bad_gateway / backend_unreachable     (retryable)
     ├── ServiceUnavailable           503 service_unavailable                   (retryable)
-    └── BackendTimeout               504 timeout / backend_timeout             (retryable)
+    ├── BackendTimeout               504 timeout / backend_timeout             (retryable)
+    └── PipelineOrderError           500 server_error / internal_error (a policy ran before what it needs: a bug)
 
 ``error_body`` turns any exception into ``{"error": {"message", "type", "param", "code"}}``; an exception that
 is not a ``GatewayError`` becomes a 500 that names the request id and nothing of the internals.
@@ -119,6 +120,19 @@ class BackendTimeout(GatewayError):
     code = "backend_timeout"
     retryable = True
     started = False  # the backend had sent its status line: a slow generation, not a dead backend
+
+
+class PipelineOrderError(GatewayError):
+    """A policy needed a context field that an earlier policy should have filled: the chain is mis-wired."""
+
+    code = "internal_error"
+
+    def __init__(self, field: str) -> None:
+        super().__init__(
+            f"The gateway failed to handle this request: an internal step ran before the request's {field} "
+            "was known (a gateway bug)."
+        )
+        self.field = field
 
 
 def error_payload(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:

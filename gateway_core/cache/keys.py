@@ -41,7 +41,7 @@ def keyed_body(settings: CacheSettings, body: dict[str, Any]) -> dict[str, Any]:
 
 def exact_key(settings: CacheSettings, ctx: RequestContext, model: str) -> tuple[str, str]:
     """(bucket, key) of the exact cache entry for ``ctx``."""
-    assert ctx.endpoint is not None and ctx.body_json is not None
+    endpoint, body = ctx.require_endpoint(), ctx.require_body()
     scope = scope_value(settings, ctx)
     bucket = _digest(["exact", ctx.deployment, scope])
     key = _digest(
@@ -49,9 +49,9 @@ def exact_key(settings: CacheSettings, ctx: RequestContext, model: str) -> tuple
             "deployment": ctx.deployment,
             "model": model,
             "api_version": ctx.api_version or "",
-            "operation": ctx.endpoint.operation,
+            "operation": endpoint.operation,
             "scope": scope,
-            "body": keyed_body(settings, ctx.body_json),
+            "body": keyed_body(settings, body),
         }
     )
     return bucket, key
@@ -64,14 +64,13 @@ def semantic_bucket(
 
     ``masked_body`` is the request body with the embedded text replaced by a marker (``cache.semantic``).
     """
-    assert ctx.endpoint is not None
     return _digest(
         [
             "semantic",
             ctx.deployment,
             model,
             ctx.api_version or "",
-            ctx.endpoint.operation,
+            ctx.require_endpoint().operation,
             scope_value(settings, ctx),
             keyed_body(settings, masked_body),
             vary,
@@ -81,10 +80,9 @@ def semantic_bucket(
 
 def request_is_cacheable(settings: CacheSettings, ctx: RequestContext) -> bool:
     """Deterministic in intent: embeddings always; otherwise temperature 0 or a fixed seed (unless configured)."""
-    assert ctx.endpoint is not None and ctx.body_json is not None
-    if ctx.endpoint.operation == "embeddings" or not settings.deterministic_only:
+    body = ctx.require_body()
+    if ctx.require_endpoint().operation == "embeddings" or not settings.deterministic_only:
         return True
-    body = ctx.body_json
     temperature = body.get("temperature")
     seed = body.get("seed")
     return (isinstance(temperature, int | float) and temperature == 0) or (

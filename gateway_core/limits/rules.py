@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from ..config import LimitRule
@@ -10,17 +11,24 @@ from ..context import RequestContext
 ABSENT = "(none)"  # the counter for requests that lack the key's value (e.g. a missing header)
 
 
+class LimitKind(enum.StrEnum):
+    """A rule's two limits; the value prefixes the limit's counter keys in the store."""
+
+    TPM = "tpm"  # tokens per minute, a sliding window
+    QUOTA = "quota"  # tokens per quota period (daily, monthly)
+
+
 @dataclass(slots=True, frozen=True)
 class Limit:
     """One limit of one rule: its tokens-per-minute rate, or its quota."""
 
     rule: LimitRule
-    kind: str  # "tpm" | "quota"
+    kind: LimitKind
     tokens: int
 
     @property
     def label(self) -> str:
-        if self.kind == "tpm":
+        if self.kind is LimitKind.TPM:
             return f"rule '{self.rule.name}' ({self.tokens} tokens per minute per {self.rule.key})"
         return f"rule '{self.rule.name}' ({self.rules_quota_text()})"
 
@@ -32,9 +40,9 @@ def limits_of(rules: tuple[LimitRule, ...]) -> list[Limit]:
     limits = []
     for rule in rules:
         if rule.tokens_per_minute is not None:
-            limits.append(Limit(rule, "tpm", rule.tokens_per_minute))
+            limits.append(Limit(rule, LimitKind.TPM, rule.tokens_per_minute))
         if rule.token_quota is not None:
-            limits.append(Limit(rule, "quota", rule.token_quota))
+            limits.append(Limit(rule, LimitKind.QUOTA, rule.token_quota))
     return limits
 
 

@@ -41,7 +41,8 @@ class AuthPolicy:
     def _digest_of(key: GatewayKey, env: Mapping[str, str]) -> str:
         if key.sha256 is not None:
             return key.sha256
-        assert key.key_env is not None  # the config model guarantees one of the two
+        if key.key_env is None:  # the config model requires one of the two
+            raise ConfigError(f"keys.{key.name}: needs sha256 or key_env")
         secret = env.get(key.key_env, "")
         if not secret:
             raise ConfigError(f"keys.{key.name}: environment variable {key.key_env} is not set")
@@ -72,7 +73,6 @@ class AuthPolicy:
         return principal
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
-        assert ctx.endpoint is not None
-        if not ctx.endpoint.public:
+        if not ctx.require_endpoint().public:
             ctx.principal = self.principal_for(ctx.request.headers)
         return await call_next(ctx)

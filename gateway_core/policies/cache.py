@@ -24,14 +24,14 @@ from ..cache.keys import answer_is_cacheable, exact_key, request_is_cacheable, s
 from ..cache.recorded import RecordedStream
 from ..cache.replay import replay_as_sse, replayable
 from ..cache.semantic import embedded_prompt
+from ..cache.vectors import normalise
+from ..catalogue import PoolTable
 from ..clock import Clock
 from ..config import CacheSettings
-from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..context import CacheStatus, EndpointKind, GatewayResponse, RequestContext, UsageSource
 from ..errors import BadRequest
 from ..pipeline import Handler
-from ..routing.pools import PoolTable
 from ..storage.ports import CacheEntry, CacheStore, StorageError
-from ..storage.vectors import normalise
 
 log = logging.getLogger("aigw")
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -92,7 +92,7 @@ class CachePolicy:
             return await call_next(ctx)
         plan = self._plan(ctx, ttl_s)
         if plan is None:
-            ctx.cache_status = "BYPASS"
+            ctx.cache_status = CacheStatus.BYPASS
             return _tag(await call_next(ctx), ctx)
         if plan.lookup:
             hit = await self._lookup(ctx, plan)
@@ -101,16 +101,16 @@ class CachePolicy:
             leader = self._leader(plan.key)
             if leader is not None:
                 shared = await self._wait_for(leader)
-                answered = self._answer(ctx, shared, "HIT") if shared is not None else None
+                answered = self._answer(ctx, shared, CacheStatus.HIT) if shared is not None else None
                 if answered is not None:
                     return answered
         if plan.key in self._inflight or len(self._inflight) >= self._max_in_flight:
             # A refresh while another miss is in flight, or too many in flight: go alone, do not lead.
-            ctx.cache_status = "MISS"
+            ctx.cache_status = CacheStatus.MISS
             return _tag(await call_next(ctx), ctx)
         future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
         self._inflight[plan.key] = _Flight(future, self._clock.monotonic_s())
-        ctx.cache_status = "MISS"
+        ctx.cache_status = CacheStatus.MISS
         handed_to_stream = False
         try:  # whatever happens from here on, the waiters are released (by this finally or by the stream)
             response = _tag(await call_next(ctx), ctx)
@@ -148,8 +148,7 @@ class CachePolicy:
             return None
         if requested is not None:
             ttl_s = requested
-        assert ctx.deployment is not None
-        bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.deployment))
+        bucket, key = exact_key(self._settings, ctx, self._model_of(ctx.require_deployment()))
         return _Plan(bucket, key, ttl_s, lookup="no-cache" not in directives)
 
     def _requested_ttl(self, ctx: RequestContext) -> int | None:
@@ -175,7 +174,7 @@ class CachePolicy:
         try:
             entry = await self._store.get(plan.bucket, plan.key, now)
             if entry is not None:
-                return self._answer(ctx, entry, "HIT")
+                return self._answer(ctx, entry, CacheStatus.HIT)
             if self._semantic is not None and ctx.deployment in self._semantic.deployments:
                 return await self._semantic_lookup(ctx, plan, now)
         except StorageError as exc:
@@ -183,17 +182,19 @@ class CachePolicy:
         return None
 
     async def _semantic_lookup(self, ctx: RequestContext, plan: _Plan, now: float) -> GatewayResponse | None:
-        semantic = self._semantic
-        assert semantic is not None and self._embed is not None and ctx.deployment is not None
+        semantic, embed = self._semantic, self._embed
+        if semantic is None or embed is None:  # never: both are set together (checked in __init__)
+            return None
         text, masked = embedded_prompt(
             ctx.body_json or {}, semantic.max_message_count, semantic.include_system_messages
         )
         if not text:
             return None
         vary = [ctx.request.headers.get(h.lower(), "") for h in semantic.vary_by_headers]
-        plan.semantic_bucket = semantic_bucket(self._settings, ctx, self._model_of(ctx.deployment), vary, masked)
+        model = self._model_of(ctx.require_deployment())
+        plan.semantic_bucket = semantic_bucket(self._settings, ctx, model, vary, masked)
         try:
-            plan.vector = normalise(await self._embed(semantic.embedding_deployment, text, ctx))
+            plan.vector = normalise(await embed(semantic.embedding_deployment, text, ctx))
         except Exception as exc:  # noqa: BLE001 - a failed embedding must not fail the request
             log.warning("semantic cache: embedding failed, skipping lookup: %s", exc)
             return None
@@ -201,7 +202,7 @@ class CachePolicy:
         if found is None or found[1] < semantic.similarity_threshold:
             return None
         ctx.cache_score = found[1]
-        return self._answer(ctx, found[0], "SEMANTIC-HIT")
+        return self._answer(ctx, found[0], CacheStatus.SEMANTIC_HIT)
 
     async def _wait_for(self, leader: asyncio.Future[CacheEntry | None]) -> CacheEntry | None:
         try:
@@ -209,7 +210,7 @@ class CachePolicy:
         except TimeoutError:
             return None
 
-    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: str) -> GatewayResponse | None:
+    def _answer(self, ctx: RequestContext, entry: CacheEntry, status: CacheStatus) -> GatewayResponse | None:
         """The cached answer in the shape the client asked for; None if a stream would lose some of its fields."""
         answer: Any = orjson.loads(entry.body) if ctx.stream else {}
         if not isinstance(answer, dict) or not replayable(answer):
@@ -219,7 +220,7 @@ class CachePolicy:
         ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = (
             entry.prompt_tokens,
             entry.completion_tokens,
-            "cache",
+            UsageSource.CACHE,
         )
         age = str(max(0, math.floor(self._clock.now_s() - entry.created_s)))
         if ctx.stream:
@@ -290,7 +291,7 @@ class CachePolicy:
     ) -> None:
         """The end of a streamed miss, however it ended: store it if it completed with usage; never raises."""
         answer = None
-        if complete and ctx.tokens.source == "backend":
+        if complete and ctx.tokens.source is UsageSource.BACKEND:
             usage = {
                 "prompt_tokens": ctx.tokens.prompt or 0,
                 "completion_tokens": ctx.tokens.completion or 0,

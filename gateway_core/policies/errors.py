@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 
 from ..context import EndpointKind, GatewayResponse, RequestContext
-from ..errors import GatewayError, error_payload, sse_error_event
+from ..errors import GatewayError, PipelineOrderError, error_payload, sse_error_event
 from ..pipeline import Handler
 
 log = logging.getLogger("aigw")
@@ -32,7 +32,7 @@ class ErrorsPolicy:
         return response
 
     def _to_response(self, ctx: RequestContext, exc: Exception) -> GatewayResponse:
-        if isinstance(exc, GatewayError):
+        if isinstance(exc, GatewayError) and not isinstance(exc, PipelineOrderError):
             log.info("request %s refused: %s %s", ctx.request_id, exc.status, exc.message)
         else:
             log.exception("request %s failed", ctx.request_id)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from ..background import BackgroundTasks
 from ..clock import Clock
 from ..config import LimitsSettings
-from ..context import EndpointKind, GatewayResponse, RequestContext
+from ..context import EndpointKind, GatewayResponse, RequestContext, UsageSource
 from ..errors import ServiceUnavailable, TokenLimitExceeded
-from ..limits.rules import Limit, applies, counter_value, limits_of
+from ..limits.rules import Limit, LimitKind, applies, counter_value, limits_of
 from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
 from ..pipeline import Handler
 from ..providers.client import maybe_billed
@@ -104,7 +104,7 @@ class LimitsPolicy:
     async def _reserve(self, limit: Limit, ctx: RequestContext, amount: int) -> Reservation:
         value = counter_value(limit.rule, ctx)
         now = self._clock.now_s()
-        if limit.kind == "tpm":
+        if limit.kind is LimitKind.TPM:
             window, elapsed = minute_window(now)
             key = f"tpm:{limit.rule.name}:{value}"
             previous = await self._previous_total(key, window)
@@ -140,7 +140,7 @@ class LimitsPolicy:
 
     def _too_big(self, limit: Limit, estimate: int) -> TokenLimitExceeded:
         headers = {"x-should-retry": "false", **self._limit_headers(limit, 0.0, 0.0)}
-        status = 429 if limit.kind == "tpm" else self._settings.quota_exceeded_status
+        status = 429 if limit.kind is LimitKind.TPM else self._settings.quota_exceeded_status
         return TokenLimitExceeded(
             f"This request needs up to {estimate} tokens (prompt plus max completion), more than {limit.label} "
             "allows at all; shorten the prompt or lower max_tokens.",
@@ -178,7 +178,7 @@ class LimitsPolicy:
 
     @staticmethod
     def _limit_headers(limit: Limit, used: float, reset_s: float) -> dict[str, str]:
-        if limit.kind != "tpm":
+        if limit.kind is not LimitKind.TPM:
             return {"x-aigw-quota-remaining-tokens": str(max(0, int(limit.tokens - used)))}
         return {
             "x-ratelimit-limit-tokens": str(limit.tokens),
@@ -191,8 +191,8 @@ class LimitsPolicy:
     def _replace_ratelimit_headers(self, response: GatewayResponse, reservations: list[Reservation]) -> None:
         """Show the tightest rate and quota (least remaining), in place of the backend's own x-ratelimit-*."""
         response.headers = [(k, v) for k, v in response.headers if not k.startswith("x-ratelimit-")]
-        rates = [r for r in reservations if r.limit.kind == "tpm"]
-        quotas = [r for r in reservations if r.limit.kind == "quota"]
+        rates = [r for r in reservations if r.limit.kind is LimitKind.TPM]
+        quotas = [r for r in reservations if r.limit.kind is LimitKind.QUOTA]
         if rates:
             tight = min(rates, key=lambda r: r.limit.tokens - r.used)
             response.headers.extend(self._limit_headers(tight.limit, tight.used, tight.reset_s).items())
@@ -233,7 +233,7 @@ class LimitsPolicy:
             now = self._clock.now_s()
             for limit in limits:
                 value = counter_value(limit.rule, ctx)
-                if limit.kind == "tpm":
+                if limit.kind is LimitKind.TPM:
                     window, _ = minute_window(now)
                     key, ttl = f"tpm:{limit.rule.name}:{value}", _TPM_TTL_S
                 else:
@@ -265,7 +265,7 @@ def _stream_total(ctx: RequestContext, error: BaseException | None) -> int:
     total = ctx.tokens.actual_total
     if total is None:
         return ctx.tokens.estimate
-    if error is not None and maybe_billed(error) and ctx.tokens.source != "backend":
+    if error is not None and maybe_billed(error) and ctx.tokens.source is not UsageSource.BACKEND:
         return max(total, ctx.tokens.estimate)
     return total
 

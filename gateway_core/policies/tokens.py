@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..catalogue import PoolTable
 from ..config import LimitsSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..pipeline import Handler
-from ..routing.pools import PoolTable
 from ..tokens.counting import prompt_tokens
 from ..tokens.encodings import encoding, encoding_for_model
 
@@ -30,8 +30,7 @@ class TokensPolicy:
         if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE or ctx.body_json is None:
             return await call_next(ctx)
         body = ctx.body_json
-        assert ctx.deployment is not None
-        enc = self._encoding_of(ctx.deployment)
+        enc = self._encoding_of(ctx.require_deployment())
         tokens = ctx.tokens
         tokens.encoding = enc.name
         operation = endpoint.operation

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
+from ..catalogue import PoolTable
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
 from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
-from ..routing.pools import PoolTable
 
 MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
 MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
@@ -32,11 +32,10 @@ class ValidatePolicy:
         self._pools = pools
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
-        endpoint = ctx.endpoint
-        assert endpoint is not None
+        endpoint = ctx.require_endpoint()
         if endpoint.kind is not EndpointKind.INFERENCE:
             return await call_next(ctx)
-        assert ctx.principal is not None
+        principal = ctx.require_principal()
         request = ctx.request
         if request.body_size > self._max_body_bytes or len(request.body) > self._max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body_bytes} bytes.")
@@ -72,7 +71,7 @@ class ValidatePolicy:
             _check_text_parts(body.get("messages"))
         ctx.body_json = body
         self._pools.check_exists(deployment)
-        if not ctx.principal.may_use(deployment):
+        if not principal.may_use(deployment):
             raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
 

@@ -61,12 +61,16 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    def _started(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
     async def get(
         self, url: str, headers: list[tuple[str, str]], timeout_s: float
     ) -> tuple[int, list[tuple[str, str]]]:
         """A small GET (health probes): status and headers; raises ``BackendUnreachable``/``BackendTimeout``."""
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
-        return await _get_status(self._session, url, headers, timeout_s)
+        return await _get_status(self._started(), url, headers, timeout_s)
 
     async def send(
         self,
@@ -82,7 +86,7 @@ class UpstreamClient:
 
         ``budget_s`` caps the wait for the answer (for a stream: for its status line) below ``timeout_s``.
         """
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        session = self._started()
         limit_s = min(backend.timeout_s, budget_s) if budget_s is not None else backend.timeout_s
         timeout = aiohttp.ClientTimeout(
             total=None if stream else limit_s,
@@ -90,7 +94,7 @@ class UpstreamClient:
             sock_read=limit_s,
         )
         try:
-            response = await self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+            response = await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise _unreachable(backend, "could not be connected to", exc) from None
         except TimeoutError:

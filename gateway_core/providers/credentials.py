@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 from ..clock import Clock
 from ..config import ApiKeyAuth, Backend, ConfigError, EntraAuth, NoAuth
 from ..errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from azure.identity.aio import DefaultAzureCredential
 
 # Refresh an Entra token this long before it expires, so no request goes out with a token about to lapse.
 _REFRESH_MARGIN_S = 300.0
@@ -41,7 +44,7 @@ class EntraToken:
         self._scope = auth.scope
         self._client_id = env.get(auth.managed_identity_client_id_env) if auth.managed_identity_client_id_env else None
         self._clock = clock
-        self._credential: object | None = None
+        self._credential: DefaultAzureCredential | None = None  # made at the first call, with its import
         self._cached: tuple[list[tuple[str, str]], float] | None = None
         self._lock = asyncio.Lock()
 
@@ -59,7 +62,6 @@ class EntraToken:
             if self._credential is None:
                 self._credential = DefaultAzureCredential(managed_identity_client_id=self._client_id)
             credential = self._credential
-            assert isinstance(credential, DefaultAzureCredential)
             try:
                 token = await credential.get_token(self._scope)
             except ClientAuthenticationError as exc:
@@ -89,5 +91,6 @@ def credential_for(backend: Backend, clock: Clock, env: Mapping[str, str] | None
         return StaticHeaders([("authorization", f"Bearer {secret}")])
     if isinstance(auth, EntraAuth):
         return EntraToken(auth, clock, env)
-    assert isinstance(auth, NoAuth)
-    return StaticHeaders([])
+    if isinstance(auth, NoAuth):
+        return StaticHeaders([])
+    assert_never(auth)

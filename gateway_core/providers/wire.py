@@ -6,9 +6,9 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
+from ..catalogue import Target
 from ..context import RequestContext
 from ..names import is_api_version, is_deployment_name
-from ..routing.pools import Target
 
 
 def upstream_url(target: Target, ctx: RequestContext, operation: str) -> str:

@@ -6,6 +6,7 @@ credential refused), 408, a connection error or a timeout, within ``routing.max_
 attempts and budget remain, the backends behind open breakers are tried too, soonest-to-reopen first. A
 streaming answer is committed once its status is 200: the client has not seen a byte before that, and after it
 a failure can only end the stream with an SSE error event (and counts against that backend's breaker).
+Reading the answer's token usage is not this loop's job: the accounting policy around it does that.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from ..catalogue import PoolTable, Target
 from ..clock import Clock
 from ..config import RoutingSettings
 from ..context import Attempt, GatewayResponse, RequestContext
@@ -22,9 +24,7 @@ from ..errors import BackendTimeout, BackendUnreachable, GatewayError, ServiceUn
 from ..providers.client import UpstreamClient, forwarded_headers, maybe_billed
 from ..providers.credentials import Credential
 from ..providers.wire import upstream_body, upstream_url
-from ..tokens.usage import record_json_usage, scan_sse
-from .health import HealthView
-from .pools import PoolTable, Target
+from .health import HealthState, HealthView
 from .retry_after import retry_after_s
 from .strategies import by_priority_then_weight, region_first
 
@@ -63,8 +63,7 @@ class Forwarder:
         self._rng = rng or random.Random()
 
     def order(self, ctx: RequestContext) -> list[Target]:
-        assert ctx.deployment is not None
-        ordered = by_priority_then_weight(self._pools.targets(ctx.deployment), self._rng)
+        ordered = by_priority_then_weight(self._pools.targets(ctx.require_deployment()), self._rng)
         return region_first(ordered, self._region_of(ctx))
 
     def _region_of(self, ctx: RequestContext) -> str | None:
@@ -76,7 +75,6 @@ class Forwarder:
 
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
         """The final answer (its x-aigw-attempts header is added by the errors policy, for errors too)."""
-        assert ctx.endpoint is not None and ctx.deployment is not None
         targets = self.order(ctx)
         tries = _Tries(deadline_s=self._clock.monotonic_s() + self._settings.budget_s)
         answer = await self._try(ctx, targets, self._health.acquire, tries)
@@ -105,7 +103,7 @@ class Forwarder:
         self, ctx: RequestContext, targets: list[Target], may_try: Callable[[str, str], bool], tries: _Tries
     ) -> GatewayResponse | None:
         """Try the ``targets`` that ``may_try`` admits, in order: the final answer, or None if every try failed."""
-        assert ctx.endpoint is not None
+        operation = ctx.require_endpoint().operation
         for target in targets:
             remaining = tries.deadline_s - self._clock.monotonic_s()
             if tries.count >= self._settings.max_attempts or remaining <= 0:
@@ -123,7 +121,7 @@ class Forwarder:
                 headers.extend(await self._credentials[backend.name].headers())
                 response = await self._client.send(
                     backend,
-                    upstream_url(target, ctx, ctx.endpoint.operation),
+                    upstream_url(target, ctx, operation),
                     headers,
                     upstream_body(target, ctx),
                     stream=ctx.stream,
@@ -159,11 +157,8 @@ class Forwarder:
             if self._retryable(backend.name, response.status):
                 tries.last_response, tries.last_error = response, None
                 continue
-            if response.status == 200:
-                if response.stream is not None:
-                    response.stream = scan_sse(self._watched(response.stream, target), ctx.tokens)
-                else:
-                    record_json_usage(response.body, ctx.tokens)
+            if response.status == 200 and response.stream is not None:
+                response.stream = self._watched(response.stream, target)
             return response
         return None
 
@@ -214,7 +209,7 @@ class Forwarder:
         if not targets:
             return BackendUnreachable(f"No backend serves '{ctx.deployment}'.")
         states = {t.backend.name: self._health.state(t.backend.name, t.upstream_name) for t in targets}
-        if all(state == "throttled" for state in states.values()):
+        if all(state is HealthState.THROTTLED for state in states.values()):
             soonest = min(self._health.throttled_for_s(t.backend.name, t.upstream_name) for t in targets)
             return TokenLimitExceeded(
                 f"Every backend for '{ctx.deployment}' is throttled; retry after {math.ceil(soonest)} seconds.",

@@ -18,6 +18,7 @@ takes the half-open slot.
 from __future__ import annotations
 
 import collections
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,16 @@ from ..config import Backend, BreakerSettings
 
 _RECENT = 100  # outcomes and latencies kept for /status
 _UNSUPPORTED_PROBE = frozenset({404, 405})
+
+
+class HealthState(enum.StrEnum):
+    """A backend's state as routing sees it (and /status shows it)."""
+
+    HEALTHY = "healthy"
+    THROTTLED = "throttled"  # the deployment asked us to wait (429)
+    OPEN = "open"  # the breaker is open: no live request goes there
+    HALF_OPEN = "half-open"  # one live request may test it
+    UNKNOWN = "unknown"  # /status only: no request or probe has seen it yet
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,24 +82,24 @@ class HealthView:
 
     # -- choosing
 
-    def state(self, backend: str, deployment: str | None = None) -> str:
+    def state(self, backend: str, deployment: str | None = None) -> HealthState:
         """``healthy``, ``throttled`` (``deployment`` on it), ``open`` or ``half-open`` (one test request allowed)."""
         h = self._by_backend[backend]
         if h.open_until_s > self._clock.now_s():
-            return "open"
+            return HealthState.OPEN
         if h.was_opened:
-            return "half-open"
+            return HealthState.HALF_OPEN
         if deployment is not None and self.throttled_for_s(backend, deployment) > 0:
-            return "throttled"
-        return "healthy"
+            return HealthState.THROTTLED
+        return HealthState.HEALTHY
 
     def acquire(self, backend: str, deployment: str) -> bool:
         """May a live request for ``deployment`` go to ``backend`` now? Takes the half-open slot if that is left."""
         h = self._by_backend[backend]
         state = self.state(backend, deployment)
-        if state in ("open", "throttled"):
+        if state in (HealthState.OPEN, HealthState.THROTTLED):
             return False
-        if state == "half-open":
+        if state is HealthState.HALF_OPEN:
             if h.half_open_taken or self.throttled_for_s(backend, deployment) > 0:
                 return False
             h.half_open_taken = True
@@ -252,7 +263,7 @@ class HealthView:
         latencies = sorted(h.latencies_ms)
         throttled = {d: until for d, until in sorted(h.throttled_until_s.items()) if until > now}
         return {
-            "state": self.state(backend) if h.last_seen_s is not None or h.was_opened else "unknown",
+            "state": self.state(backend) if h.last_seen_s is not None or h.was_opened else HealthState.UNKNOWN,
             "throttled_deployments_until_unix_s": throttled,
             "open_until_unix_s": h.open_until_s if h.open_until_s > now else None,
             "recent_requests": len(h.outcomes),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .pools import Target
+from ..catalogue import Target
 
 
 def by_priority_then_weight(targets: Sequence[Target], rng: random.Random) -> list[Target]:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..cache.vectors import cosine
 from .ports import CacheEntry, SharedHealth, StorageError
-from .vectors import cosine
 
 _MERGE_TRIES = 20  # conditional writes of one health document before giving up
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from ..cache.vectors import cosine
 from .ports import CacheEntry, SharedHealth
-from .vectors import best_match
 
 
 class MemoryCounters:
@@ -46,7 +48,7 @@ class MemoryCache:
         candidates = [
             e for (b, _), e in self._entries.items() if b == bucket and e.vector is not None and e.expires_s > now_s
         ]
-        return best_match(candidates, vector)
+        return _best_match(candidates, vector)
 
     async def close(self) -> None:
         return None
@@ -74,3 +76,15 @@ class MemoryHealth:
 
     async def close(self) -> None:
         return None
+
+
+def _best_match(candidates: Iterable[CacheEntry], vector: tuple[float, ...]) -> tuple[CacheEntry, float] | None:
+    """The candidate nearest to ``vector``, by brute force: this store holds a test's few entries."""
+    best: tuple[CacheEntry, float] | None = None
+    for entry in candidates:
+        if entry.vector is None:
+            continue
+        score = cosine(entry.vector, vector)
+        if best is None or score > best[1]:
+            best = (entry, score)
+    return best

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..cache.vectors import VectorIndex, pack, unpack
 from .ports import CacheEntry, SharedHealth, StorageError
-from .vectors import VectorIndex, pack, unpack
 
 T = TypeVar("T")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
@@ -60,7 +60,7 @@ class _SqliteThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aigw-sqlite-{path.name}")
         self._conn: sqlite3.Connection | None = None
 
-    def _open(self) -> None:
+    def _open(self) -> sqlite3.Connection:
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _private_files(self._path)
         # timeout=0: SQLite's own busy handler sleeps 1, 2, 5, 10... ms while another process holds the write
@@ -70,13 +70,11 @@ class _SqliteThread:
         conn.execute("PRAGMA synchronous=NORMAL")
         _retry_busy(lambda: conn.executescript(self._schema))
         self._conn = conn
+        return conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            if self._conn is None:
-                self._open()
-            conn = self._conn
-            assert conn is not None
+            conn = self._conn if self._conn is not None else self._open()
             return _retry_busy(lambda: fn(conn))
 
         try:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import tiktoken
 
-from ..context import TokenUsage
+from ..context import TokenUsage, UsageSource
 from .counting import text_tokens
 from .encodings import encoding
 
@@ -37,7 +37,7 @@ def _take(usage: Any, tokens: TokenUsage) -> bool:
     if not isinstance(completion, int):  # embeddings report prompt and total only
         completion = total - prompt if isinstance(total, int) else 0
     # Reasoning tokens are already part of completion_tokens (completion_tokens_details breaks them out).
-    tokens.prompt, tokens.completion, tokens.source = prompt, completion, "backend"
+    tokens.prompt, tokens.completion, tokens.source = prompt, completion, UsageSource.BACKEND
     return True
 
 
@@ -72,11 +72,11 @@ async def scan_sse(stream: AsyncIterator[bytes], tokens: TokenUsage) -> AsyncIte
             if event:
                 yield event.rstrip(b"\r\n") + b"\n\n"
     finally:
-        if tokens.source != "backend":
+        if tokens.source is not UsageSource.BACKEND:
             enc = encoding(tokens.encoding or "o200k_base")
             tokens.prompt = tokens.prompt_estimate
             tokens.completion = generated.tokens(enc)
-            tokens.source = "counted"
+            tokens.source = UsageSource.COUNTED
 
 
 class _Generated:

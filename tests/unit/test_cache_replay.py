@@ -9,11 +9,11 @@ import orjson
 from gateway_core.background import BackgroundTasks
 from gateway_core.cache.assemble import StreamAssembler
 from gateway_core.cache.replay import replay_as_sse, replayable
+from gateway_core.catalogue import PoolTable
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict
 from gateway_core.context import GatewayResponse, RequestContext
 from gateway_core.policies.cache import CachePolicy
-from gateway_core.routing.pools import PoolTable
 from gateway_core.storage.memory import MemoryCache
 from tests.unit.test_cache_single_flight import request
 

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from gateway_core.background import BackgroundTasks
+from gateway_core.catalogue import PoolTable
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict
 from gateway_core.context import (
@@ -23,10 +24,10 @@ from gateway_core.context import (
     Principal,
     RequestContext,
     Surface,
+    UsageSource,
 )
 from gateway_core.errors import BackendUnreachable
 from gateway_core.policies.cache import CachePolicy
-from gateway_core.routing.pools import PoolTable
 from gateway_core.storage.memory import MemoryCache
 from gateway_core.storage.ports import CacheEntry, StorageError
 
@@ -88,7 +89,7 @@ def request(text: str = "same question", stream: bool = False) -> RequestContext
 
 def answering(body: bytes = ANSWER) -> Callable[[RequestContext], Awaitable[GatewayResponse]]:
     async def handler(ctx: RequestContext) -> GatewayResponse:
-        ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = 1, 1, "backend"
+        ctx.tokens.prompt, ctx.tokens.completion, ctx.tokens.source = 1, 1, UsageSource.BACKEND
         return GatewayResponse(200, [("content-type", "application/json")], body)
 
     return handler

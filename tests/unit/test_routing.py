@@ -5,10 +5,10 @@ import random
 
 import pytest
 
+from gateway_core.catalogue import PoolTable
 from gateway_core.clock import ManualClock
 from gateway_core.config import Backend, BreakerSettings, DeploymentRef, config_from_dict
 from gateway_core.routing.health import BreakerEvent, HealthView
-from gateway_core.routing.pools import PoolTable
 from gateway_core.routing.retry_after import retry_after_s
 from gateway_core.routing.strategies import by_priority_then_weight, region_first
 

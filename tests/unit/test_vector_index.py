@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway_core.storage.vectors import VectorIndex, normalise, pack
+from gateway_core.cache.vectors import VectorIndex, normalise, pack
 
 DIMS = 16
 

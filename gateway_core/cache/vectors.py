@@ -1,4 +1,7 @@
-"""Vector helpers shared by the cache adapters: packing, brute-force nearest neighbour, and the numpy index."""
+"""Vector maths of the semantic cache: unit vectors, cosine similarity, packing, and the numpy index.
+
+Pure logic with no store behind it: the cache policy normalises with it, the store adapters index with it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-
-from .ports import CacheEntry
 
 
 def pack(vector: tuple[float, ...]) -> bytes:
@@ -31,17 +32,6 @@ def cosine(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     if len(a) != len(b):
         return 0.0
     return float(sum(x * y for x, y in zip(a, b, strict=True)))
-
-
-def best_match(candidates: Iterable[CacheEntry], vector: tuple[float, ...]) -> tuple[CacheEntry, float] | None:
-    best: tuple[CacheEntry, float] | None = None
-    for entry in candidates:
-        if entry.vector is None:
-            continue
-        score = cosine(entry.vector, vector)
-        if best is None or score > best[1]:
-            best = (entry, score)
-    return best
 
 
 class VectorIndex:

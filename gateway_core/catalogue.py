@@ -1,11 +1,12 @@
-"""The pool of (backend, deployment) targets behind each gateway deployment, built once from config."""
+"""The deployment catalogue: which (backend, deployment) targets serve each gateway deployment, and their
+models, built once from config. It sits below policies, routing and providers, which all read it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import WILDCARD, Backend, DeploymentRef, GatewayConfig
-from ..errors import DeploymentNotFound
+from .config import WILDCARD, Backend, DeploymentRef, GatewayConfig
+from .errors import DeploymentNotFound
 
 
 @dataclass(slots=True, frozen=True)
