@@ -2,8 +2,8 @@
 
 The HTTP trigger serves every path (route ``{*path}``, ``routePrefix: ""`` in host.json), so the function URL
 is itself an Azure OpenAI endpoint. It is anonymous at the Functions level: the gateway authenticates callers.
-The timer trigger probes every backend (health shared through the store); the queue trigger (cost summaries)
-arrives with the usage issue.
+The timer trigger probes every backend (health shared through the store); a queue trigger for cost summaries
+is not built yet (usage records and their summaries are the next piece of work).
 """
 
 import os

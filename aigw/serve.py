@@ -1,7 +1,8 @@
 """Running ASGI apps with uvicorn: the gateway (one or more workers) and simulators (in-process, for the demo).
 
 We bind the listening sockets ourselves and set TCP_NODELAY on them (accepted connections inherit it): with
-several workers uvicorn does not, and small responses then wait ~40 ms on delayed ACKs (PITFALLS.md).
+several workers uvicorn does not, and small responses then wait ~40 ms on delayed ACKs (measured: ~44 ms
+added per keep-alive request at c1 with 2 workers, 0.2 ms with TCP_NODELAY).
 Each worker gets its own SO_REUSEPORT socket on the one port, so the kernel spreads new connections evenly
 over the workers; with one shared socket, whichever worker woke first took them, and a benchmark run could
 land most of its keep-alive connections on one worker (bench/README.md).

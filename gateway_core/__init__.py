@@ -1,1 +1,1 @@
-"""aigw's gateway pipeline, framework-free: host adapters hand it ``GatewayRequest``s (see ARCHITECTURE.md)."""
+"""aigw's gateway pipeline, framework-free: host adapters hand it ``GatewayRequest``s (docs/architecture.md)."""

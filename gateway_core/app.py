@@ -1,4 +1,4 @@
-"""Wiring: the one place the pipeline is built, in the order ARCHITECTURE.md shows.
+"""Wiring: the one place the pipeline is built, in the order docs/architecture.md shows.
 
 A ``Gateway`` is created once per process by a host adapter (ASGI server, Functions app), started inside the
 running event loop, and then handles ``GatewayRequest``s.
@@ -96,9 +96,9 @@ class Gateway:
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             _ResolveEndpoint(),
-            # 2 usage: the usage issue
+            # 2 usage: usage records plug in here, so refusals at every later step are recorded
             auth,  # 3 auth
-            ValidatePolicy(config, self.pools),  # 4 validate (transform: a later issue)
+            ValidatePolicy(config, self.pools),  # 4 validate (request transforms will sit beside it)
             tokens,  # 5 tokens
         ]
         if self.cache is not None:

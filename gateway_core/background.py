@@ -1,4 +1,5 @@
-"""Work that runs after the response is on its way (settling limits, later: cache stores, usage flushes).
+"""Work that runs after the response is on its way (settling limits, cache stores,
+health publishing).
 
 Tasks are tracked so none is garbage-collected mid-flight and ``drain`` can wait for all of them at shutdown.
 """

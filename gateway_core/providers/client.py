@@ -1,4 +1,5 @@
-"""The HTTP client on the hot path: aiohttp (measured far faster than httpx here, see PITFALLS.md).
+"""The HTTP client on the hot path: aiohttp (measured here against httpx for this job: 0.37 vs
+1.39 ms added at c1, 6,770 vs 481 req/s at c32 in a bare pass-through proxy).
 
 ``send`` makes one call to one backend and returns its response, streaming SSE chunk by chunk as they arrive.
 Transport failures become ``BackendUnreachable`` (502) or ``BackendTimeout`` (504); the failover loop decides
