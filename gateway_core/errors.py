@@ -47,7 +47,7 @@ class GatewayError(Exception):
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = headers or {}
+        self.headers = dict(headers or {})  # own copy: policies add headers to it
 
 
 class BadRequest(GatewayError):

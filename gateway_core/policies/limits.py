@@ -19,7 +19,7 @@ from ..background import BackgroundTasks
 from ..clock import Clock
 from ..config import LimitsSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext, UsageSource
-from ..errors import ServiceUnavailable, TokenLimitExceeded
+from ..errors import GatewayError, ServiceUnavailable, TokenLimitExceeded
 from ..limits.rules import Limit, LimitKind, applies, counter_value, limits_of
 from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
 from ..pipeline import Handler
@@ -87,8 +87,11 @@ class LimitsPolicy:
             return await self._unchecked(ctx, call_next, limits)
         try:
             response = await call_next(ctx)
-        except BaseException:
-            self._settle_later(reservations, _maybe_billed(ctx))
+        except BaseException as exc:
+            charged = _maybe_billed(ctx)
+            self._settle_later(reservations, charged)
+            if isinstance(exc, GatewayError):
+                exc.headers["x-aigw-tokens-consumed"] = str(charged)  # e.g. a 502 after tries that were cut
             raise
         self._replace_ratelimit_headers(response, reservations)
         if response.stream is None:

@@ -126,6 +126,7 @@ async def test_a_request_whose_every_try_was_cut_stays_charged_for_each(make: An
     gateway = await make("drop", "slow", "refused")
     response = await call(gateway)
     assert response.status == 502
+    assert response.header("x-aigw-tokens-consumed") == str(2 * ESTIMATE)  # the error says what it cost
     assert await charged(gateway) == 2 * ESTIMATE  # the refused connection never reached a backend
 
 
