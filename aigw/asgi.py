@@ -19,7 +19,7 @@ import orjson
 from aigw.bodies import read_limited
 from aigw.client_address import client_address, networks
 from gateway_core.app import Gateway
-from gateway_core.config import GatewayConfig
+from gateway_core.config import ConfigError, config_from_dict
 from gateway_core.context import GatewayRequest, GatewayResponse
 from gateway_core.errors import PayloadTooLarge, RequestTimeout
 
@@ -200,8 +200,13 @@ def create_app() -> GatewayASGI:
     """Factory for uvicorn workers: the config comes from ``AIGW_SERVE_CONFIG_JSON`` set by `aigw serve`."""
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
-        raise RuntimeError(f"{CONFIG_ENV} is not set; start the gateway with `aigw serve`")
-    data = orjson.loads(raw)
+        raise ConfigError(f"{CONFIG_ENV} is not set; start the gateway with `aigw serve`")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ConfigError(f"{CONFIG_ENV}: not valid JSON; start the gateway with `aigw serve`") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{CONFIG_ENV}: not a JSON object; start the gateway with `aigw serve`")
     no_auth = bool(data.pop("no_auth", False))
-    config = GatewayConfig.model_validate(data).model_copy(update={"no_auth": no_auth})
+    config = config_from_dict(data, source=CONFIG_ENV).model_copy(update={"no_auth": no_auth})
     return GatewayASGI(Gateway(config, background_probes=True))

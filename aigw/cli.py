@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -59,10 +60,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config or os.environ.get("AIGW_CONFIG") or None)
     if args.no_auth:
         config = config.model_copy(update={"no_auth": True})
-    Gateway(config)  # validates everything that needs the environment (keys, backend credentials) before binding
+    # The one gateway of this process; building it checks everything that needs the environment (client keys,
+    # backend credentials, stores) before binding.
+    gateway = Gateway(config, background_probes=True)
     try:
         sockets = bind_workers(args.host, args.port, args.workers)
     except OSError as exc:
+        asyncio.run(gateway.close())
         print(f"aigw: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
     url = f"http://{args.host}:{sockets[0].getsockname()[1]}"
@@ -71,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:
-        run_gateway(config, sockets, workers=args.workers, log_level=args.log_level)
+        run_gateway(gateway, sockets, workers=args.workers, log_level=args.log_level)
     finally:
         if servers is not None:
             servers.stop()

@@ -1,13 +1,16 @@
 """The Azure Functions side of the gateway: Starlette request in (HTTP streaming extension), response out.
 
 The Functions worker gives async triggers one event loop; the ``Gateway`` is built on the first request in
-that loop (no network I/O at import time) and rebuilt only if a different loop shows up (in-process tests).
+that loop (no network I/O at import time). The host keeps one: it builds another only when ``AIGW_CONFIG``
+names another file, on ``reload()``, or if a different loop shows up (in-process tests), and closes the one
+it replaces (requests still running on that one may fail, as on any restart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +23,8 @@ from aigw.client_address import client_address, host_of, networks
 from gateway_core.app import Gateway
 from gateway_core.config import GatewayConfig, ServerSettings, load_config
 from gateway_core.context import GatewayRequest
+
+log = logging.getLogger("aigw")
 
 
 def config_from_app_settings(app_root: Path) -> GatewayConfig:
@@ -47,24 +52,45 @@ class FunctionsHost:
         self._app_root = app_root
         self._gateway: Gateway | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._source: str | None = None  # the AIGW_CONFIG the gateway was built from
         self._lock = asyncio.Lock()
 
     async def gateway(self) -> Gateway:
+        """The process's gateway, built on first use in this event loop (or when ``AIGW_CONFIG`` changed)."""
         loop = asyncio.get_running_loop()
-        if self._gateway is not None and self._loop is loop:
+        source = os.environ.get("AIGW_CONFIG", "")
+        if self._gateway is not None and self._loop is loop and self._source == source:
             return self._gateway
         async with self._lock:
-            if self._gateway is None or self._loop is not loop:
-                gateway = Gateway(config_from_app_settings(self._app_root))
-                await gateway.start()
-                self._gateway, self._loop = gateway, loop
-        return self._gateway
+            if self._gateway is None or self._loop is not loop or self._source != source:
+                return await self._replace(loop, source)
+            return self._gateway
+
+    async def reload(self) -> Gateway:
+        """Build a gateway from the app settings now, then close the one it replaces."""
+        async with self._lock:
+            return await self._replace(asyncio.get_running_loop(), os.environ.get("AIGW_CONFIG", ""))
+
+    async def _replace(self, loop: asyncio.AbstractEventLoop, source: str) -> Gateway:
+        # Build and start the new one first: a bad config leaves the old one serving and raises ConfigError.
+        gateway = Gateway(config_from_app_settings(self._app_root))
+        await gateway.start()
+        old, old_loop = self._gateway, self._loop
+        self._gateway, self._loop, self._source = gateway, loop, source
+        if old is not None:
+            if old_loop is loop:
+                await old.close()
+            else:
+                # Its connections belong to a loop that is gone (the worker has one; tests make one each).
+                log.warning("dropped a gateway built in another event loop without closing it")
+        return gateway
 
     async def close(self) -> None:
         """Close the gateway's connections (worker shutdown, and the end of each in-process test)."""
         if self._gateway is not None:
-            await self._gateway.close()
-            self._gateway, self._loop = None, None
+            gateway = self._gateway
+            self._gateway, self._loop, self._source = None, None, None
+            await gateway.close()
 
     async def check_health(self) -> dict[str, str]:
         """The timer trigger's work: probe every backend and share what was learned through the health store."""

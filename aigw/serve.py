@@ -22,7 +22,8 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process, logger
 
-from gateway_core.config import GatewayConfig, ServerSettings
+from gateway_core.app import Gateway
+from gateway_core.config import ServerSettings
 
 from .asgi import CONFIG_ENV, GatewayASGI
 from .protocol import GatewayServerConfig, HeadTimeoutProtocol
@@ -74,17 +75,20 @@ def _uvicorn_config(
 
 
 def run_gateway(
-    config: GatewayConfig, sockets: list[socket.socket], *, workers: int = 1, log_level: str = "warning"
+    gateway: Gateway, sockets: list[socket.socket], *, workers: int = 1, log_level: str = "warning"
 ) -> None:
-    """Serve the gateway on ``sockets`` (one per worker, see ``bind_workers``) until interrupted; blocks."""
-    if workers <= 1:
-        from gateway_core.app import Gateway
+    """Serve ``gateway`` on ``sockets`` (one per worker, see ``bind_workers``) until interrupted; blocks.
 
-        gateway = Gateway(config, background_probes=True)
+    With one worker this process serves ``gateway`` itself (started and closed by the ASGI lifespan). With
+    several, each worker process builds its own from ``gateway.config``, and this one, never started, is closed.
+    """
+    config = gateway.config
+    if workers <= 1:
         app = GatewayASGI(gateway)
         server = uvicorn.Server(_uvicorn_config(app, workers=1, log_level=log_level, server=config.server))
         server.run(sockets=sockets)
         return
+    asyncio.run(gateway.close())
     payload = config.model_dump(mode="json")
     payload["no_auth"] = config.no_auth
     os.environ[CONFIG_ENV] = orjson.dumps(payload).decode()

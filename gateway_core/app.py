@@ -75,6 +75,8 @@ class Gateway:
         )
         self._background_probes = background_probes and config.routing.probe.enabled
         self._probe_loop: asyncio.Task[None] | None = None
+        self._started = False
+        self.closed = False
         # The counters store is opened only when there are rules to count for.
         self.counters: CounterStore | None = None
         if config.limits.rules:
@@ -113,6 +115,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Open connections; call inside the event loop that will serve requests."""
+        self._started = True
         await self.client.start()
         try:
             await self.health_store.start()
@@ -134,11 +137,13 @@ class Gateway:
 
     async def close(self) -> None:
         """Finish background work (limit settlements, health publishing) first, then close connections."""
+        self.closed = True
         if self._probe_loop is not None:
             self._probe_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_loop
-        await self.sync_health()  # publish what this instance learned last
+        if self._started:  # a gateway never started (only checked) has learned nothing to publish
+            await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
         await self.health_store.close()
         await self.client.close()

@@ -12,12 +12,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
+from .store_urls import PORTS, Port, StoreURLError, default_url, parse_store_url
 
 DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -298,6 +299,23 @@ class StoreSettings(_Model):
     cache: str | None = None
     health: str | None = None
 
+    @field_validator("counters", "cache", "health")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        port = cast(Port, info.field_name)  # this validator runs for the three port fields only
+        if value is not None:
+            parse_store_url(value, port)  # StoreURLError is a ValueError: reported with the key and line
+        return value
+
+    def check_env(self, env: Mapping[str, str]) -> None:
+        """Raise ``ConfigError`` naming the variable if a port left unset here gets a bad URL from ``env``."""
+        for port in PORTS:
+            if getattr(self, port) is None:
+                try:
+                    default_url(port, env)
+                except StoreURLError as exc:
+                    raise ConfigError(f"stores.{port} (unset): {exc}") from None
+
 
 class GatewayConfig(_Model):
     server: ServerSettings = ServerSettings()
@@ -314,6 +332,21 @@ class GatewayConfig(_Model):
     def _unique(self) -> GatewayConfig:
         _require_unique([b.name for b in self.backends], "backend")
         _require_unique([k.name for k in self.keys], "key")
+        return self
+
+    @model_validator(mode="after")
+    def _semantic_deployments_exist(self) -> GatewayConfig:
+        semantic = self.cache.semantic
+        if semantic is None or any(d.name == WILDCARD for b in self.backends for d in b.deployments):
+            return self
+        served = set(self.deployment_names())
+        for key, names in (
+            ("deployments", semantic.deployments),
+            ("embedding_deployment", (semantic.embedding_deployment,)),
+        ):
+            missing = [n for n in names if n not in served]
+            if missing:
+                raise ValueError(f"cache.semantic.{key}: no backend serves {', '.join(missing)}")
         return self
 
     def deployment_names(self) -> list[str]:
@@ -386,6 +419,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of settings")
         config = _validate(data, source=str(file), nodes=nodes)
+    config.stores.check_env(env)
     return with_env_keys(config, env)
 
 

@@ -13,35 +13,23 @@ import asyncio
 import base64
 import hashlib
 import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from ..cache.vectors import cosine
+from ..store_urls import CosmosURL
 from .ports import CacheEntry, SharedHealth, StorageError
 
 _MERGE_TRIES = 20  # conditional writes of one health document before giving up
 
 
 class CosmosTarget:
-    """Where a ``cosmos://`` URL points: endpoint, database, credential."""
+    """Where a ``cosmos://`` URL points: endpoint, database, and the key (None: ``DefaultAzureCredential``)."""
 
-    def __init__(self, url: str, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
-        parts = urlsplit(url)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        scheme = query.pop("scheme", "https")
-        self.endpoint = f"{scheme}://{parts.netloc}/"
-        self.database = parts.path.strip("/") or "aigw"
-        key_env = query.pop("key_env", None)
-        self.key: str | None = None
-        if key_env is not None:
-            self.key = env.get(key_env)
-            if not self.key:
-                raise StorageError(f"Cosmos DB store {self.endpoint}: environment variable {key_env} is not set")
-        if query:
-            raise StorageError(f"Cosmos DB store URL has unknown parameters: {', '.join(sorted(query))}")
+    def __init__(self, url: CosmosURL, key: str | None) -> None:
+        self.endpoint = url.endpoint
+        self.database = url.database
+        self.key = key
 
     def client(self) -> Any:
         from azure.cosmos.aio import CosmosClient

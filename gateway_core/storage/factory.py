@@ -1,86 +1,94 @@
-"""One explicit table from (port, URL scheme) to adapter; Azure SDKs are imported only by their adapters."""
+"""One explicit table per port from URL scheme to adapter; Azure SDKs are imported only by their adapters.
+
+The tables are typed by port, so mypy checks that each adapter class satisfies the port it is listed under.
+The URL grammar (and which ports each scheme serves) lives in ``urls.py``, shared with the config model.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import TypeVar
 
-from .ports import CacheStore, CounterStore, HealthStore, StorageError
+from ..config import ConfigError
+from ..store_urls import CosmosURL, Port, SqliteURL, StoreURL, StoreURLError, parse_store_url
+from ..store_urls import default_url as _default_url
+from . import cosmos, memory, sqlite
+from .ports import CacheStore, CounterStore, HealthStore
 
-DEFAULT_STATE_DIR = ".aigw"
-_ENV_URL = {"counters": "AIGW_COUNTERS_URL", "cache": "AIGW_CACHE_URL", "health": "AIGW_HEALTH_URL"}
-
-
-def _memory(port: str, url: str, env: Mapping[str, str], options: dict[str, Any]) -> Any:
-    from . import memory
-
-    return {"counters": memory.MemoryCounters, "cache": memory.MemoryCache, "health": memory.MemoryHealth}[port]()
-
-
-def _sqlite(port: str, url: str, env: Mapping[str, str], options: dict[str, Any]) -> Any:
-    from . import sqlite
-
-    path = _sqlite_path(url)
-    if port == "cache":
-        return sqlite.SqliteCache(path, **options)
-    return {"counters": sqlite.SqliteCounters, "health": sqlite.SqliteHealth}[port](path)
-
-
-def _cosmos(port: str, url: str, env: Mapping[str, str], options: dict[str, Any]) -> Any:
-    from . import cosmos
-
-    target = cosmos.CosmosTarget(url, env)
-    return {"counters": cosmos.CosmosCounters, "cache": cosmos.CosmosCache, "health": cosmos.CosmosHealth}[port](target)
-
-
-_SCHEMES: dict[str, Callable[[str, str, Mapping[str, str], dict[str, Any]], Any]] = {
-    "memory": _memory,
-    "sqlite": _sqlite,
-    "cosmos": _cosmos,
+T = TypeVar("T")
+COUNTERS: dict[str, Callable[..., CounterStore]] = {
+    "memory": memory.MemoryCounters,
+    "sqlite": sqlite.SqliteCounters,
+    "cosmos": cosmos.CosmosCounters,
+}
+CACHES: dict[str, Callable[..., CacheStore]] = {
+    "memory": memory.MemoryCache,
+    "sqlite": sqlite.SqliteCache,
+    "cosmos": cosmos.CosmosCache,
+}
+HEALTH: dict[str, Callable[..., HealthStore]] = {
+    "memory": memory.MemoryHealth,
+    "sqlite": sqlite.SqliteHealth,
+    "cosmos": cosmos.CosmosHealth,
 }
 
 
-def default_url(port: str, env: Mapping[str, str]) -> str:
-    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app); else SQLite under ./.aigw/."""
-    if env.get(_ENV_URL[port]):
-        return env[_ENV_URL[port]]
-    endpoint = env.get("COSMOS_ENDPOINT")
-    if endpoint:
-        netloc = urlsplit(endpoint).netloc or endpoint
-        key = "?key_env=COSMOS_KEY" if env.get("COSMOS_KEY") else ""
-        return f"cosmos://{netloc}/aigw{key}"
-    return f"sqlite:///{DEFAULT_STATE_DIR}/{port}.db"
-
-
-def _open(port: str, url: str, env: Mapping[str, str] | None, options: dict[str, Any]) -> Any:
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    factory = _SCHEMES.get(scheme)
-    if factory is None:
-        raise StorageError(f"unknown store URL {url!r}: use memory://, sqlite:///path or cosmos://host/database")
-    return factory(port, url, os.environ if env is None else env, options)
+def default_url(port: Port, env: Mapping[str, str]) -> str:
+    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT``; else SQLite under ./.aigw/ (``ConfigError``
+    naming the variable when it does not parse)."""
+    try:
+        return _default_url(port, env)
+    except StoreURLError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def counter_store(url: str, env: Mapping[str, str] | None = None) -> CounterStore:
     """The counters adapter for ``url``: ``memory://``, ``sqlite:///path``, ``cosmos://host/db?key_env=V``."""
-    return cast(CounterStore, _open("counters", url, env, {}))
+    parsed = _parse(url, "counters")
+    return _lookup(COUNTERS, parsed, "counters")(*_args(parsed, "counters", env))
 
 
 def cache_store(url: str, env: Mapping[str, str] | None = None, max_bytes: int = 256 * 1024 * 1024) -> CacheStore:
     """The cache adapter for ``url``; ``max_bytes`` bounds a SQLite cache (least recently used entries go)."""
-    return cast(CacheStore, _open("cache", url, env, {"max_bytes": max_bytes}))
+    parsed = _parse(url, "cache")
+    extra = (max_bytes,) if isinstance(parsed, SqliteURL) else ()
+    return _lookup(CACHES, parsed, "cache")(*_args(parsed, "cache", env), *extra)
 
 
 def health_store(url: str, env: Mapping[str, str] | None = None) -> HealthStore:
     """The health adapter for ``url``."""
-    return cast(HealthStore, _open("health", url, env, {}))
+    parsed = _parse(url, "health")
+    return _lookup(HEALTH, parsed, "health")(*_args(parsed, "health", env))
 
 
-def _sqlite_path(url: str) -> Path:
-    # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
-    rest = url[len("sqlite://") :]
-    if not rest.startswith("/") or len(rest) < 2:
-        raise StorageError(f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or sqlite:////abs/file.db")
-    return Path(rest[1:])
+def _parse(url: str, port: Port) -> StoreURL:
+    try:
+        return parse_store_url(url, port)
+    except StoreURLError as exc:
+        raise ConfigError(f"stores.{port}: {exc}") from None
+
+
+def _lookup(table: dict[str, Callable[..., T]], url: StoreURL, port: Port) -> Callable[..., T]:
+    opener = table.get(url.scheme)
+    if opener is None:  # urls.SERVES lists a pair this table lacks: a test keeps the two in step
+        raise ConfigError(f"stores.{port}: {url.scheme}:// does not serve the {port} store")
+    return opener
+
+
+def _args(url: StoreURL, port: Port, env: Mapping[str, str] | None) -> tuple[object, ...]:
+    """The adapter's constructor arguments for ``url``."""
+    if isinstance(url, SqliteURL):
+        return (url.path,)
+    if isinstance(url, CosmosURL):
+        return (cosmos.CosmosTarget(url, _cosmos_key(url, port, os.environ if env is None else env)),)
+    return ()
+
+
+def _cosmos_key(url: CosmosURL, port: Port, env: Mapping[str, str]) -> str | None:
+    if url.key_env is None:
+        return None
+    key = env.get(url.key_env)
+    if not key:
+        raise ConfigError(f"stores.{port}: Cosmos DB key_env: environment variable {url.key_env} is not set")
+    return key

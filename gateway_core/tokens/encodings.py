@@ -19,6 +19,8 @@ from pathlib import Path
 
 import tiktoken
 
+from ..config import ConfigError
+
 SHIPPED = ("o200k_base", "cl100k_base")
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
@@ -32,14 +34,22 @@ def cache_dir() -> Path:
 def private_dir(directory: Path) -> Path:
     """``directory``, created 0700 and only writable by this user: tiktoken trusts the files it finds there.
 
-    Refuses (``RuntimeError``) a directory of another user or a symlink; one of ours that others could write
-    is closed (0700) and its encoding files are written afresh, as someone else may have put them there.
+    Refuses (``ConfigError``, naming TIKTOKEN_CACHE_DIR) a directory of another user, a symlink, or one that
+    cannot be made; one of ours that others could write is closed (0700) and its encoding files are written
+    afresh, as someone else may have put them there.
     """
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.lstat()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.lstat()
+    except OSError as exc:
+        raise ConfigError(
+            f"TIKTOKEN_CACHE_DIR: cannot use {directory} as the tokenizer cache ({exc.strerror}): "
+            "set TIKTOKEN_CACHE_DIR to a directory this user may create"
+        ) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise RuntimeError(
-            f"tokenizer cache {directory} is not a directory of this user: set TIKTOKEN_CACHE_DIR to one that is"
+        raise ConfigError(
+            f"TIKTOKEN_CACHE_DIR: tokenizer cache {directory} is not a directory of this user: "
+            "set TIKTOKEN_CACHE_DIR to one that is"
         )
     if info.st_mode & 0o022:
         directory.chmod(0o700)
@@ -73,7 +83,7 @@ def _shipped_data_dir() -> Path:
     # Locate the files without importing bpe_openai: its import builds both encodings, slowly.
     spec = importlib.util.find_spec("bpe_openai")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the package bpe-openai (which ships the tokenizer files) is not installed")
+        raise ConfigError("the package bpe-openai (which ships the tokenizer files) is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-ADAPTERS = ["memory", "sqlite", "cosmos"]
+# Every adapter of each port, by URL scheme (as limits' ALL_STORAGES): each port's contract tests run against
+# each adapter listed for it; test_adapters_listed.py checks this table against the factory's.
+ADAPTERS: dict[str, list[str]] = {
+    "counters": ["memory", "sqlite", "cosmos"],
+    "cache": ["memory", "sqlite", "cosmos"],
+    "health": ["memory", "sqlite", "cosmos"],
+}
+# Adapters whose state is shared by every instance opened on one URL (memory is one process's own).
+SHARED = ["sqlite", "cosmos"]
 
 
 def store_url(kind: str, port: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:

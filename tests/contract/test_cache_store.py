@@ -17,7 +17,7 @@ from tests.servers import COSMOS_KEY_ENV
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ADAPTERS["cache"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CacheStore]:
     adapter = cache_store(store_url(request.param, "cache", tmp_path, request), COSMOS_KEY_ENV)
     await adapter.start()

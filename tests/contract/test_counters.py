@@ -15,7 +15,7 @@ from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ADAPTERS["counters"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CounterStore]:
     adapter = counter_store(store_url(request.param, "counters", tmp_path, request), COSMOS_KEY_ENV)
     await adapter.start()

@@ -1,7 +1,7 @@
 """The imports of gateway_core point one way, read from the source (ast), so a layering slip fails here.
 
 Layers, lowest first; a module may import its own layer and the layers listed for it:
-  base       context, errors, config, catalogue, clock, names, pipeline, routes, background
+  base       context, errors, config, catalogue, clock, names, store_urls, pipeline, routes, background
   helpers    cache/, tokens/, limits/ (pure logic)
   storage    storage/ (the ports and one adapter per backend)
   providers  providers/ (one translator per wire format, the upstream client, credentials)

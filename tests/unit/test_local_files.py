@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_core.config import ConfigError
 from gateway_core.storage.factory import cache_store, counter_store, health_store
 from gateway_core.storage.ports import CacheStore, CounterStore, HealthStore
 from gateway_core.tokens.encodings import SHIPPED, cache_dir, cached_file, seed_cache
@@ -80,5 +81,5 @@ def test_a_tokenizer_cache_of_another_user_is_refused(tmp_path: Path) -> None:
         os.chown(theirs, 65534, 65534)  # nobody
     else:
         theirs = Path("/")  # root's
-    with pytest.raises(RuntimeError, match="not a directory of this user"):
+    with pytest.raises(ConfigError, match=r"TIKTOKEN_CACHE_DIR: .* not a directory of this user"):
         seed_cache(theirs)

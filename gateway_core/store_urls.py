@@ -1,0 +1,143 @@
+"""The store URL grammar, in one place: the config model validates with it and the factory opens with it.
+
+    memory://                                       in-process (unit tests)
+    sqlite:///relative/file.db, sqlite:////abs.db   SQLite, as SQLAlchemy spells it
+    cosmos://host[:port]/database[?key_env=VAR][&scheme=http|https]
+                                                    Cosmos DB; without key_env, DefaultAzureCredential
+
+Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT``, else SQLite under ./.aigw/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+Port = Literal["counters", "cache", "health"]
+PORTS: tuple[Port, ...] = ("counters", "cache", "health")
+DEFAULT_STATE_DIR = ".aigw"
+ENV_URL: dict[Port, str] = {"counters": "AIGW_COUNTERS_URL", "cache": "AIGW_CACHE_URL", "health": "AIGW_HEALTH_URL"}
+_FORMS = "use memory://, sqlite:///path/file.db or cosmos://host[:port]/database"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COSMOS_OPTIONS = ("key_env", "scheme")
+# The ports each scheme serves; storage/factory.py has one adapter per (port, scheme) pair listed here (a test
+# checks that they agree). A backend for some ports only (a future tables:// for usage) lists just those.
+SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": PORTS}
+
+
+class StoreURLError(ValueError):
+    """A store URL that does not parse; the message says what is wrong, not where (the caller knows that)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryURL:
+    scheme: Literal["memory"] = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteURL:
+    path: Path
+    scheme: Literal["sqlite"] = "sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class CosmosURL:
+    endpoint: str  # https://host:port/
+    database: str
+    key_env: str | None  # None: DefaultAzureCredential (managed identity in Azure)
+    scheme: Literal["cosmos"] = "cosmos"
+
+
+StoreURL = MemoryURL | SqliteURL | CosmosURL
+
+
+def parse_store_url(url: str, port: Port) -> StoreURL:
+    """``url`` parsed for ``port``; raises ``StoreURLError`` for an unknown scheme, a malformed URL, or a
+    backend that does not serve ``port``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise StoreURLError(f"{url!r} is not a store URL: {_FORMS}")
+    if scheme in SERVES and port not in SERVES[scheme]:
+        raise StoreURLError(f"{scheme}:// does not serve the {port} store (it serves: {', '.join(SERVES[scheme])})")
+    if scheme == "memory":
+        if rest:
+            raise StoreURLError(f"{url!r}: memory:// takes nothing after the scheme")
+        return MemoryURL()
+    if scheme == "sqlite":
+        return _sqlite(url, rest)
+    if scheme == "cosmos":
+        return _cosmos(url)
+    raise StoreURLError(f"unknown store scheme {scheme!r} in {url!r}: {_FORMS}")
+
+
+def _sqlite(url: str, rest: str) -> SqliteURL:
+    # sqlite:///relative/path and sqlite:////absolute/path: the third slash ends the (empty) host.
+    if not rest.startswith("/") or len(rest) < 2:
+        raise StoreURLError(f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or sqlite:////abs/file.db")
+    if "?" in rest or "#" in rest:
+        raise StoreURLError(f"bad SQLite URL {url!r}: SQLite store URLs take no query options")
+    if rest.endswith("/"):
+        raise StoreURLError(f"bad SQLite URL {url!r}: names a directory, not a database file")
+    return SqliteURL(Path(rest[1:]))
+
+
+def _cosmos(url: str) -> CosmosURL:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: no host (cosmos://host[:port]/database)")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: the port is not a number from 0 to 65535") from None
+    database = parts.path.strip("/")
+    if not database or "/" in database or parts.fragment:
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: name one database (cosmos://host[:port]/database)")
+    try:
+        options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: the query is not name=value pairs") from None
+    unknown = sorted(set(options) - set(_COSMOS_OPTIONS))
+    if unknown:
+        raise StoreURLError(
+            f"bad Cosmos DB URL {url!r}: unknown option {', '.join(unknown)} (known: {', '.join(_COSMOS_OPTIONS)})"
+        )
+    key_env = options["key_env"][-1] if "key_env" in options else None
+    if key_env is not None and not _ENV_NAME.match(key_env):
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: key_env must name an environment variable")
+    scheme = options["scheme"][-1] if "scheme" in options else "https"
+    if scheme not in ("http", "https"):
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: scheme must be http or https")
+    return CosmosURL(endpoint=f"{scheme}://{parts.netloc}/", database=database, key_env=key_env)
+
+
+def default_url(port: Port, env: Mapping[str, str]) -> str:
+    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app); else SQLite under ./.aigw/.
+
+    Raises ``StoreURLError`` naming the environment variable when the URL it gives does not parse.
+    """
+    variable = ENV_URL[port]
+    if env.get(variable):
+        url = env[variable]
+        _check(url, port, variable)
+        return url
+    endpoint = env.get("COSMOS_ENDPOINT")
+    if endpoint:
+        # An https://host:port/ endpoint as the portal shows it, or a bare host[:port].
+        netloc = urlsplit(endpoint).netloc if "://" in endpoint else endpoint.rstrip("/")
+        key = "?key_env=COSMOS_KEY" if env.get("COSMOS_KEY") else ""
+        url = f"cosmos://{netloc}/aigw{key}"
+        _check(url, port, "COSMOS_ENDPOINT", shown=endpoint)
+        return url
+    return f"sqlite:///{DEFAULT_STATE_DIR}/{port}.db"
+
+
+def _check(url: str, port: Port, variable: str, shown: str | None = None) -> None:
+    try:
+        parse_store_url(url, port)
+    except StoreURLError as exc:
+        detail = f"{shown!r} is not a Cosmos DB endpoint (https://host[:port]/)" if shown is not None else str(exc)
+        raise StoreURLError(f"environment variable {variable}: {detail}") from None
