@@ -37,6 +37,7 @@ class Recorder:
 
     status: int = 200
     hang: bool = False  # never answer (until the client gives up)
+    retry_after_s: int | None = None  # sent with a non-200 status
     received: list[Received] = field(default_factory=list)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
@@ -56,7 +57,8 @@ class Recorder:
             return
         if self.status != 200:
             error = {"error": {"code": str(self.status), "message": "recorder says no"}}
-            await _send(send, self.status, "application/json", [orjson.dumps(error)])
+            extra = [] if self.retry_after_s is None else [(b"retry-after", str(self.retry_after_s).encode())]
+            await _send(send, self.status, "application/json", [orjson.dumps(error)], extra)
             return
         request = orjson.loads(body) if body else {}
         if request.get("stream") is True:
@@ -65,6 +67,10 @@ class Recorder:
             await _send(send, 200, "text/event-stream", _sse(include_usage))
             return
         await _send(send, 200, "application/json", [orjson.dumps(_completion())])
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.status, self.hang, self.retry_after_s = 200, False, None
 
     def bodies(self) -> list[bytes]:
         return [r.body for r in self.received]
@@ -92,8 +98,10 @@ def _sse(include_usage: bool) -> list[bytes]:
     return [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
 
 
-async def _send(send: Send, status: int, content_type: str, parts: list[bytes]) -> None:
-    headers = [(b"content-type", content_type.encode())]
+async def _send(
+    send: Send, status: int, content_type: str, parts: list[bytes], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", content_type.encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     for part in parts:
         await send({"type": "http.response.body", "body": part, "more_body": True})

@@ -29,8 +29,7 @@ def recorders() -> Iterator[list[tuple[str, Recorder]]]:
 @pytest.fixture(autouse=True)
 def fresh(recorders: list[tuple[str, Recorder]]) -> None:
     for _, recorder in recorders:
-        recorder.received.clear()
-        recorder.status, recorder.hang = 200, False
+        recorder.reset()
 
 
 @asynccontextmanager
