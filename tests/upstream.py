@@ -38,6 +38,7 @@ class Recorder:
     status: int = 200
     hang: bool = False  # never answer (until the client gives up)
     retry_after_s: int | None = None  # sent with a non-200 status
+    finish_reason: str = "stop"
     received: list[Received] = field(default_factory=list)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
@@ -66,24 +67,24 @@ class Recorder:
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             await _send(send, 200, "text/event-stream", _sse(include_usage))
             return
-        await _send(send, 200, "application/json", [orjson.dumps(_completion())])
+        await _send(send, 200, "application/json", [orjson.dumps(_completion(self.finish_reason))])
 
     def reset(self) -> None:
         self.received.clear()
-        self.status, self.hang, self.retry_after_s = 200, False, None
+        self.status, self.hang, self.retry_after_s, self.finish_reason = 200, False, None, "stop"
 
     def bodies(self) -> list[bytes]:
         return [r.body for r in self.received]
 
 
-def _completion() -> dict[str, Any]:
+def _completion(finish_reason: str) -> dict[str, Any]:
     message = {"role": "assistant", "content": "".join(TEXT_WORDS)}
     return {
         "id": "rec-1",
         "object": "chat.completion",
         "created": 1,
         "model": "gpt-4o",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": USAGE,
     }
 
