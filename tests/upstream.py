@@ -7,6 +7,8 @@ the text. Served by the project's ``BackgroundServers`` (uvicorn on a thread), l
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +41,9 @@ class Recorder:
     hang: bool = False  # never answer (until the client gives up)
     retry_after_s: int | None = None  # sent with a non-200 status
     finish_reason: str = "stop"
+    gate: threading.Event | None = None  # when set: hold every answer until the test sets this event
     received: list[Received] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)  # set by each request received
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,6 +56,9 @@ class Recorder:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.received.append(Received(scope["path"], scope["query_string"].decode("latin-1"), headers, body))
+        self.arrived.set()
+        if self.gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)
         if self.hang:
             while (await receive())["type"] != "http.disconnect":  # until the gateway gives up
                 pass
@@ -71,6 +78,8 @@ class Recorder:
 
     def reset(self) -> None:
         self.received.clear()
+        self.arrived.clear()
+        self.gate = None
         self.status, self.hang, self.retry_after_s, self.finish_reason = 200, False, None, "stop"
 
     def bodies(self) -> list[bytes]:

@@ -6,6 +6,8 @@ cached, and semantic `vary_by_headers`. Backend calls are counted by the backend
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -172,3 +174,19 @@ async def test_semantic_hits_only_within_the_same_vary_by_headers_values(sim: st
         assert await ask(gw, "what is the capital of france", model="gpt-4o-mini", headers=fr) == "SEMANTIC-HIT"
         assert await ask(gw, "what is the capital of france", model="gpt-4o-mini", headers=de) == "MISS"
     assert chat_calls(sim) == 2
+
+
+async def test_concurrent_identical_misses_make_one_backend_call() -> None:
+    # The overlap is made by holding the first call at the backend, not by latency: every follower's lookup
+    # runs (without I/O, on a memory store) before the leader's request can even reach the backend.
+    with serve_recorders(1) as [(url, recorder)]:
+        recorder.gate = threading.Event()
+        async with gateway(url) as gw:
+            raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "once"}], "temperature": 0})
+            request = GatewayRequest("POST", "/v1/chat/completions", {}, {"api-key": "alice-1"}, raw, len(raw))
+            calls = [asyncio.ensure_future(gw.handle(request)) for _ in range(10)]
+            assert await asyncio.to_thread(recorder.arrived.wait, 30)  # the leader is at the backend, held
+            recorder.gate.set()
+            statuses = [response.header("x-aigw-cache") or "" for response in await asyncio.gather(*calls)]
+        assert sorted(statuses) == ["HIT"] * 9 + ["MISS"]
+        assert len(recorder.received) == 1  # without the single flight all ten would reach the (held) backend
