@@ -139,3 +139,21 @@ async def test_routing_survives_a_health_store_outage(recorders: list[tuple[str,
             assert response.status == 200 and response.header("x-aigw-backend") == "r0"
         await gw.sync_health()  # the sync fails quietly; routing reads only the local view
         assert (await chat(gw)).status == 200
+
+
+async def test_a_throttle_seen_by_one_instance_is_adopted_by_another_through_the_store(
+    recorders: list[tuple[str, Recorder]], tmp_path: Path
+) -> None:
+    clock = ManualClock(NOW)
+    store = f"sqlite:///{tmp_path}/health.db"
+    async with (
+        gateway(recorders, health_store=store, clock=clock) as one,
+        gateway(recorders, health_store=store, clock=clock) as two,
+    ):
+        recorders[0][1].status, recorders[0][1].retry_after_s = 429, 20
+        assert (await chat(one)).header("x-aigw-backend") == "r1"  # r0 throttled gpt-4o, r1 answered
+        await one.sync_health()
+        await two.sync_health()
+        response = await chat(two)
+        assert response.header("x-aigw-backend") == "r1" and response.header("x-aigw-attempts") == "1"
+    assert len(recorders[0][1].received) == 1  # the second instance never asked the throttled backend
