@@ -10,6 +10,9 @@ from ..catalogue import Target
 from ..context import RequestContext
 from ..names import is_api_version, is_deployment_name
 
+# Azure OpenAI answers 400 to stream_options on api-versions before this one (as in policies/tokens.py).
+_STREAM_OPTIONS_SINCE = "2024-09-01"
+
 
 def upstream_url(target: Target, ctx: RequestContext, operation: str) -> str:
     """The backend's URL for ``operation``, built from checked parts only: the deployment name and
@@ -35,6 +38,15 @@ def upstream_body(target: Target, ctx: RequestContext) -> bytes:
         return ctx.request.body
     if target.backend.type == "openai" and body.get("model") != target.upstream_name:
         return orjson.dumps({**body, "model": target.upstream_name})
+    if ctx.tokens.usage_injected and _predates_stream_options(target, ctx):
+        # On /v1 the api-version is the backend's, known only now: send the client's own bytes (the only change
+        # to the body was the injected stream_options); the stream is then counted from its text.
+        return ctx.request.body
     if ctx.body_modified:
         return orjson.dumps(body)
     return ctx.request.body
+
+
+def _predates_stream_options(target: Target, ctx: RequestContext) -> bool:
+    backend = target.backend
+    return backend.type == "azure" and (ctx.api_version or backend.api_version) < _STREAM_OPTIONS_SINCE

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncAzureOpenAI, AzureOpenAI
+from openai import AzureOpenAI
 
 from tests.servers import (
     CLIENT_KEY,
@@ -41,13 +40,13 @@ def client(url: str, key: str = CLIENT_KEY, api_version: str = "2024-10-21") -> 
     return AzureOpenAI(azure_endpoint=url, api_key=key, api_version=api_version, max_retries=0)
 
 
-def ask(url: str, text: str, *, key: str = CLIENT_KEY, model: str = "gpt-4o", **extra: Any) -> tuple[str, str, int]:
-    """(x-aigw-cache, answer, backend calls it cost) for one chat request."""
+def ask(url: str, text: str, *, key: str = CLIENT_KEY, model: str = "gpt-4o", **extra: Any) -> tuple[str, str]:
+    """(x-aigw-cache, answer) for one chat request; the `calls` fixture counts backend calls."""
     params: dict[str, Any] = {"temperature": 0, **extra}
     raw = client(url, key).chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": text}], **params
     )
-    return raw.headers["x-aigw-cache"], raw.parse().choices[0].message.content or "", 0
+    return raw.headers["x-aigw-cache"], raw.parse().choices[0].message.content or ""
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def test_miss_then_hit_with_age_and_no_backend_call(cached_url: str, calls: Any)
 
 def test_non_deterministic_requests_bypass(cached_url: str, calls: Any) -> None:
     for _ in range(2):
-        status, _, _ = ask(cached_url, "creative please", temperature=0.8)
+        status, _ = ask(cached_url, "creative please", temperature=0.8)
         assert status == "BYPASS"
     assert ask(cached_url, "seeded", temperature=0.8, seed=42)[0] == "MISS"
     assert ask(cached_url, "seeded", temperature=0.8, seed=42)[0] == "HIT"
@@ -168,28 +167,6 @@ def test_embeddings_are_always_cacheable(cached_url: str, sim_url: str) -> None:
     assert (first.headers["x-aigw-cache"], second.headers["x-aigw-cache"]) == ("MISS", "HIT")
     assert second.parse().data[0].embedding == first.parse().data[0].embedding
     assert len([r for r in sim_requests(sim_url) if r["path"].endswith("/embeddings")]) == 1
-
-
-def test_concurrent_identical_misses_make_one_backend_call(cached_url: str, calls: Any) -> None:
-    async def burst() -> list[str]:
-        c = AsyncAzureOpenAI(azure_endpoint=cached_url, api_key=CLIENT_KEY, api_version="2024-10-21", max_retries=0)
-
-        async def one() -> str:
-            raw = await c.chat.completions.with_raw_response.create(
-                model="gpt-4o",
-                messages=[{"role": "user", "content": "single flight"}],
-                temperature=0,
-                extra_headers={"x-aigw-sim-latency-ms": "300"},
-            )
-            return raw.headers["x-aigw-cache"]
-
-        statuses = await asyncio.gather(*(one() for _ in range(10)))
-        await c.close()
-        return list(statuses)
-
-    statuses = asyncio.run(burst())
-    assert calls() == 1
-    assert sorted(statuses) == ["HIT"] * 9 + ["MISS"]
 
 
 def test_semantic_hits_similar_prompts_but_not_opposite_ones(cached_url: str, calls: Any) -> None:
