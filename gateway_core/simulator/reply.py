@@ -51,6 +51,8 @@ async def send_reply(send: Send, reply: SimReply, watch: Watch | None = None) ->
     Raises `Dropped` after a partial answer when ``reply.drop`` is set.
     """
     if watch is None:
+        if reply.stream is not None or reply.drop or reply.delay_s:
+            raise ValueError("a delayed, streamed or dropped reply is sent with a Watch on its client")
         await _start(send, reply)
         await send({"type": "http.response.body", "body": reply.body})
         return

@@ -16,6 +16,7 @@ from gateway_core.simulator.answers import build_answer
 from gateway_core.simulator.asgi import Dropped, Watch
 from gateway_core.simulator.faults import TokensPerMinute, fault_reply, pick_fault
 from gateway_core.simulator.records import RequestRecord, record_of
+from gateway_core.simulator.reply import SimReply, send_reply
 from gateway_core.simulator.settings import Fault, SimConfig, patched
 from gateway_core.simulator.sse import DONE, play, sse_stream
 
@@ -187,3 +188,20 @@ def test_runtime_settings_merge_a_json_object_only() -> None:
     for bad in (b"[1]", b"nope", b'{"faults": [{"kind": "meteor"}]}', b'{"unknown": 1}'):
         with pytest.raises(ValueError):
             patched(config, bad)
+
+
+def test_a_reply_that_waits_or_streams_needs_a_watch() -> None:
+    stream = sse_stream(build_answer("chat/completions", CHAT, "gpt-4o", 1), chat=True, include_usage=False)
+    for reply in (SimReply(200, delay_s=0.5), SimReply(200, stream=stream), SimReply(200, b"{}", drop=True)):
+        with pytest.raises(ValueError, match="Watch"):
+            asyncio.run(send_reply(Sent(), reply))
+    sent = Sent()
+    asyncio.run(send_reply(sent, SimReply(404, b"{}", (("x-a", "1"),))))
+    assert sent.messages == [
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [(b"content-type", b"application/json"), (b"x-a", b"1")],
+        },
+        {"type": "http.response.body", "body": b"{}"},
+    ]
