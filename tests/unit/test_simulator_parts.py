@@ -205,3 +205,16 @@ def test_a_reply_that_waits_or_streams_needs_a_watch() -> None:
         },
         {"type": "http.response.body", "body": b"{}"},
     ]
+
+
+def test_a_client_gone_during_the_delay_gets_nothing_and_a_dropped_answer_breaks_halfway() -> None:
+    sent, record = Sent(), RequestRecord()
+    # The watch hears the client leave long before the delay ends (the generous bound only stops a hang).
+    asyncio.run(asyncio.wait_for(send_reply(sent, SimReply(200, b"{}", delay_s=60), Watch(disconnects, record)), 30))
+    assert sent.messages == [] and record["outcome"] == "client_disconnected"
+
+    sent, record = Sent(), RequestRecord()
+    with pytest.raises(Dropped):
+        asyncio.run(send_reply(sent, SimReply(200, b"0123456789", drop=True), Watch(never_disconnects, record)))
+    assert [m.get("body") for m in sent.messages] == [None, b"01234"] and sent.messages[1]["more_body"] is True
+    assert "outcome" not in record
