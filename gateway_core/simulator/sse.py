@@ -45,46 +45,36 @@ def sse_stream(answer: Answer, *, chat: bool, include_usage: bool, gap_s: float 
         "system_fingerprint": "fp_aigw_sim",
     }
 
-    def event(choices: list[dict[str, Any]]) -> bytes:
+    def event(part: Any, finish: str | None = None) -> bytes:
+        """A chunk carrying ``part`` (a chat delta, or completion text) in each of the answer's choices."""
+        key = "delta" if chat else "text"
+        choices = [{"index": i, key: part, "finish_reason": finish, "logprobs": None} for i in range(answer.n)]
         chunk = {**base, "choices": choices}
         if include_usage:
             chunk["usage"] = None
         return frame(chunk)
 
-    indexes = range(answer.n)
-    opening: list[bytes] = []
-    if chat:
-        first: dict[str, Any] = {"role": "assistant", "content": ""}
-        if answer.tool is not None:
-            call = {
-                "index": 0,
-                "id": answer.call_id,
-                "type": "function",
-                "function": {"name": answer.tool, "arguments": ""},
-            }
-            first = {"role": "assistant", "content": None, "tool_calls": [call]}
-        opening.append(event([{"index": i, "delta": first, "finish_reason": None, "logprobs": None} for i in indexes]))
-    pieces = []
-    for piece in answer.pieces:
-        if not chat:
-            pieces.append(
-                event([{"index": i, "text": piece, "finish_reason": None, "logprobs": None} for i in indexes])
-            )
-            continue
-        delta: dict[str, Any] = {"content": piece}
-        if answer.tool is not None:
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-        pieces.append(event([{"index": i, "delta": delta, "finish_reason": None, "logprobs": None} for i in indexes]))
-    last: list[dict[str, Any]]
-    if chat:
-        last = [{"index": i, "delta": {}, "finish_reason": answer.finish, "logprobs": None} for i in indexes]
-    else:
-        last = [{"index": i, "text": "", "finish_reason": answer.finish, "logprobs": None} for i in indexes]
-    closing = [event(last)]
+    opening = (event(_role_delta(answer)),) if chat else ()
+    pieces = tuple(event(_piece_delta(answer, piece) if chat else piece) for piece in answer.pieces)
+    closing = [event({} if chat else "", answer.finish)]
     if include_usage:
         closing.append(frame({**base, "choices": [], "usage": response["usage"]}))
     closing.append(DONE)
-    return SseStream(tuple(opening), tuple(pieces), tuple(closing), gap_s)
+    return SseStream(opening, pieces, tuple(closing), gap_s)
+
+
+def _role_delta(answer: Answer) -> dict[str, Any]:
+    """A chat stream's first delta: the assistant's role, and the forced tool call's name if there is one."""
+    if answer.tool is None:
+        return {"role": "assistant", "content": ""}
+    call = {"index": 0, "id": answer.call_id, "type": "function", "function": {"name": answer.tool, "arguments": ""}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def _piece_delta(answer: Answer, piece: str) -> dict[str, Any]:
+    if answer.tool is None:
+        return {"content": piece}
+    return {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
 
 
 async def play(send: Send, stream: SseStream, watch: Watch, *, drop: bool = False) -> None:
