@@ -1,10 +1,12 @@
-"""The simulator's settings: latency and faults, per deployment or by default."""
+"""The simulator's settings: latency and faults, per deployment or by default, loaded from YAML at start and
+changed while it runs through ``POST /++/config`` (`patched`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +50,7 @@ class SimConfig(_Model):
     tpm_limit: int | None = Field(default=None, ge=1)  # default per-deployment tokens-per-minute limit
     seed: int = 0
     record_requests: int = Field(default=200, ge=0)  # how many recent requests /_sim/requests keeps
+    record_body_bytes: int = Field(default=65536, ge=0)  # how much of each request body a record keeps
     # False: streams ignore stream_options.include_usage and send no usage chunk, as some servers do.
     stream_usage: bool = True
 
@@ -57,3 +60,14 @@ def load_sim_config(path: str | Path | None) -> SimConfig:
         return SimConfig()
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     return SimConfig.model_validate(data)
+
+
+def patched(config: SimConfig, body: bytes) -> SimConfig:
+    """``config`` with the JSON object ``body`` merged into it (top-level keys replace); ValueError if invalid."""
+    try:
+        patch: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(patch, dict):
+        raise ValueError("the settings must be a JSON object")
+    return SimConfig.model_validate({**config.model_dump(), **patch})

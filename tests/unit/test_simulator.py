@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,3 +125,15 @@ def test_stream_options_before_2024_09_01_are_refused_as_azure_does(sim: str, ve
     if status == 400:
         assert "stream_options" in response.json()["error"]["message"]
     assert httpx.post(url, json={"messages": body["messages"], "stream": True}).status_code == 200
+
+
+def test_requests_record_the_body_bytes_as_received(sim: str) -> None:
+    body = b'{"messages":[{"role":"user","content":"caf\\u00e9 \xc3\xa9"}],  "n": 1}\n'
+    assert httpx.post(sim + CHAT.format(d="gpt-4o"), content=body).status_code == 200
+    seen = httpx.get(sim + "/_sim/requests").json()["requests"][-1]
+    assert base64.b64decode(seen["body_base64"]) == body  # byte for byte: spacing, escapes, raw UTF-8
+    assert (seen["body_bytes"], seen["body_truncated"]) == (len(body), False)
+    httpx.post(sim + "/++/config", json={"record_body_bytes": 10})
+    httpx.post(sim + CHAT.format(d="gpt-4o"), content=body)
+    cut = httpx.get(sim + "/_sim/requests").json()["requests"][-1]
+    assert base64.b64decode(cut["body_base64"]) == body[:10] and cut["body_truncated"] is True
