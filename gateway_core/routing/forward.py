@@ -118,9 +118,11 @@ class Forwarder:
             attempt = Attempt(backend=backend.name)
             ctx.attempts.append(attempt)
             begin = self._clock.monotonic_s()
+            sending = False
             try:
                 headers = forwarded_headers(ctx.request.headers, ctx.request_id, simulator=backend.simulator)
                 headers.extend(await self._credentials[backend.name].headers())
+                sending = True
                 response = await self._client.send(
                     backend,
                     upstream_url(target, ctx, ctx.endpoint.operation),
@@ -147,6 +149,8 @@ class Forwarder:
                 ctx.backend, tries.last_error, tries.last_response = backend.name, exc, None
                 continue
             except BaseException:
+                # Cancelled (the client left) while the backend may be generating: keep its estimate charged.
+                attempt.maybe_billed = sending
                 self._health.release(backend.name)
                 raise
             attempt.status = response.status
