@@ -136,8 +136,13 @@ class Forwarder:
                 attempt.maybe_billed = maybe_billed(exc)
                 attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
                 # A generation that is merely slow (its status line came, or our budget was the limit) says
-                # nothing about the backend's health.
-                slow = isinstance(exc, BackendTimeout) and (exc.started or remaining < backend.timeout_s)
+                # nothing about the backend's health; nor does a read timeout after the send (a non-stream
+                # status line comes only when generation ends) while other live traffic there succeeds.
+                slow = isinstance(exc, BackendTimeout) and (
+                    exc.started
+                    or remaining < backend.timeout_s
+                    or (maybe_billed(exc) and self._health.live_success_within_interval(backend.name))
+                )
                 self._health.observe(
                     backend.name,
                     deployment,
