@@ -20,6 +20,10 @@ from ..pipeline import Handler
 from ..routing.pools import PoolTable
 
 MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
+# Objects and arrays in a body, counted as '[' and '{' bytes before parsing (those inside strings too: an
+# over-estimate); parsing and walking millions of them stalls the event loop for seconds.
+MAX_CONTAINERS = 100_000
+MAX_MESSAGES = 10_000
 MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
 MAX_CHOICES = 128  # OpenAI's own cap on n (best_of is capped lower upstream)
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -69,7 +73,12 @@ class ValidatePolicy:
         ctx.stream = bool(stream)
         _check_counts(body)
         if endpoint.operation == "chat/completions":
-            _check_text_parts(body.get("messages"))
+            messages = body.get("messages")
+            if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+                raise BadRequest(
+                    f"'messages' has more than {MAX_MESSAGES:,} messages.", param="messages", code="too_many_elements"
+                )
+            _check_text_parts(messages)
         ctx.body_json = body
         self._pools.check_exists(deployment)
         if not ctx.principal.may_use(deployment):
@@ -80,6 +89,13 @@ class ValidatePolicy:
 def _parse_object(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise BadRequest("The request body is empty; send a JSON object.")
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > MAX_CONTAINERS:
+        raise BadRequest(
+            f"The request body has more than {MAX_CONTAINERS:,} JSON arrays and objects "
+            "(counted as '[' and '{' characters).",
+            code="too_many_elements",
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -87,7 +103,7 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     # A body with no more brackets than the limit cannot nest past it: most bodies skip the walk.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
+    if containers > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
         raise BadRequest(
             f"The request body nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep.",
             code="nesting_too_deep",
