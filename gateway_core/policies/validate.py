@@ -14,7 +14,7 @@ import orjson
 
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
-from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
+from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
 from ..routing.pools import PoolTable
@@ -80,7 +80,11 @@ class ValidatePolicy:
                 )
             _check_text_parts(messages)
         ctx.body_json = body
-        self._pools.check_exists(deployment)
+        try:
+            self._pools.check_exists(deployment)
+        except DeploymentNotFound as exc:
+            exc.param = source  # on the Azure surface the name came from the path, not a 'model' field
+            raise
         if not ctx.principal.may_use(deployment):
             raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)

@@ -1,4 +1,5 @@
-"""Bodies within the size limit whose shape would stall the event loop: millions of tiny arrays or messages.
+"""What validate refuses beyond names and counts: bodies within the size limit whose shape would stall the event
+loop (millions of tiny arrays or messages), and where an unknown deployment name came from.
 
 Parsing 16 MiB of ``[],`` took orjson about 7 s and the depth walk 3 s more, on the event loop; these bodies are
 refused by a count of '[' and '{' bytes before parsing. A large body of plain text still passes.
@@ -41,3 +42,13 @@ async def test_sixteen_mebibytes_of_words_in_one_message_still_pass(gateway: Gat
     text = "lorem ipsum dolor sit amet " * (15 * 1024 * 1024 // 27)
     response = await post(gateway, CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
     assert response.status == 200, response.body[:300]
+
+
+async def test_an_unknown_deployment_is_named_by_the_field_it_came_from(gateway: Gateway) -> None:
+    # Not about sizes, but about what validate answers: on the Azure surface the name is in the path.
+    azure = await post(
+        gateway, "/openai/deployments/not-here/chat/completions", {"messages": HELLO}, {"api-version": "2024-10-21"}
+    )
+    assert (error_of(azure, 404)["param"], error_of(azure, 404)["code"]) == ("deployment", "DeploymentNotFound")
+    openai = await post(gateway, CHAT, {"model": "not-here", "messages": HELLO})
+    assert error_of(openai, 404)["param"] == "model"
