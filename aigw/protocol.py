@@ -105,6 +105,10 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._refused = True
+        previous = getattr(self, "cycle", None)
+        if previous is not None and not previous.response_complete:
+            self.transport.close()  # a pipelined head while the previous answer is going out: no room for ours
+            return
         error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         body = json.dumps(error).encode()
         head = [
