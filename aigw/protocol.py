@@ -5,24 +5,38 @@ take to send a request head, so a client that connects and sends nothing, or a f
 holds a descriptor (and a slot in the kernel's accept queue) forever. Here a timer starts when the connection
 opens or the next request's first byte arrives, and the connection is closed unless the whole head arrived
 within ``header_timeout_s``. The body has its own timeout, in the ASGI adapter (it can answer 408 there).
+
+The head's size is capped too (``max_head_bytes``, ``max_target_bytes``): httptools and uvicorn join a header
+value or URL that arrives in many pieces by concatenation, so a client sending an endless head would make each
+new piece cost more than the last, on the event loop. Head bytes are counted as they arrive; past a cap the
+client gets 431 (or 414 for the request target), ``connection: close``, and the connection is shut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+# After refusing a head, its remaining bytes are read and dropped this long, so the answer is not lost to a reset
+# (closing a socket with unread data sends RST), then the connection is closed.
+_LINGER_S = 1.0
 
 
 class GatewayServerConfig(uvicorn.Config):
     """uvicorn's config plus what the protocol reads. It is pickled to each worker process, which imports this
     module to unpickle it before it starts answering the supervisor's health pings: keep the imports light."""
 
-    def __init__(self, app: Any, *, header_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, *, header_timeout_s: float, max_head_bytes: int, max_target_bytes: int, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.max_head_bytes = max_head_bytes
+        self.max_target_bytes = max_target_bytes
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
@@ -30,6 +44,31 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self._head_timeout_s: float = getattr(config, "header_timeout_s", 10.0)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._max_head: int = getattr(config, "max_head_bytes", 64 * 1024)
+        self._max_target: int = getattr(config, "max_target_bytes", 8 * 1024)
+        self._in_head = True  # the next bytes belong to a request head
+        self._head_bytes = 0
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused head: dropped unparsed
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and not self._refused and not self.transport.is_closing():
+            self._refuse_if_too_large(len(getattr(self, "url", b"")), self._head_bytes)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -46,7 +85,43 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        self._in_head = False
+        self._head_bytes = 0
+        # A head that arrived in one piece is measured here (names, values, separators).
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if not self._refuse_if_too_large(len(self.url), size):
+            super().on_headers_complete()
+
+    def _refuse_if_too_large(self, target_bytes: int, head_bytes: int) -> bool:
+        if target_bytes > self._max_target:
+            self._refuse(414, "uri_too_long", f"The request target is longer than {self._max_target} bytes.")
+        elif head_bytes > self._max_head:
+            self._refuse(
+                431, "request_header_fields_too_large", f"The request head is larger than {self._max_head} bytes."
+            )
+        else:
+            return False
+        return True
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._refused = True
+        previous = getattr(self, "cycle", None)
+        if previous is not None and not previous.response_complete:
+            self.transport.close()  # a pipelined head while the previous answer is going out: no room for ours
+            return
+        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+        body = json.dumps(error).encode()
+        head = [
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._disarm()
+        self._head_timer = self.loop.call_later(_LINGER_S, self._head_expired)
 
     def _arm(self) -> None:
         self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_expired)

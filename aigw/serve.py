@@ -57,6 +57,8 @@ def _uvicorn_config(
     return GatewayServerConfig(
         app,
         header_timeout_s=server.header_timeout_s,
+        max_head_bytes=server.max_head_bytes,
+        max_target_bytes=server.max_target_bytes,
         factory=factory,
         workers=workers,
         loop="uvloop",

@@ -192,6 +192,8 @@ class ServerSettings(_Model):
 
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     header_timeout_s: float = Field(default=10.0, gt=0)  # connect to end of the request head
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers (else 431)
+    max_target_bytes: int = Field(default=8 * 1024, ge=256)  # the request target, path and query (else 414)
     body_timeout_s: float = Field(default=30.0, gt=0)  # longest wait for the next piece of a body (else 408)
     keep_alive_s: float = Field(default=5.0, gt=0)  # idle keep-alive connections are closed after this
     # Peers (addresses or CIDR networks) whose X-Forwarded-For is believed; empty: the peer is the client.

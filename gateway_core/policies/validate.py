@@ -15,11 +15,15 @@ import orjson
 from ..catalogue import PoolTable
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
-from ..errors import BadRequest, PayloadTooLarge, PermissionDenied
+from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
 
 MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
+# Objects and arrays in a body, counted as '[' and '{' bytes before parsing (those inside strings too: an
+# over-estimate); parsing and walking millions of them stalls the event loop for seconds.
+MAX_CONTAINERS = 100_000
+MAX_MESSAGES = 10_000
 MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
 MAX_CHOICES = 128  # OpenAI's own cap on n (best_of is capped lower upstream)
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -68,9 +72,18 @@ class ValidatePolicy:
         ctx.stream = bool(stream)
         _check_counts(body)
         if endpoint.operation == "chat/completions":
-            _check_text_parts(body.get("messages"))
+            messages = body.get("messages")
+            if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+                raise BadRequest(
+                    f"'messages' has more than {MAX_MESSAGES:,} messages.", param="messages", code="too_many_elements"
+                )
+            _check_text_parts(messages)
         ctx.body_json = body
-        self._pools.check_exists(deployment)
+        try:
+            self._pools.check_exists(deployment)
+        except DeploymentNotFound as exc:
+            exc.param = source  # on the Azure surface the name came from the path, not a 'model' field
+            raise
         if not principal.may_use(deployment):
             raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
@@ -79,6 +92,13 @@ class ValidatePolicy:
 def _parse_object(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise BadRequest("The request body is empty; send a JSON object.")
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > MAX_CONTAINERS:
+        raise BadRequest(
+            f"The request body has more than {MAX_CONTAINERS:,} JSON arrays and objects "
+            "(counted as '[' and '{' characters).",
+            code="too_many_elements",
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -86,7 +106,7 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     # A body with no more brackets than the limit cannot nest past it: most bodies skip the walk.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
+    if containers > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
         raise BadRequest(
             f"The request body nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep.",
             code="nesting_too_deep",

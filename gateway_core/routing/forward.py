@@ -116,9 +116,11 @@ class Forwarder:
             attempt = Attempt(backend=backend.name)
             ctx.attempts.append(attempt)
             begin = self._clock.monotonic_s()
+            sending = False
             try:
                 headers = forwarded_headers(ctx.request.headers, ctx.request_id, simulator=backend.simulator)
                 headers.extend(await self._credentials[backend.name].headers())
+                sending = True
                 response = await self._client.send(
                     backend,
                     upstream_url(target, ctx, operation),
@@ -132,8 +134,13 @@ class Forwarder:
                 attempt.maybe_billed = maybe_billed(exc)
                 attempt.elapsed_ms = (self._clock.monotonic_s() - begin) * 1000
                 # A generation that is merely slow (its status line came, or our budget was the limit) says
-                # nothing about the backend's health.
-                slow = isinstance(exc, BackendTimeout) and (exc.started or remaining < backend.timeout_s)
+                # nothing about the backend's health; nor does a read timeout after the send (a non-stream
+                # status line comes only when generation ends) while other live traffic there succeeds.
+                slow = isinstance(exc, BackendTimeout) and (
+                    exc.started
+                    or remaining < backend.timeout_s
+                    or (maybe_billed(exc) and self._health.live_success_within_interval(backend.name))
+                )
                 self._health.observe(
                     backend.name,
                     deployment,
@@ -145,6 +152,8 @@ class Forwarder:
                 ctx.backend, tries.last_error, tries.last_response = backend.name, exc, None
                 continue
             except BaseException:
+                # Cancelled (the client left) while the backend may be generating: keep its estimate charged.
+                attempt.maybe_billed = sending
                 self._health.release(backend.name)
                 raise
             attempt.status = response.status

@@ -3,7 +3,9 @@
 Each instance decides from its own view (no store round trip on the request path). Azure's TPM/RPM limits are
 per deployment, so a 429 keeps only that deployment on that backend away; connection errors and failure
 statuses (5xx) count against the backend's breaker. A generation that is merely slow (a read timeout after the
-status line, or the request's budget running out) counts against neither.
+status line, or the request's budget running out) counts against neither; nor does a read timeout before the
+status line (a non-stream answer's comes only when generation ends) while live traffic to the backend has
+succeeded within ``interval_s``: one client's long generations must not take a working backend from everyone.
 
 Breaker states: closed → (``failures`` failures within ``interval_s``) → open for ``trip_s`` → half-open:
 exactly one live request is let through; its success closes the breaker, its failure opens it again. Opens and
@@ -169,6 +171,12 @@ class HealthView:
     def is_failure(self, backend: str, status: int) -> bool:
         """A status that counts against the breaker: the failure statuses, and 401/403 to aigw's own credential."""
         return status in self._by_backend[backend].settings.failure_statuses or status in (401, 403)
+
+    def live_success_within_interval(self, backend: str) -> bool:
+        """Has live traffic to ``backend`` succeeded within the breaker's interval? Then a probe's failure, or one
+        request's read timeout, is not taken as the backend failing."""
+        h = self._by_backend[backend]
+        return self._clock.now_s() - h.last_live_success_s <= h.settings.interval_s
 
     def release(self, backend: str) -> None:
         """The request that took the half-open slot ended without an outcome (client gone): free the slot."""

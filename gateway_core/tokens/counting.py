@@ -2,7 +2,8 @@
 
 Chat: every message costs 3 tokens of framing plus its role and content (and 1 more for a ``name``), and the
 reply is primed with 3 more; tool (function) definitions are counted in the compact form the models see;
-image parts follow the tile rules (``images.py``). These rules reproduce the ``usage.prompt_tokens`` that
+image parts follow the tile rules (``images.py``); nested schemas, ``response_format``, ``prediction`` and
+``data_sources`` are counted from their JSON text. These rules reproduce the ``usage.prompt_tokens`` that
 OpenAI documents for its examples (see tests/unit/test_token_counting.py); anything they cannot know (a new
 content type) is counted from its JSON text, so it is never free.
 """
@@ -69,6 +70,22 @@ def chat_prompt_tokens(body: dict[str, Any], encoding: tiktoken.Encoding) -> int
     defs = [f for f in functions if isinstance(f, dict)]
     if defs:
         total += tools_tokens(defs, encoding)
+    return total + _other_read_fields_tokens(body, encoding)
+
+
+def _other_read_fields_tokens(body: dict[str, Any], encoding: tiktoken.Encoding) -> int:
+    """Fields besides messages and tools that the model reads: a structured-output schema, a predicted output,
+    Azure's ``data_sources`` (On Your Data). Counted from their JSON text: over rather than under."""
+    total = 0
+    for field in ("response_format", "data_sources"):
+        value = body.get(field)
+        if value is not None:
+            total += _json_tokens(value, encoding)
+    prediction = body.get("prediction")
+    if isinstance(prediction, dict) and isinstance(prediction.get("content"), str):
+        total += text_tokens(prediction["content"], encoding)
+    elif prediction is not None:
+        total += _json_tokens(prediction, encoding)
     return total
 
 
@@ -108,6 +125,8 @@ def tools_tokens(functions: list[dict[str, Any]], encoding: tiktoken.Encoding) -
         total += text_tokens(f"{function.get('name', '')}:{description}", encoding)
         parameters = function.get("parameters")
         properties = parameters.get("properties") if isinstance(parameters, dict) else None
+        if isinstance(parameters, dict):
+            total += _rest_tokens(parameters, _SCHEMA_FRAMED, encoding)  # $defs, anyOf, ... at the top
         if isinstance(properties, dict) and properties:
             total += framing["prop_init"]
             for name, spec in properties.items():
@@ -121,7 +140,19 @@ def tools_tokens(functions: list[dict[str, Any]], encoding: tiktoken.Encoding) -
                 p_type = spec.get("type", "")
                 p_desc = str(spec.get("description", "")).removesuffix(".")
                 total += text_tokens(f"{name}:{p_type}:{p_desc}", encoding)
+                # Nested properties, items, anyOf, $defs...: their descriptions are read too.
+                total += _rest_tokens(spec, _PROPERTY_FRAMED, encoding)
     return total + framing["func_end"]
+
+
+# The schema keys the framing above already counts; any other key is counted from its JSON text.
+_SCHEMA_FRAMED = frozenset({"type", "properties", "required"})
+_PROPERTY_FRAMED = frozenset({"type", "description", "enum"})
+
+
+def _rest_tokens(schema: dict[str, Any], framed: frozenset[str], encoding: tiktoken.Encoding) -> int:
+    rest = {key: value for key, value in schema.items() if key not in framed}
+    return _json_tokens(rest, encoding) if rest else 0
 
 
 def completion_prompt_tokens(body: dict[str, Any], encoding: tiktoken.Encoding) -> int:

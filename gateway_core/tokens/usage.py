@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,26 +50,28 @@ async def scan_sse(stream: AsyncIterator[bytes], tokens: TokenUsage) -> AsyncIte
     gone), the completion is counted from everything the model generated that passed through (content, refusal,
     tool-call and function-call names and arguments, completions text), and the prompt from the pre-call count.
     """
-    buffer = b""
+    buffer = bytearray()
+    scanned = 0  # where the search for the next event's end resumes: each byte is searched about once
     generated = _Generated()
     try:
         async for chunk in stream:
             buffer += chunk
             out: list[bytes] = []
-            while True:
-                end, sep = _event_end(buffer)
-                if end < 0:
-                    break
-                event = _scan_event(buffer[: end + sep], tokens, generated)
-                buffer = buffer[end + sep :]
+            start = 0
+            while (match := _EVENT_END.search(buffer, max(start, scanned))) is not None:
+                event = _scan_event(bytes(buffer[start : match.end()]), tokens, generated)
+                start = scanned = match.end()
                 if event:
                     out.append(event)
+            del buffer[:start]  # once per chunk, not once per event
+            # An end not found yet may begin in the last 3 bytes (its first line break, of up to 4 bytes).
+            scanned = max(0, len(buffer) - 3)
             if out:
                 yield out[0] if len(out) == 1 else b"".join(out)
         if buffer.strip():
             # The end of the body ends the last event too, with or without its blank line (a bare `[DONE]`
             # line, a final usage chunk): read it, and pass it on terminated so the client's parser sees it.
-            event = _scan_event(buffer, tokens, generated)
+            event = _scan_event(bytes(buffer), tokens, generated)
             if event:
                 yield event.rstrip(b"\r\n") + b"\n\n"
     finally:
@@ -98,12 +101,10 @@ class _Generated:
         return sum(text_tokens("".join(parts), enc) for parts in self._parts.values())
 
 
-def _event_end(buffer: bytes) -> tuple[int, int]:
-    lf = buffer.find(b"\n\n")
-    crlf = buffer.find(b"\r\n\r\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, 4
-    return lf, 2 if lf >= 0 else 0
+# An event ends at a blank line: two line breaks in a row, each CRLF, LF or CR (SSE allows all three, mixed). A
+# CR followed by LF is one CRLF break, never two.
+_BREAK = rb"(?:\r\n|\r(?!\n)|\n)"
+_EVENT_END = re.compile(_BREAK + _BREAK)
 
 
 # Only chunks carrying one of these can hold usage or generated output: the others are not parsed.

@@ -6,10 +6,15 @@ final count without any waiting in the test.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from openai import AzureOpenAI
 
 from gateway_core.tokens.counting import chat_prompt_tokens, text_tokens
@@ -108,3 +113,41 @@ def test_the_semantic_caches_embedding_is_charged_to_the_caller_and_skipped_when
         assert ask(second) == ("MISS", ["completions"])
         assert ask(second)[0] == "HIT"  # the exact entry was stored
     assert charged(tmp_path, "tpm:embed-tpm:alice") == embedded
+
+
+def test_a_client_that_disconnects_while_the_backend_generates_is_charged_the_estimate(
+    sim_url: str, tmp_path: Path
+) -> None:
+    config = limited_config(sim_url, tmp_path, [{"name": "alice-tpm", "key": "user", "tokens_per_minute": 100_000}])
+    marker = uuid.uuid4().hex
+    messages: Any = [{"role": "user", "content": "Write a long story."}]
+    body = orjson.dumps({"messages": messages, "max_tokens": 700})
+    head = (
+        "POST /openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 HTTP/1.1\r\nhost: aigw\r\n"
+        f"api-key: {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"x-request-id: {marker}\r\nx-aigw-sim-latency-ms: 60000\r\n\r\n"
+    )
+
+    def outcome() -> object:
+        record = next((r for r in sim_requests(sim_url) if r["headers"].get("x-request-id") == marker), None)
+        return None if record is None else record.get("outcome", "started")
+
+    with run_aigw(["serve", "--config", str(config)], env=GATEWAY_ENV) as gateway:
+        host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=15) as sock:
+            sock.sendall(head.encode() + body)
+            wait_for(lambda: outcome() is not None, "the request to reach the backend")
+        wait_for(lambda: outcome() == "client_disconnected", "the upstream call to be cancelled")
+    # The backend got the request (Azure may bill it): the estimate stays charged. It was 0.
+    assert (
+        charged(tmp_path, "tpm:alice-tpm:alice")
+        == chat_prompt_tokens({"messages": messages}, encoding("o200k_base")) + 700
+    )
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

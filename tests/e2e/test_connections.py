@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -204,3 +205,74 @@ def test_forwarded_for_from_an_untrusted_peer_does_not_change_the_ip_counter(sim
                 statuses.append(_read_response(sock)[0])
         # Both requests come from 127.0.0.1: one bucket of 100 tokens, the second (~90 more) is refused.
         assert statuses == [200, 429]
+
+
+@pytest.fixture(scope="module")
+def patient_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A long header timeout, so a prompt close can only come from the head-size caps."""
+    config = gateway_config(sim_url, server={"header_timeout_s": 120})
+    path = write_yaml(tmp_path_factory.mktemp("conn-patient") / "gateway.yaml", config)
+    with run_aigw(["serve", "--config", str(path)], env=GATEWAY_ENV) as running:
+        yield running
+
+
+def _assert_refused(sock: socket.socket, status: int, code: str) -> None:
+    got, headers, body = _read_response(sock)
+    assert got == status
+    assert headers["connection"] == "close"
+    assert orjson.loads(body)["error"]["code"] == code
+    assert _closed_by_server(sock)
+
+
+def test_an_unfinished_request_head_over_the_cap_gets_431_at_once(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (80 * 1024))  # no end of head
+        _assert_refused(sock, 431, "request_header_fields_too_large")
+
+
+def test_a_whole_request_head_over_the_cap_gets_431(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(_head("/healthz", {f"x-h{i}": "a" * 1000 for i in range(70)}, method="GET"))
+        _assert_refused(sock, 431, "request_header_fields_too_large")
+
+
+def test_a_request_target_over_the_cap_gets_414(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(b"GET /healthz?q=" + b"a" * (20 * 1024))  # no end of the request line
+        _assert_refused(sock, 414, "uri_too_long")
+
+
+def test_a_head_under_the_caps_is_served(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(_head("/healthz?q=" + "a" * 4000, {f"x-h{i}": "a" * 1000 for i in range(30)}, method="GET"))
+        status, _, _ = _read_response(sock)
+        assert status == 200
+
+
+def test_an_endless_request_head_is_cut_off_and_others_are_served(patient_gateway: Running) -> None:
+    """The reviewer's attack: 64 KiB pieces of one header value, without end. Each piece used to cost more to join
+    than the last, on the event loop, until the header timeout."""
+    outcome: list[str] = []
+
+    def attack() -> None:
+        with _connect(patient_gateway.url) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ")
+            deadline = time.monotonic() + WAIT_S
+            try:
+                while time.monotonic() < deadline:
+                    sock.sendall(b"a" * (1 << 16))
+            except OSError:
+                outcome.append("cut off")
+                return
+            outcome.append("still sending")
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        with _connect(patient_gateway.url) as sock:
+            sock.sendall(_head("/healthz", {}, method="GET"))
+            status, _, _ = _read_response(sock)
+            assert status == 200
+    finally:
+        attacker.join()
+    assert outcome == ["cut off"]

@@ -6,7 +6,9 @@ stays charged on top of the answer that came; a refused connection never reached
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -154,6 +156,22 @@ async def test_a_stream_the_client_leaves_is_charged_what_passed(make: Any) -> N
     await anext(response.stream)
     await response.stream.aclose()  # type: ignore[attr-defined]
     assert 8 <= await charged(gateway) < ESTIMATE  # the gateway hung up: counted from the text, as before
+
+
+async def test_a_client_that_leaves_while_the_backend_generates_stays_charged_its_estimate(
+    make: Any, sims: dict[str, str]
+) -> None:
+    gateway = await make("healthy")
+    seen = requests_seen(sims["healthy"])
+    pending = asyncio.create_task(call(gateway, {"x-aigw-sim-latency-ms": "60000"}))
+    deadline = time.monotonic() + 15
+    while requests_seen(sims["healthy"]) == seen:  # the simulator records the request as it starts generating
+        assert time.monotonic() < deadline, "the request never reached the backend"
+        await asyncio.sleep(0.02)
+    pending.cancel()  # what the host does when the client disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert await charged(gateway) == ESTIMATE  # the backend got the request and may bill it; was 0
 
 
 async def test_a_backend_that_ignores_stream_options_is_counted_from_the_stream(make: Any) -> None:

@@ -146,3 +146,50 @@ async def test_a_json_answer_to_a_stream_request_stays_json_and_its_usage_is_rea
     finally:
         await gateway.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("sep", [b"\r\r", b"\n\r\n"], ids=["cr-cr", "lf-crlf"])
+async def test_a_stream_framed_with_other_sse_line_endings_is_relayed_as_it_arrives(sep: bytes) -> None:
+    """CR CR and LF CRLF end an event as well as LF LF: such events were held until the stream ended."""
+    release = asyncio.Event()
+    second_sent = False
+
+    def framed(payload: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(payload) + sep
+
+    def said(text: str) -> bytes:
+        return framed({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal second_sent
+        await request.read()
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "text/event-stream"})
+        await response.prepare(request)
+        await response.write(said("Hel"))
+        await release.wait()
+        second_sent = True
+        await response.write(said("lo") + framed({"choices": [], "usage": USAGE}) + b"data: [DONE]" + sep)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    gateway = gateway_for(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await gateway.start()
+    try:
+        response = await asyncio.wait_for(gateway.handle(stream_request()), 10)
+        assert response.status == 200 and response.stream is not None
+        first = await asyncio.wait_for(anext(response.stream), 10)
+        assert b'"Hel"' in first and not second_sent
+        release.set()
+        rest = b"".join([chunk async for chunk in response.stream])
+        assert b'"lo"' in rest and b"data: [DONE]" in rest
+        assert b'"usage"' not in first + rest  # the gateway asked for it; the client did not
+        assert await charged(gateway) == USAGE["total_tokens"]
+    finally:
+        release.set()
+        await gateway.close()
+        await runner.cleanup()

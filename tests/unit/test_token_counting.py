@@ -8,7 +8,12 @@ import zlib
 
 import pytest
 
-from gateway_core.tokens.counting import chat_prompt_tokens, completion_prompt_tokens, embedding_input_tokens
+from gateway_core.tokens.counting import (
+    chat_prompt_tokens,
+    completion_prompt_tokens,
+    embedding_input_tokens,
+    text_tokens,
+)
 from gateway_core.tokens.encodings import encoding, encoding_for_model
 from gateway_core.tokens.images import data_url_size, image_tokens
 
@@ -122,3 +127,65 @@ def test_completions_and_embeddings_inputs() -> None:
 def test_special_token_text_is_counted_not_refused() -> None:
     enc = encoding("o200k_base")
     assert chat_prompt_tokens({"messages": [{"role": "user", "content": "<|endoftext|>"}]}, enc) > 7
+
+
+_LONG = " ".join(f"word{i}" for i in range(20_000))
+
+
+def _tool(parameters: dict[str, object]) -> dict[str, object]:
+    return {"type": "function", "function": {"name": "f", "parameters": parameters}}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"description": _LONG}}}},
+        {
+            "tools": [
+                _tool(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "a": {"type": "object", "properties": {"b": {"type": "string", "description": _LONG}}}
+                        },
+                    }
+                )
+            ]
+        },
+        {"tools": [_tool({"type": "object", "properties": {"a": {"type": "array", "items": {"description": _LONG}}}})]},
+        {
+            "tools": [
+                _tool({"type": "object", "properties": {"a": {"anyOf": [{"type": "string", "description": _LONG}]}}})
+            ]
+        },
+        {"tools": [_tool({"type": "object", "$defs": {"d": {"description": _LONG}}, "properties": {}})]},
+        {
+            "functions": [
+                {
+                    "name": "f",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"a": {"type": "object", "properties": {"b": {"enum": [_LONG]}}}},
+                    },
+                }
+            ]
+        },
+        {"prediction": {"type": "content", "content": _LONG}},
+        {"data_sources": [{"type": "azure_search", "parameters": {"role_information": _LONG}}]},
+    ],
+    ids=[
+        "response_format",
+        "nested-properties",
+        "items",
+        "anyOf",
+        "$defs",
+        "nested-enum",
+        "prediction",
+        "data_sources",
+    ],
+)
+def test_text_the_model_reads_outside_messages_is_counted(extra: dict[str, object]) -> None:
+    """On a stream without usage the estimate is the charge: a 20,000-word schema used to count as ~13-44 tokens."""
+    enc = encoding("o200k_base")
+    counted = chat_prompt_tokens({"messages": [{"role": "user", "content": "hi"}], **extra}, enc)
+    assert counted >= text_tokens(_LONG, enc)
