@@ -78,7 +78,9 @@ class SimulatorApp:
             except ValueError as exc:
                 return azure_error(400, "BadRequest", f"invalid simulator settings: {exc}")
             self._state.reconfigure(config)
-        return json_reply(200, self.config.model_dump(mode="json"))
+        shown = self.config.model_dump(mode="json", exclude={"api_key"})
+        shown["api_key_set"] = self.config.api_key is not None  # the key itself is never shown
+        return json_reply(200, shown)
 
     def _listing(self, headers: Mapping[str, str]) -> SimReply:
         # What a health probe calls: free of tokens, but authenticated, faulted and throttled like the rest.

@@ -107,7 +107,28 @@ def infer(state: SimState, request: Incoming, record: RequestRecord) -> SimReply
             message = f"The API deployment {deployment_name} does not exist."
             return azure_error(404, "DeploymentNotFound", message)
         deployment = SimDeployment(name=deployment_name)
+    bad = _bad_control_header(request.headers)
+    if bad is not None:
+        return azure_error(400, "BadRequest", f"{bad} must be a non-negative number.")
     return _answer(state, operation, body, deployment, request.headers)
+
+
+_NUMERIC_CONTROLS = ("x-aigw-sim-latency-ms", "x-aigw-sim-completion-tokens", "x-aigw-sim-retry-after")
+
+
+def _bad_control_header(headers: Mapping[str, str]) -> str | None:
+    """The first numeric x-aigw-sim-* header whose value is not a finite number >= 0 (a 400, not a crash)."""
+    for name in _NUMERIC_CONTROLS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            return name
+        if not 0 <= number < float("inf") or (name.endswith("-tokens") and not value.strip().isdigit()):
+            return name
+    return None
 
 
 def _answer(

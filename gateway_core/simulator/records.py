@@ -7,6 +7,7 @@ undecoded path and query string, every header, and the body's bytes (base64, bou
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
@@ -41,10 +42,23 @@ def record_of(
         "method": scope["method"],
         "path": path,
         "query": query,
-        "headers": headers,
+        "headers": {k: _fingerprint(v) if k in _CREDENTIALS else v for k, v in headers.items()},
         "raw_path": scope.get("raw_path", path.encode()).decode("latin-1"),
         "query_string": scope.get("query_string", b"").decode("latin-1"),
         "body_base64": base64.b64encode(kept).decode("ascii"),
         "body_bytes": len(body),
         "body_truncated": len(kept) < len(body),
     }
+
+
+# Credentials are recorded as a fingerprint: tests can still prove which key arrived, and the listing (which
+# needs no key) never shows a secret.
+_CREDENTIALS = frozenset({"api-key", "authorization"})
+
+
+def fingerprint(secret: str) -> str:
+    """What the records show instead of a credential's value."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+_fingerprint = fingerprint

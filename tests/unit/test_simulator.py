@@ -137,3 +137,35 @@ def test_requests_record_the_body_bytes_as_received(sim: str) -> None:
     httpx.post(sim + CHAT.format(d="gpt-4o"), content=body)
     cut = httpx.get(sim + "/_sim/requests").json()["requests"][-1]
     assert base64.b64decode(cut["body_base64"]) == body[:10] and cut["body_truncated"] is True
+
+
+def test_the_simulators_listings_never_show_its_key_or_a_credential_it_received() -> None:
+    servers = BackgroundServers()
+    port = servers.serve(SimulatorApp(SimConfig(api_key="s3cret-backend-key")))
+    sim = f"http://127.0.0.1:{port}"
+    try:
+        chat = httpx.post(sim + CHAT.format(d="x"), json={"messages": []}, headers={"api-key": "s3cret-backend-key"})
+        assert chat.status_code == 200
+        shown = httpx.get(sim + "/++/config")
+        assert "s3cret" not in shown.text and shown.json()["api_key_set"] is True
+        listed = httpx.get(sim + "/_sim/requests")
+        assert "s3cret" not in listed.text
+        assert listed.json()["requests"][-1]["headers"]["api-key"].startswith("sha256:")
+    finally:
+        servers.stop()
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-aigw-sim-latency-ms", "soon"),
+        ("x-aigw-sim-latency-ms", "-5"),
+        ("x-aigw-sim-latency-ms", "inf"),
+        ("x-aigw-sim-completion-tokens", "1.5"),
+        ("x-aigw-sim-retry-after", "nan"),
+    ],
+)
+def test_a_bad_control_header_is_a_400_not_a_crash(sim: str, header: str, value: str) -> None:
+    headers = {header: value, "x-aigw-sim-fault": "429"} if header.endswith("retry-after") else {header: value}
+    answer = httpx.post(sim + CHAT.format(d="gpt-4o"), json={"messages": []}, headers=headers)
+    assert answer.status_code == 400 and header in answer.json()["error"]["message"]
