@@ -23,6 +23,7 @@ from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig
+from tests.inprocess import running
 from tests.upstream import serve_recorders
 
 NOW = 1_795_000_000.0
@@ -72,12 +73,8 @@ async def gateway(url: str, clock: ManualClock | None = None, **cache: Any) -> A
             "stores": {"cache": "memory://", "health": "memory://"},
         }
     )
-    gw = Gateway(config, clock=clock or ManualClock(NOW))
-    await gw.start()
-    try:
+    async with running(config, clock or ManualClock(NOW)) as gw:
         yield gw
-    finally:
-        await gw.close()
 
 
 async def ask(

@@ -14,6 +14,7 @@ import pytest
 from gateway_core.app import Gateway
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
+from tests.inprocess import running
 from tests.upstream import Recorder, serve_recorders
 
 KEY = {"api-key": "fwd-key"}
@@ -55,12 +56,8 @@ async def gateway(
             "stores": {"health": "memory://"},
         }
     )
-    gw = Gateway(config)
-    await gw.start()
-    try:
+    async with running(config) as gw:
         yield gw
-    finally:
-        await gw.close()
 
 
 async def v1(gw: Gateway, headers: dict[str, str] | None = None, **body: Any) -> GatewayResponse:

@@ -19,6 +19,7 @@ from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
+from tests.inprocess import running
 from tests.upstream import serve_recorders
 
 START = 1_795_000_040.0  # 20 s into a minute: one window for the whole test
@@ -46,12 +47,8 @@ async def gateway(upstream: str, key: str, limit: int = 1000) -> AsyncIterator[G
             "stores": {"counters": "memory://", "health": "memory://"},
         }
     )
-    gw = Gateway(config, clock=ManualClock(START))
-    await gw.start()
-    try:
+    async with running(config, ManualClock(START)) as gw:
         yield gw
-    finally:
-        await gw.close()
 
 
 async def ask(

@@ -17,6 +17,7 @@ from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
+from tests.inprocess import running
 from tests.upstream import USAGE, Recorder, serve_recorders
 
 KEY = {"api-key": "pass-key"}
@@ -46,10 +47,8 @@ async def gateway(upstream: tuple[str, Recorder]) -> AsyncIterator[Gateway]:
             "stores": {"counters": "memory://", "health": "memory://"},
         }
     )
-    gw = Gateway(config, clock=ManualClock(START))
-    await gw.start()
-    yield gw
-    await gw.close()
+    async with running(config, ManualClock(START)) as gw:
+        yield gw
 
 
 async def azure(gw: Gateway, raw: bytes, api_version: str = "2024-10-21") -> GatewayResponse:

@@ -16,6 +16,7 @@ from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
+from tests.inprocess import running
 from tests.upstream import Recorder, serve_recorders
 
 KEY = {"api-key": "route-key"}
@@ -62,12 +63,8 @@ async def gateway(
             "stores": {"health": health_store},
         }
     )
-    gw = Gateway(config, clock=clock or ManualClock(NOW))
-    await gw.start()
-    try:
+    async with running(config, clock or ManualClock(NOW)) as gw:
         yield gw
-    finally:
-        await gw.close()
 
 
 async def chat(gw: Gateway, headers: dict[str, str] | None = None, model: str = "gpt-4o") -> GatewayResponse:
