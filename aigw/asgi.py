@@ -85,6 +85,12 @@ class GatewayASGI:
             await _send_response(early, send, close=True)
             return
         announced = headers.get("content-length", "")
+        if scope["method"] != "POST":
+            # Only POST paths take a body: a GET with one (announced or chunked) is answered from its head, and
+            # the connection is closed rather than the body read, so no client can make a bodiless path buffer.
+            has_body = (announced.isdigit() and int(announced) > 0) or "transfer-encoding" in headers
+            await _send_response(await self.gateway.handle(head), send, close=has_body)  # GET answers are JSON
+            return
         if announced.isdigit() and int(announced) > self._max_body:
             # Refused on the head alone, before receive() is ever called: uvicorn would answer a client's
             # "Expect: 100-continue" with "100 Continue" and invite the upload it is about to refuse.

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -142,6 +143,17 @@ class Backend(_Model):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        parts = urlsplit(value)
+        try:
+            port = parts.port  # raises ValueError for a port outside 0-65535 or not a number
+        except ValueError:
+            port = 0
+        if port == 0 and parts.netloc.rpartition("]")[2].count(":"):  # an explicit port that is not 1-65535
+            raise ValueError("has a port that is not a number from 1 to 65535")
+        if not parts.hostname:
+            raise ValueError("names no host")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must not carry credentials, a query or a fragment (keys belong in auth.key_env)")
         return value.rstrip("/")
 
     @field_validator("api_version")
@@ -413,6 +425,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
         try:
             data = yaml.safe_load(text)
             nodes = yaml.compose(text)

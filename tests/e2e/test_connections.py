@@ -115,6 +115,20 @@ def test_an_announced_oversized_body_gets_413_and_never_100_continue(gateway: Ru
         assert _closed_by_server(sock)
 
 
+def test_a_get_with_a_body_is_answered_from_its_head_and_closed(gateway: Running) -> None:
+    # /healthz needs no key: an announced body must not make the gateway wait for (or buffer) it.
+    with _connect(gateway.url) as sock:
+        sock.sendall(_head("/healthz", {"content-length": "16000000"}, method="GET") + b"x" * 1000)
+        status, headers, body = _read_response(sock)
+        assert status == 200 and orjson.loads(body) == {"status": "ok"}
+        assert headers["connection"] == "close"
+        assert _closed_by_server(sock)
+    with _connect(gateway.url) as sock:  # a GET without a body keeps its connection
+        sock.sendall(_head("/healthz", {}, method="GET"))
+        status, headers, _ = _read_response(sock)
+        assert status == 200 and headers.get("connection") != "close"
+
+
 def test_connection_that_sends_nothing_is_closed_after_the_header_timeout(gateway: Running) -> None:
     with _connect(gateway.url) as sock:
         assert _closed_by_server(sock)

@@ -148,3 +148,27 @@ def test_semantic_cache_embedding_deployment_is_a_deployment_name() -> None:
     semantic = {"deployments": ["gpt-4o"], "embedding_deployment": "emb/../x"}
     with pytest.raises(ConfigError, match=r"cache\.semantic\.embedding_deployment"):
         config_from_dict({"backends": [backend], "cache": {"semantic": semantic}})
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://", "names no host"),
+        ("http://x:99999", "port"),
+        ("http://x:0", "port"),
+        ("http://x:abc", "port"),
+        ("http://user:secret@x", "credentials"),
+        ("http://x/?api-key=secret", "credentials, a query"),
+    ],
+)
+def test_backend_urls_that_cannot_work_are_refused_at_start(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=r"backends\.0\.url") as refused:
+        config_from_dict({"backends": [{"name": "b", "url": url, "deployments": ["d"]}]})
+    assert fragment in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "latin.yaml"
+    bad.write_bytes(b"\xff\xfe backends: []\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad, env={})
