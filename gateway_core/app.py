@@ -54,7 +54,8 @@ class Gateway:
         env: Mapping[str, str] | None = None,
         background_probes: bool = False,
     ) -> None:
-        """``background_probes``: run the active health probes in a loop (`aigw serve`; Functions uses a timer)."""
+        """``background_probes``: run the active health probes and the health sync in loops (`aigw serve`; the
+        Functions app probes and syncs from its timer trigger, and syncs after routed requests)."""
         env = os.environ if env is None else env
         self.config = config
         self.clock = clock or SystemClock()
@@ -63,7 +64,7 @@ class Gateway:
         self.client = UpstreamClient()
         self._credentials: dict[str, Credential] = {b.name: credential_for(b, self.clock, env) for b in config.backends}
         forwarder = Forwarder(self.pools, self.client, self._credentials, self.health, self.clock, config.routing)
-        # 8 route/failover, with the actual tokens of its final answer read by the accounting policy around it.
+        # 9 route/failover, with the actual tokens of its final answer read by the accounting policy (8) around it.
         self._forward: Handler = build_chain([AccountingPolicy()], forwarder)
         self.tasks = BackgroundTasks()
         self.health_store: HealthStore = health_store(config.stores.health or default_url("health", env), env)
@@ -73,8 +74,10 @@ class Gateway:
         self.prober = Prober(
             list(config.backends), self.client, self._credentials, self.health, self.clock, config.routing.probe
         )
+        self._background = background_probes
         self._background_probes = background_probes and config.routing.probe.enabled
         self._probe_loop: asyncio.Task[None] | None = None
+        self._sync_loop: asyncio.Task[None] | None = None
         self._started = False
         self.closed = False
         # The counters store is opened only when there are rules to count for.
@@ -123,6 +126,9 @@ class Gateway:
             log.error("health store unreachable at start, routing on this instance's view: %s", exc)
         if self._background_probes:
             self._probe_loop = asyncio.get_running_loop().create_task(self.prober.run_forever())
+        if self._background:
+            # Probe results, and other instances' windows, are shared even while this instance routes nothing.
+            self._sync_loop = asyncio.get_running_loop().create_task(self._sync_forever())
         if self.cache is not None:
             try:
                 await self.cache.start()
@@ -138,10 +144,11 @@ class Gateway:
     async def close(self) -> None:
         """Finish background work (limit settlements, health publishing) first, then close connections."""
         self.closed = True
-        if self._probe_loop is not None:
-            self._probe_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_loop
+        for loop in (self._probe_loop, self._sync_loop):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         if self._started:  # a gateway never started (only checked) has learned nothing to publish
             await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
@@ -181,6 +188,11 @@ class Gateway:
         client_id = request.headers.get("x-request-id", "")
         request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
         return RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.routing.sync_interval_s)
+            self._health_sync.maybe_sync()  # no-op while a sync runs; a store outage is logged by the sync
 
     async def sync_health(self) -> None:
         """Publish this instance's health windows and adopt the others' (what the background sync does)."""

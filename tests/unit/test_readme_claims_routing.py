@@ -4,6 +4,7 @@ recorders and a clock the test moves.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -154,3 +155,35 @@ async def test_a_throttle_seen_by_one_instance_is_adopted_by_another_through_the
         response = await chat(two)
         assert response.header("x-aigw-backend") == "r1" and response.header("x-aigw-attempts") == "1"
     assert len(recorders[0][1].received) == 1  # the second instance never asked the throttled backend
+
+
+async def test_an_idle_instance_adopts_anothers_throttle_on_its_own_schedule(
+    recorders: list[tuple[str, Recorder]], tmp_path: Path
+) -> None:
+    # `aigw serve` syncs health in the background, so an instance that routes nothing still learns.
+    store = f"sqlite:///{tmp_path}/health.db"
+    backends = [
+        {"name": f"r{i}", "url": url, "priority": i, "auth": {"type": "none"}, "deployments": ["gpt-4o"]}
+        for i, (url, _) in enumerate(recorders)
+    ]
+    config = config_from_dict(
+        {
+            "backends": backends,
+            "keys": [{"name": "k", "sha256": sha256_hex("route-key"), "user": "u"}],
+            "routing": {"probe": {"enabled": False}, "sync_interval_s": 0.05},
+            "stores": {"health": store},
+        }
+    )
+    idle = Gateway(config, background_probes=True)
+    await idle.start()
+    try:
+        async with running(config) as busy:
+            recorders[0][1].status, recorders[0][1].retry_after_s = 429, 30
+            assert (await chat(busy)).header("x-aigw-backend") == "r1"
+            await busy.sync_health()  # published
+        deadline = asyncio.get_running_loop().time() + 10
+        while idle.health.throttled_for_s("r0", "gpt-4o") <= 0:  # adopted without a request of its own
+            assert asyncio.get_running_loop().time() < deadline, "the idle instance never adopted the throttle"
+            await asyncio.sleep(0.02)
+    finally:
+        await idle.close()
