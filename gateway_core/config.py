@@ -455,13 +455,17 @@ def _validate(data: dict[str, Any], *, source: str, nodes: yaml.Node | None) -> 
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
+        keys = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
             # Discriminated unions add the tag name to the location; drop what is not a real key.
-            key = ".".join(p for p in loc if p not in {"api_key", "entra", "none"}) or "(top level)"
+            keys.append(".".join(p for p in loc if p not in {"api_key", "entra", "none"}) or "(top level)")
+        for err, key in zip(exc.errors(), keys, strict=True):
+            if err["type"] == "too_short" and any(other.startswith(key + ".") for other in keys):
+                continue  # "backends: at least 1 item" only because an item inside was invalid: said already
             line = _line_of(nodes, err["loc"])
             where = f"{source}:{line}" if line else source
-            problems.append(f"{where}: {key}: {err['msg']}")
+            problems.append(f"{where}: {key}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 

@@ -24,7 +24,7 @@ CASES = {
     "bad store URL in the file": (
         {"backends": [BACKEND], "keys": KEYS, "stores": {"cache": "redis://localhost"}},
         {},
-        "stores.cache: Value error, unknown store scheme 'redis'",
+        "stores.cache: unknown store scheme 'redis'",
     ),
     "bad store URL in the environment": (
         {"backends": [BACKEND], "keys": KEYS},
