@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML config file (default: $AIGW_CONFIG, else zero-config from env)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7071)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=_positive, default=1)
     serve.add_argument("--demo", action="store_true", help="front two simulated regional backends, with demo keys")
     serve.add_argument("--no-auth", action="store_true", help="accept every caller as the anonymous user")
     serve.add_argument("--log-level", default="warning")
@@ -43,6 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aigw: {exc}", file=sys.stderr)
         return 2
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -68,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         asyncio.run(gateway.close())
         print(f"aigw: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
+        return 2
     url = f"http://{args.host}:{sockets[0].getsockname()[1]}"
     if args.demo:
         print(banner(url, config), flush=True)
@@ -97,7 +104,11 @@ def _simulate(args: argparse.Namespace) -> int:
         if v is not None
     }
     sim = sim.model_copy(update=updates)
-    sock = bind(args.host, args.port)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"aigw: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
     print(f"aigw simulator listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(

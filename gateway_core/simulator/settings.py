@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import ConfigError
 
 FaultKind = Literal["429", "500", "503", "slow", "drop"]
 
@@ -56,10 +58,20 @@ class SimConfig(_Model):
 
 
 def load_sim_config(path: str | Path | None) -> SimConfig:
+    """The simulator's settings from a YAML file; ``ConfigError`` (one message, no traceback) if unusable."""
     if path is None:
         return SimConfig()
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return SimConfig.model_validate(data)
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        return SimConfig.model_validate(data)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"simulator config {file}: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"simulator config {file}: {problems}") from None
 
 
 def patched(config: SimConfig, body: bytes) -> SimConfig:

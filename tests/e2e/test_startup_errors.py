@@ -4,6 +4,7 @@ status 2, no traceback, nothing bound."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,28 @@ def test_several_workers_check_the_config_before_starting_any(tmp_path: Path) ->
     result = serve(tmp_path, config, env, "--workers", "2")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr
+
+
+def _aigw(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aigw.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_simulator_and_a_taken_port_fail_as_cleanly_as_the_gateway(tmp_path: Path) -> None:
+    bad = tmp_path / "sim.yaml"
+    bad.write_text("deployments: [{name: d, ttft_ms: -1}]\nunknown_field: 1\n", encoding="utf-8")
+    result = _aigw("simulate", "--config", str(bad), "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("aigw: simulator config") and "unknown_field" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in ("simulate", "serve"):
+            extra = ["--demo"] if command == "serve" else []
+            result = _aigw(command, *extra, "--port", port, cwd=tmp_path)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, (command, result.stderr)
+            assert "cannot listen on" in result.stderr
+    result = _aigw("serve", "--demo", "--workers", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "must be 1 or more" in result.stderr
