@@ -130,7 +130,7 @@ CSV="$HERE/results/$STAMP.csv"
 AZ="/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 AZS="/openai/deployments/gpt-4o-stream/chat/completions?api-version=2024-10-21"
 KEY="api-key: $BENCH_CLIENT_KEY"
-# The harness is the shared one, unchanged; it exits non-zero after its last scenario, whatever happened.
+# The harness (bench/harness/, the one the peers were measured with, unchanged) exits non-zero after its last scenario, whatever happened.
 bench() { "$H/bench.sh" "$@" || true; }
 {
   echo "=== aigw bench $STAMP, $(nproc) cores, aigw workers=$WORKERS, $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"

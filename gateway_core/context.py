@@ -75,7 +75,7 @@ class Endpoint:
 
 @dataclass(slots=True, frozen=True)
 class Principal:
-    """Who is calling: from a gateway key now, from a JWT later."""
+    """Who is calling: from a gateway key (JWTs would produce the same principal)."""
 
     user: str
     tenant: str
@@ -91,7 +91,7 @@ class Principal:
 
 @dataclass(slots=True)
 class Attempt:
-    """One try at one backend, kept for logs, failover decisions and (later) usage records."""
+    """One try at one backend, kept for logs, failover decisions and accounting."""
 
     backend: str
     status: int | None = None

@@ -26,7 +26,7 @@ def test_example_file_is_valid_and_complete() -> None:
     assert config.deployment_names() == ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
     assert [r.name for r in config.limits.rules] == ["per-user-tpm", "tenant-monthly", "per-team"]
     assert config.cache.enabled and config.cache.semantic is not None
-    assert config.stores.cache == "sqlite:///.aigw/cache.db"
+    assert config.stores.cache is None  # commented out: the environment (COSMOS_ENDPOINT, else SQLite) decides
     assert config.routing.breaker.failures == 5 and config.routing.probe.interval_s == 30
 
 
