@@ -11,6 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway_core.simulator.records import fingerprint
 from tests.servers import BACKEND_KEY, CLIENT_KEY, GATEWAY_ENV, gateway_config, write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,7 +130,7 @@ async def test_timer_trigger_probes_every_backend(functions: dict[str, Any], tri
     await functions["health"].get_user_function()(TimerRequest(past_due=False))
     (probe,) = sim_requests(sim_url)
     assert probe["method"] == "GET" and probe["path"] == "/openai/models"
-    assert probe["headers"]["api-key"] == BACKEND_KEY
+    assert probe["headers"]["api-key"] == fingerprint(BACKEND_KEY)
 
 
 async def test_http_trigger_refuses_an_unauthenticated_caller_without_reading_its_body(trigger: Any) -> None:

@@ -14,6 +14,7 @@ from gateway_core.app import Gateway
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest
 from gateway_core.simulator.app import SimulatorApp
+from gateway_core.simulator.records import fingerprint
 from gateway_core.simulator.settings import SimConfig
 
 BACKEND_KEY = "openai-style-backend-key"
@@ -68,7 +69,7 @@ async def test_openai_backend_gets_its_model_name_and_bearer_key(
     seen = app.requests[-1]
     assert seen["path"] == "/v1/chat/completions"
     assert seen["model"] == "gpt-4o-mini"
-    assert seen["headers"]["authorization"] == f"Bearer {BACKEND_KEY}"
+    assert seen["headers"]["authorization"] == fingerprint(f"Bearer {BACKEND_KEY}")  # records keep a fingerprint
     assert "api-key" not in seen["headers"]
     assert orjson.loads(response.body)["model"] == "gpt-4o-mini"
 
@@ -144,5 +145,5 @@ async def test_entra_backend_gets_a_cached_managed_identity_token(
     finally:
         await gateway.close()
         servers.stop()
-    assert app.requests[-1]["headers"]["authorization"] == "Bearer entra-token-123"
+    assert app.requests[-1]["headers"]["authorization"] == fingerprint("Bearer entra-token-123")
     assert identity_endpoint == [{"resource": "https://cognitiveservices.azure.com", "header": "identity-secret"}]
