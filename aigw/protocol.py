@@ -10,6 +10,12 @@ The head's size is capped too (``max_head_bytes``, ``max_target_bytes``): httpto
 value or URL that arrives in many pieces by concatenation, so a client sending an endless head would make each
 new piece cost more than the last, on the event loop. Head bytes are counted as they arrive; past a cap the
 client gets 431 (or 414 for the request target), ``connection: close``, and the connection is shut.
+
+A chunked body's trailer section (after the ``0`` chunk) is parsed like a head, by the same concatenation, but
+after ``on_headers_complete``: bytes that arrive after the head without moving the body on (no body bytes, no
+chunk completed) are counted against ``max_head_bytes``; past it the connection is closed (the answer to that
+request may already be out, so none is written). Their time is bounded by the body timeout: the adapter reads the
+whole body, trailers included, before it answers.
 """
 
 from __future__ import annotations
@@ -49,25 +55,46 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes belong to a request head
         self._head_bytes = 0
         self._refused = False
+        self._stalled_bytes = 0  # after the head: bytes since the body last moved on (trailers, chunk extensions)
+        self._body_moved = False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the rest of a refused head: dropped unparsed
         if self._in_head:
             self._head_bytes += len(data)
+        self._body_moved = False
         super().data_received(data)
-        if self._in_head and not self._refused and not self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
+            return
+        if self._in_head:
             self._refuse_if_too_large(len(getattr(self, "url", b"")), self._head_bytes)
+        elif not self._body_moved:
+            self._stalled_bytes += len(data)
+            if self._stalled_bytes > self._max_head:
+                # The answer may be out already: nothing can be written for this request, so the connection ends.
+                self._refused = True
+                self._disarm()
+                self.transport.close()
+
+    def _moved_on(self) -> None:
+        self._body_moved = True
+        self._stalled_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._moved_on()
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
         super().on_message_complete()
+        self._stalled_bytes = 0
         self._in_head = True
         self._head_bytes = 0
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
+            self._moved_on()
             super().on_body(body)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -276,3 +276,44 @@ def test_an_endless_request_head_is_cut_off_and_others_are_served(patient_gatewa
     finally:
         attacker.join()
     assert outcome == ["cut off"]
+
+
+CHUNKED_HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def test_an_endless_trailer_is_cut_off_and_others_are_served(patient_gateway: Running) -> None:
+    """The reviewer's attack, no key needed: a chunked body's trailer value without end, in 64 KiB pieces. The
+    trailers came after the head, so neither the head cap nor its deadline applied, and each piece cost more to
+    join than the last."""
+    outcome: list[str] = []
+
+    def attack() -> None:
+        with _connect(patient_gateway.url) as sock:
+            sock.sendall(CHUNKED_HEALTHZ + b"0\r\nx-t: ")
+            deadline = time.monotonic() + WAIT_S
+            try:
+                while time.monotonic() < deadline:
+                    sock.sendall(b"a" * (1 << 16))
+            except OSError:
+                outcome.append("cut off")
+                return
+            outcome.append("still sending")
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        with _connect(patient_gateway.url) as sock:
+            sock.sendall(_head("/healthz", {}, method="GET"))
+            status, _, _ = _read_response(sock)
+            assert status == 200
+    finally:
+        attacker.join()
+    assert outcome == ["cut off"]
+
+
+def test_a_chunked_body_with_small_trailers_is_served_and_the_connection_reused(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(CHUNKED_HEALTHZ + b"5\r\nhello\r\n0\r\nx-t: 1\r\nx-u: 2\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+        sock.sendall(_head("/healthz", {}, method="GET"))
+        assert _read_response(sock)[0] == 200
