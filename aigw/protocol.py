@@ -10,6 +10,13 @@ The head's size is capped too (``max_head_bytes``, ``max_target_bytes``): httpto
 value or URL that arrives in many pieces by concatenation, so a client sending an endless head would make each
 new piece cost more than the last, on the event loop. Head bytes are counted as they arrive; past a cap the
 client gets 431 (or 414 for the request target), ``connection: close``, and the connection is shut.
+
+A chunked body's trailer section (after the ``0`` chunk) is parsed like a head, by the same concatenation, but
+after ``on_headers_complete``: bytes that arrive after the head without moving the body on (no body bytes) are
+counted against ``max_head_bytes``. Each chunk costs parser callbacks, so past 1024 chunks a body must average
+64 bytes a chunk. Past either bound the connection is closed (the answer to that request may already be out, so
+none is written). Their time is bounded by the body timeout: the adapter reads the whole body, trailers
+included, before it answers.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 # After refusing a head, its remaining bytes are read and dropped this long, so the answer is not lost to a reset
 # (closing a socket with unread data sends RST), then the connection is closed.
 _LINGER_S = 1.0
+# A chunked body may have this many chunks, and one more for each _MIN_AVERAGE_CHUNK bytes of it.
+_FREE_CHUNKS = 1024
+_MIN_AVERAGE_CHUNK = 64
 
 
 class GatewayServerConfig(uvicorn.Config):
@@ -49,26 +59,65 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes belong to a request head
         self._head_bytes = 0
         self._refused = False
+        self._stalled_bytes = 0  # after the head: bytes since the body last moved on (trailers, chunk extensions)
+        self._chunks = 0  # this message's chunks
+        self._payload_bytes = 0  # this message's body bytes
+        self._body_pieces: list[bytes] = []  # this read's body pieces, handed to uvicorn as one
+        self._read_body_bytes = 0
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the rest of a refused head: dropped unparsed
+        in_body = not self._in_head
         if self._in_head:
             self._head_bytes += len(data)
+        self._read_body_bytes = 0
         super().data_received(data)
-        if self._in_head and not self._refused and not self.transport.is_closing():
+        self._hand_over_body()
+        if self._refused or self.transport.is_closing():
+            return
+        if self._in_head:
             self._refuse_if_too_large(len(getattr(self, "url", b"")), self._head_bytes)
+        elif in_body:  # (a read that held the end of the head is not counted: at most one read's worth)
+            self._stalled_bytes = 0 if self._read_body_bytes else self._stalled_bytes + len(data)
+            if self._stalled_bytes > self._max_head:  # trailers, joined like a head's values
+                self._close_mid_body()
+
+    def on_chunk_header(self) -> None:
+        # Each chunk costs parser callbacks on the event loop: past the first ones, a body must average at least
+        # _MIN_AVERAGE_CHUNK bytes a chunk (a body of 1-byte chunks stalled every request on the worker).
+        self._chunks += 1
+        if self._chunks > _FREE_CHUNKS + self._payload_bytes // _MIN_AVERAGE_CHUNK and not self._refused:
+            self._close_mid_body()
+
+    def _close_mid_body(self) -> None:
+        # The answer may be out already: nothing can be written for this request, so the connection ends.
+        self._refused = True
+        self._disarm()
+        self.transport.close()
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._hand_over_body()
         super().on_message_complete()
+        self._stalled_bytes = self._chunks = self._payload_bytes = 0
         self._in_head = True
         self._head_bytes = 0
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:
-            super().on_body(body)
+        # Called once per chunk: a body of 1-byte chunks makes tens of thousands of calls per read, so each only
+        # collects; uvicorn gets the read's body in one piece (one event, one wake-up of the reader).
+        self._read_body_bytes += len(body)
+        self._payload_bytes += len(body)
+        self._body_pieces.append(body)
+
+    def _hand_over_body(self) -> None:
+        if self._body_pieces:
+            body = b"".join(self._body_pieces)
+            self._body_pieces.clear()
+            if not self._refused and not self.transport.is_closing():
+                super().on_body(body)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

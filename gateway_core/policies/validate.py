@@ -23,6 +23,10 @@ MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real req
 # Objects and arrays in a body, counted as '[' and '{' bytes before parsing (those inside strings too: an
 # over-estimate); parsing and walking millions of them stalls the event loop for seconds.
 MAX_CONTAINERS = 100_000
+# Elements of arrays and members of objects, counted the same way as ',' bytes: millions of numbers or empty
+# strings in one array cost hundreds of MB and seconds to parse. An embeddings input of token ids is at most
+# 300,000 tokens; prose has a comma every ~60 bytes (about 280,000 in 16 MiB).
+MAX_ELEMENTS = 1_000_000
 MAX_MESSAGES = 10_000
 MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
 MAX_CHOICES = 128  # OpenAI's own cap on n (best_of is capped lower upstream)
@@ -97,6 +101,11 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(
             f"The request body has more than {MAX_CONTAINERS:,} JSON arrays and objects "
             "(counted as '[' and '{' characters).",
+            code="too_many_elements",
+        )
+    if raw.count(b",") > MAX_ELEMENTS:
+        raise BadRequest(
+            f"The request body has more than {MAX_ELEMENTS:,} JSON elements (counted as ',' characters).",
             code="too_many_elements",
         )
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import socket
 import threading
@@ -290,3 +292,79 @@ def test_an_endless_request_head_is_cut_off_and_others_are_served(patient_gatewa
     finally:
         attacker.join()
     assert outcome == ["cut off"]
+
+
+CHUNKED_HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def test_an_endless_trailer_is_cut_off_and_others_are_served(patient_gateway: Running) -> None:
+    """The reviewer's attack, no key needed: a chunked body's trailer value without end, in 64 KiB pieces. The
+    trailers came after the head, so neither the head cap nor its deadline applied, and each piece cost more to
+    join than the last."""
+    outcome: list[str] = []
+
+    def attack() -> None:
+        with _connect(patient_gateway.url) as sock:
+            sock.sendall(CHUNKED_HEALTHZ + b"0\r\nx-t: ")
+            deadline = time.monotonic() + WAIT_S
+            try:
+                while time.monotonic() < deadline:
+                    sock.sendall(b"a" * (1 << 16))
+            except OSError:
+                outcome.append("cut off")
+                return
+            outcome.append("still sending")
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        with _connect(patient_gateway.url) as sock:
+            sock.sendall(_head("/healthz", {}, method="GET"))
+            status, _, _ = _read_response(sock)
+            assert status == 200
+    finally:
+        attacker.join()
+    assert outcome == ["cut off"]
+
+
+def test_a_chunked_body_with_small_trailers_is_served_and_the_connection_reused(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(CHUNKED_HEALTHZ + b"5\r\nhello\r\n0\r\nx-t: 1\r\nx-u: 2\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+        sock.sendall(_head("/healthz", {}, method="GET"))
+        assert _read_response(sock)[0] == 200
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    pieces = (body[i : i + size] for i in range(0, len(body), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+def test_a_body_of_one_byte_chunks_is_cut_off(patient_gateway: Running) -> None:
+    """The reviewer's attack, no key needed: 1-byte chunks cost parser callbacks each, on the event loop, and a
+    client sending them for seconds slowed every request on the worker."""
+    with _connect(patient_gateway.url) as sock:
+        with contextlib.suppress(OSError):  # cut off while still sending
+            sock.sendall(CHUNKED_HEALTHZ + _chunked(b"a" * 40000, 1))
+        try:
+            answer = sock.recv(65536)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""  # closed without an answer (it used to be a 200)
+
+
+def test_a_chunked_body_in_small_chunks_arrives_whole(patient_gateway: Running, sim_url: str) -> None:
+    marker = uuid.uuid4().hex
+    content = "".join(f"word{i} " for i in range(5000))
+    body = orjson.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 5})
+    # 500 chunks of one byte (within the free allowance), then 64-byte chunks: over 1,000 chunks in all.
+    wire = _chunked(body[:500], 1)[: -len(b"0\r\n\r\n")] + _chunked(body[500:], 64)
+    head = {"api-key": CLIENT_KEY, "content-type": "application/json", "transfer-encoding": "chunked"}
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(_head(CHAT, {**head, "x-request-id": marker}) + wire)
+        status, _, _ = _read_response(sock)
+        assert status == 200
+    record = next(r for r in sim_requests(sim_url) if r["headers"].get("x-request-id") == marker)
+    assert not record["body_truncated"]
+    forwarded = orjson.loads(base64.b64decode(record["body_base64"]))
+    assert forwarded["messages"][0]["content"] == content

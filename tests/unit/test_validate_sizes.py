@@ -2,7 +2,8 @@
 loop (millions of tiny arrays or messages), and where an unknown deployment name came from.
 
 Parsing 16 MiB of ``[],`` took orjson about 7 s and the depth walk 3 s more, on the event loop; these bodies are
-refused by a count of '[' and '{' bytes before parsing. A large body of plain text still passes.
+refused by a count of '[' and '{' bytes before parsing, and bodies of millions of numbers or strings by a count
+of ',' bytes. A large body of plain text still passes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import orjson
 
 from gateway_core.app import Gateway
-from gateway_core.policies.validate import MAX_CONTAINERS, MAX_MESSAGES
+from gateway_core.policies.validate import MAX_CONTAINERS, MAX_ELEMENTS, MAX_MESSAGES
 from tests.unit.test_validate import HELLO, error_of, gateway, post, sim
 
 __all__ = ["gateway", "sim"]  # the fixtures, shared with test_validate.py
@@ -23,6 +24,22 @@ async def test_a_body_of_millions_of_empty_arrays_is_refused_before_parsing(gate
     raw = head + b',"x":[' + b"[]," * 5_500_000 + b"[]]}"  # just under 16 MiB
     error = error_of(await post(gateway, CHAT, raw))
     assert error["code"] == "too_many_elements" and f"{MAX_CONTAINERS:,}" in error["message"]
+
+
+async def test_millions_of_numbers_or_empty_strings_in_one_array_are_refused_before_parsing(gateway: Gateway) -> None:
+    """The reviewer's bodies: no bracket beyond the first, so the container count let them through, and each cost
+    ~200 MB and seconds to parse."""
+    head = orjson.dumps({"model": "gpt-4o", "messages": HELLO})[:-1]
+    for items in (b"1234567," * 2_000_000, b'"",' * 5_000_000):
+        raw = head + b',"x":[' + items[:-1] + b"]}"
+        error = error_of(await post(gateway, CHAT, raw))
+        assert error["code"] == "too_many_elements" and f"{MAX_ELEMENTS:,}" in error["message"]
+
+
+async def test_fifteen_mebibytes_of_prose_with_commas_still_pass(gateway: Gateway) -> None:
+    text = "lorem ipsum, dolor sit amet " * (15 * 1024 * 1024 // 28)  # a comma every 28 bytes: ~560,000
+    response = await post(gateway, CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+    assert response.status == 200, response.body[:300]
 
 
 async def test_half_a_million_tiny_messages_are_refused(gateway: Gateway) -> None:
