@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh [--quick] -> the gateway's added latency and throughput, JSON and streaming, against the same
-# static nginx upstream called directly, with no limits and with a token limit on SQLite and on the Cosmos DB
-# API server; prints a markdown table (results in bench/results/).
+# static nginx upstream called directly, with no limits, with a token limit on SQLite and on the Cosmos DB
+# API server, and with every policy on (`all`); prints a markdown table (results in bench/results/) and each
+# gateway process's RSS and PSS after its scenarios (MEMORY lines).
 # One command: installs nginx and wrk from Debian if missing (root), builds .venv and node_modules if missing.
 # Everything listens on 127.0.0.1; every load run is bounded by wrk -d.
 set -euo pipefail
@@ -9,7 +10,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 H="$HERE/harness"
 WORKERS=${WORKERS:-2}
-VARIANTS=${VARIANTS:-"direct plain sqlite cosmos cache"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
+VARIANTS=${VARIANTS:-"direct plain sqlite cosmos cache all"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
 want() { [[ " $VARIANTS " == *" $1 "* ]]; }
 # The server comparison: VARIANTS="plain granian uvicorn" REPEAT_C32=5 bench/run.sh --quick runs the plain
 # pipeline on `aigw serve` (uvicorn, a socket per worker), granian and stock uvicorn (one shared socket) back to
@@ -33,6 +34,10 @@ WORK="$(mktemp -d /tmp/aigw-bench.XXXXXX)"
 export NGINX_PREFIX="$WORK/nginx"
 mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp" "$HERE/results"
 GW_PID=""; COSMOS_PID=""
+# memory LABEL: RSS and PSS of each process of the running gateway (supervisor, workers), after its load.
+memory() { python3 "$HERE/memory.py" "$1" "$GW_PID"; }
+# memory_idle LABEL: the same, once every worker has started (healthz answers as soon as the first one has).
+memory_idle() { sleep 3; memory "$1"; }
 stop_gateway() { if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; GW_PID=""; fi; }
 cleanup() {
   stop_gateway
@@ -65,7 +70,21 @@ backends:
 keys:
   - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
 YAML
-  if [ "${1:-}" = "cache" ]; then
+  if [ "${1:-}" = "all" ]; then
+    # What production turns on: a tokens-per-minute rule and a daily quota (both high enough never to refuse)
+    # and the exact cache, all on SQLite. Run with BENCH_UNIQUE=1 (every body differs): each request is a
+    # cache miss, admitted by both rules, forwarded, settled and then stored in the cache.
+    cat <<YAML
+limits:
+  rules:
+    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
+    - {name: bench-daily, key: tenant, token_quota: 1000000000000, quota_period: daily}
+cache: {enabled: true}
+stores:
+  counters: "sqlite:///$WORK/counters.db"
+  cache: "sqlite:///$WORK/cache.db"
+YAML
+  elif [ "${1:-}" = "cache" ]; then
     # The harness's body is deterministic (temperature 0): after the first request every one is a hit.
     cat <<YAML
 cache: {enabled: true}
@@ -140,9 +159,11 @@ bench() { "$H/bench.sh" "$@" || true; }
   fi
   if want plain; then
     start_gateway
+    memory_idle "aigw-w$WORKERS-idle"
     bench -l "aigw-w$WORKERS" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     repeat_c32 "aigw-w$WORKERS"
+    memory "aigw-w$WORKERS"
     stop_gateway
   fi
   for server in granian uvicorn; do
@@ -151,24 +172,36 @@ bench() { "$H/bench.sh" "$@" || true; }
     bench -l "$server-w$WORKERS" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "$server-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     repeat_c32 "$server-w$WORKERS"
+    memory "$server-w$WORKERS"
     stop_gateway
   done
   if want sqlite; then
     start_gateway "sqlite:///$WORK/counters.db"
     bench -l "aigw-w$WORKERS-tpm-sqlite" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-tpm-sqlite-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    memory "aigw-w$WORKERS-tpm-sqlite"
     stop_gateway
   fi
   if want cosmos; then
     # The emulator (Node) runs on the same 2 cores; its CPU is counted with the gateway's (-g).
     start_gateway "cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY"
     bench -l "aigw-w$WORKERS-tpm-cosmos" -g "$GW_PID,$COSMOS_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    memory "aigw-w$WORKERS-tpm-cosmos"
     stop_gateway
   fi
   if want cache; then
     start_gateway cache
     bench -l "aigw-w$WORKERS-cache-hit" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-cache-hit-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    memory "aigw-w$WORKERS-cache-hit"
+    stop_gateway
+  fi
+  if want all; then
+    # Every body different (harness/chat.lua, BENCH_UNIQUE=1): misses that are admitted, settled and stored.
+    start_gateway all
+    memory_idle "aigw-w$WORKERS-all-idle"
+    BENCH_UNIQUE=1 bench -l "aigw-w$WORKERS-all" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
+    memory "aigw-w$WORKERS-all"
     stop_gateway
   fi
 } 2>&1 | tee "$HERE/results/$STAMP.log"

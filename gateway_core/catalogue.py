@@ -54,6 +54,10 @@ class PoolTable:
                     return ref
         return None
 
+    def named_deployments(self) -> list[str]:
+        """Every deployment named in config (not the names a wildcard backend passes through)."""
+        return list(self._pools)
+
     def deployments_of(self, backend: Backend) -> list[str]:
         return [ref.name for ref in backend.deployments]
 

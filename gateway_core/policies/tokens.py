@@ -13,7 +13,7 @@ from ..config import LimitsSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..pipeline import Handler
 from ..tokens.counting import prompt_tokens
-from ..tokens.encodings import encoding, encoding_for_model
+from ..tokens.encodings import COMMON, encoding, encoding_name, load
 
 # Azure OpenAI accepts stream_options from this api-version on; older versions answer 400 to it.
 _STREAM_OPTIONS_SINCE = "2024-09-01"
@@ -23,14 +23,21 @@ class TokensPolicy:
     def __init__(self, pools: PoolTable, limits: LimitsSettings) -> None:
         self._pools = pools
         self._default_completion = limits.default_completion_tokens
-        encoding("o200k_base")  # load (and seed offline) at start, not on the first request
+        # Load (and seed offline) at start the encodings the configured deployments use, and only those (each
+        # costs tens of MB per worker); a wildcard backend may be asked for anything: the common one at start,
+        # another on first use (in a thread, see ``load``).
+        names = {self._encoding_name(deployment) for deployment in pools.named_deployments()}
+        if pools.has_wildcard or not names:
+            names.add(COMMON)
+        for name in sorted(names):
+            encoding(name)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         endpoint = ctx.endpoint
         if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE or ctx.body_json is None:
             return await call_next(ctx)
         body = ctx.body_json
-        enc = self._encoding_of(ctx.require_deployment())
+        enc = await load(self._encoding_name(ctx.require_deployment()))
         tokens = ctx.tokens
         tokens.encoding = enc.name
         operation = endpoint.operation
@@ -42,11 +49,11 @@ class TokensPolicy:
                 self._ask_for_usage(ctx, body)
         return await call_next(ctx)
 
-    def _encoding_of(self, deployment: str) -> Any:
+    def _encoding_name(self, deployment: str) -> str:
         ref = self._pools.deployment_ref(deployment)
         if ref is not None and ref.encoding:
-            return encoding(ref.encoding)
-        return encoding_for_model(ref.model or ref.name if ref is not None else deployment)
+            return ref.encoding
+        return encoding_name(ref.model or ref.name if ref is not None else deployment)
 
     def _max_completion(self, body: dict[str, Any]) -> int:
         for field in ("max_completion_tokens", "max_tokens"):

@@ -14,10 +14,13 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..cache.vectors import VectorIndex, pack, unpack
+from ..cache.vectors import pack, unpack
 from .ports import CacheEntry, SharedHealth, StorageError
+
+if TYPE_CHECKING:
+    from ..cache.vector_index import VectorIndex
 
 T = TypeVar("T")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
@@ -281,6 +284,8 @@ class SqliteCache:
         self._sweep(mono_s)
         index = self._index.get(bucket)
         if index is None or index.dims != len(vector):
+            from ..cache.vector_index import VectorIndex  # numpy, only once the semantic cache is used
+
             index = self._index[bucket] = VectorIndex(len(vector))
             index.synced_s = mono_s
         index.used_s = mono_s

@@ -4,17 +4,23 @@ tiktoken downloads its BPE files on first use; these machines and many locked-do
 The PyPI package ``bpe-openai`` ships ``o200k_base`` and ``cl100k_base`` (gzipped) whose bytes match tiktoken's
 expected SHA-256, so we write them, decompressed, into tiktoken's cache directory under the name tiktoken
 looks for (the SHA-1 of the file's URL), and tiktoken loads them from there.
+
+Each encoding costs a worker tens of MB (o200k_base ~75 MB, cl100k_base ~30 MB), so one is loaded only when a
+deployment needs it: the tokens policy loads the configured deployments' encodings at start and any other
+(a wildcard backend serving a model of the other family) on first use, in a thread (``load``), off the event
+loop.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import gzip
 import hashlib
 import importlib.util
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import tiktoken
@@ -22,6 +28,7 @@ import tiktoken
 from ..config import ConfigError
 
 SHIPPED = ("o200k_base", "cl100k_base")
+COMMON = "o200k_base"  # gpt-4o, gpt-4.1, gpt-5, o-series: what a gateway serving any name loads at start
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
 
@@ -58,11 +65,11 @@ def private_dir(directory: Path) -> Path:
     return directory
 
 
-def seed_cache(directory: Path | None = None) -> Path:
-    """Write the shipped encodings into ``directory`` (default: ``cache_dir()``) and point tiktoken at it."""
+def seed_cache(directory: Path | None = None, names: tuple[str, ...] = SHIPPED) -> Path:
+    """Write the shipped encodings ``names`` into ``directory`` (default: ``cache_dir()``); point tiktoken at it."""
     directory = private_dir(directory or cache_dir())
     data = _shipped_data_dir()
-    for name in SHIPPED:
+    for name in names:
         target = cached_file(directory, name)
         if not target.exists():
             raw = gzip.decompress((data / f"{name}.tiktoken.gz").read_bytes())
@@ -87,19 +94,52 @@ def _shipped_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-@functools.cache
+# The encodings loaded in this process: written once per name (under the lock), read without it, so the event
+# loop never waits on a load running in a thread.
+_loaded: dict[str, tiktoken.Encoding] = {}
+_loading = threading.Lock()
+
+
 def encoding(name: str) -> tiktoken.Encoding:
-    """The named encoding, loaded offline; raises ``ValueError`` for encodings aigw does not ship."""
+    """The named encoding, loaded offline (blocking, ~0.5 s the first time); raises ``ValueError`` for
+    encodings aigw does not ship."""
+    enc = _loaded.get(name)
+    if enc is not None:
+        return enc
     if name not in SHIPPED:
         raise ValueError(f"unknown encoding {name!r}: aigw ships {', '.join(SHIPPED)}")
-    seed_cache()
-    return tiktoken.get_encoding(name)
+    with _loading:
+        enc = _loaded.get(name)
+        if enc is None:
+            seed_cache(names=(name,))
+            enc = tiktoken.get_encoding(name)
+            # tiktoken keeps the Python dict of ranks it built its (Rust) encoder from only to pickle the
+            # encoding: ~28 MB per worker for o200k_base. aigw never pickles one (workers build their own).
+            enc._mergeable_ranks = {}
+            _loaded[name] = enc
+    return enc
 
 
-def encoding_for_model(model: str) -> tiktoken.Encoding:
+def loaded(name: str) -> tiktoken.Encoding | None:
+    """The named encoding if this process has loaded it, else None; never blocks."""
+    return _loaded.get(name)
+
+
+async def load(name: str) -> tiktoken.Encoding:
+    """The named encoding; the first time, loaded in a thread so the event loop keeps serving."""
+    enc = loaded(name)
+    return enc if enc is not None else await asyncio.to_thread(encoding, name)
+
+
+def encoding_name(model: str) -> str:
     """o200k_base for gpt-4o, gpt-4.1, gpt-5 and o-series; cl100k_base for gpt-4, gpt-3.5 and embeddings."""
     lowered = model.lower()
     legacy = ("gpt-4-", "gpt-4", "gpt-35", "gpt-3.5", "text-embedding")
     if lowered.startswith(legacy) and not lowered.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5")):
-        return encoding("cl100k_base")
-    return encoding("o200k_base")
+        return "cl100k_base"
+    return COMMON
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    """The encoding of ``model`` (see ``encoding_name``), loaded on this thread if it was not yet."""
+    return encoding(encoding_name(model))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway_core.cache.vectors import VectorIndex, normalise, pack
+from gateway_core.cache.vector_index import VectorIndex
+from gateway_core.cache.vectors import normalise, pack
 
 DIMS = 16
 

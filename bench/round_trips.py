@@ -1,0 +1,106 @@
+"""Store round trips per request with every policy on (the `all` variant of run.sh), counted in-process.
+
+.venv/bin/python bench/round_trips.py [N]: a Gateway with a TPM rule, a daily quota and the exact cache on
+SQLite (files in a temporary directory) in front of a tiny aiohttp upstream answering the harness's fixed
+chat completion; N requests (default 300) with unique bodies, one after another; prints the calls to each
+SQLite store's thread per request (on the request's path and in the background together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway_core.app import Gateway
+from gateway_core.config import config_from_dict
+from gateway_core.context import GatewayRequest
+from gateway_core.storage import sqlite
+
+BODY = (Path(__file__).parent / "harness" / "chat_body.json").read_bytes()
+PATH = "/openai/deployments/gpt-4o/chat/completions"
+calls: collections.Counter[str] = collections.Counter()
+
+
+def count_calls() -> None:
+    original = sqlite._SqliteThread.run
+
+    async def run(self: sqlite._SqliteThread, fn: Callable[[Any], Any]) -> Any:
+        calls[self._path.name] += 1
+        return await original(self, fn)
+
+    sqlite._SqliteThread.run = run  # type: ignore[method-assign]
+
+
+async def answer(_: web.Request) -> web.Response:
+    return web.Response(body=BODY, content_type="application/json")
+
+
+async def main(n: int, directory: Path) -> None:
+    app = web.Application()
+    app.router.add_post(PATH, answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    config = config_from_dict(
+        {
+            "backends": [
+                {
+                    "name": "upstream",
+                    "url": f"http://127.0.0.1:{port}",
+                    "auth": {"type": "api_key", "key_env": "BACKEND_KEY"},
+                    "deployments": ["gpt-4o"],
+                }
+            ],
+            "keys": [{"name": "bench", "key_env": "CLIENT_KEY", "user": "bench", "tenant": "bench"}],
+            "limits": {
+                "rules": [
+                    {"name": "tpm", "key": "user", "tokens_per_minute": 10**12},
+                    {"name": "daily", "key": "tenant", "token_quota": 10**12, "quota_period": "daily"},
+                ]
+            },
+            "cache": {"enabled": True},
+            "stores": {
+                "counters": f"sqlite:///{directory / 'counters.db'}",
+                "cache": f"sqlite:///{directory / 'cache.db'}",
+                "health": f"sqlite:///{directory / 'health.db'}",
+            },
+        }
+    )
+    gateway = Gateway(config, env={"BACKEND_KEY": "backend", "CLIENT_KEY": "client"})
+    await gateway.start()
+
+    async def one(i: int) -> None:
+        message = {"role": "user", "content": f"Why does low overhead matter? ({i})"}
+        body = orjson.dumps({"model": "gpt-4o", "messages": [message], "temperature": 0, "max_tokens": 100})
+        headers = {"api-key": "client", "content-type": "application/json"}
+        request = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, body, len(body), "127.0.0.1")
+        response = await gateway.handle(request)
+        if response.status != 200:
+            raise SystemExit(f"request {i}: status {response.status}")
+
+    for i in range(3):  # warm up: the store files, the previous minute's counters
+        await one(-1 - i)
+    await gateway.tasks.drain()
+    calls.clear()
+    for i in range(n):
+        await one(i)
+    await gateway.tasks.drain()  # the background settlements and cache puts
+    print(f"store round trips per request ({n} requests):", {name: round(c / n, 2) for name, c in calls.items()})
+    await gateway.close()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    count_calls()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, Path(tmp)))
