@@ -265,74 +265,56 @@ def test_a_head_under_the_caps_is_served(patient_gateway: Running) -> None:
         assert status == 200
 
 
+def _endless_while_others_are_served(gateway: Running, opening: bytes) -> None:
+    """Send ``opening`` then 64 KiB pieces without end on one connection, while another connection asks for
+    /healthz: that one is answered, and the endless sender is cut off (its sends fail)."""
+    outcome: list[str] = []
+
+    def attack() -> None:
+        with _connect(gateway.url) as sock:
+            sock.sendall(opening)
+            deadline = time.monotonic() + WAIT_S
+            try:
+                while time.monotonic() < deadline:
+                    sock.sendall(b"a" * (1 << 16))
+            except OSError:
+                outcome.append("cut off")
+                return
+            outcome.append("still sending")
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        with _connect(gateway.url) as sock:
+            sock.sendall(_head("/healthz", {}, method="GET"))
+            status, _, _ = _read_response(sock)
+            assert status == 200
+    finally:
+        attacker.join()
+    assert outcome == ["cut off"]
+
+
 def test_an_endless_request_head_is_cut_off_and_others_are_served(patient_gateway: Running) -> None:
     """The reviewer's attack: 64 KiB pieces of one header value, without end. Each piece used to cost more to join
     than the last, on the event loop, until the header timeout."""
-    outcome: list[str] = []
-
-    def attack() -> None:
-        with _connect(patient_gateway.url) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ")
-            deadline = time.monotonic() + WAIT_S
-            try:
-                while time.monotonic() < deadline:
-                    sock.sendall(b"a" * (1 << 16))
-            except OSError:
-                outcome.append("cut off")
-                return
-            outcome.append("still sending")
-
-    attacker = threading.Thread(target=attack)
-    attacker.start()
-    try:
-        with _connect(patient_gateway.url) as sock:
-            sock.sendall(_head("/healthz", {}, method="GET"))
-            status, _, _ = _read_response(sock)
-            assert status == 200
-    finally:
-        attacker.join()
-    assert outcome == ["cut off"]
+    _endless_while_others_are_served(patient_gateway, b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ")
 
 
-CHUNKED_HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+# A path that takes a body, so the gateway reads it (a GET with a body is answered from its head and closed).
+CHUNKED_CHAT = _head(CHAT, {"api-key": CLIENT_KEY, "content-type": "application/json", "transfer-encoding": "chunked"})
 
 
 def test_an_endless_trailer_is_cut_off_and_others_are_served(patient_gateway: Running) -> None:
-    """The reviewer's attack, no key needed: a chunked body's trailer value without end, in 64 KiB pieces. The
-    trailers came after the head, so neither the head cap nor its deadline applied, and each piece cost more to
-    join than the last."""
-    outcome: list[str] = []
-
-    def attack() -> None:
-        with _connect(patient_gateway.url) as sock:
-            sock.sendall(CHUNKED_HEALTHZ + b"0\r\nx-t: ")
-            deadline = time.monotonic() + WAIT_S
-            try:
-                while time.monotonic() < deadline:
-                    sock.sendall(b"a" * (1 << 16))
-            except OSError:
-                outcome.append("cut off")
-                return
-            outcome.append("still sending")
-
-    attacker = threading.Thread(target=attack)
-    attacker.start()
-    try:
-        with _connect(patient_gateway.url) as sock:
-            sock.sendall(_head("/healthz", {}, method="GET"))
-            status, _, _ = _read_response(sock)
-            assert status == 200
-    finally:
-        attacker.join()
-    assert outcome == ["cut off"]
+    """The reviewer's attack: a chunked body's trailer value without end, in 64 KiB pieces. The trailers came
+    after the head, so neither the head cap nor its deadline applied, and each piece cost more to join than the
+    last."""
+    _endless_while_others_are_served(patient_gateway, CHUNKED_CHAT + b"0\r\nx-t: ")
 
 
 def test_a_chunked_body_with_small_trailers_is_served_and_the_connection_reused(patient_gateway: Running) -> None:
-    # A POST (only POST paths take a body: a GET with one is answered from its head and closed).
     body = b'{"messages": [{"role": "user", "content": "hello"}]}'
-    head = _head(CHAT, {"api-key": CLIENT_KEY, "content-type": "application/json", "transfer-encoding": "chunked"})
     with _connect(patient_gateway.url) as sock:
-        sock.sendall(head + _chunked(body, 16)[: -len(b"0\r\n\r\n")] + b"0\r\nx-t: 1\r\nx-u: 2\r\n\r\n")
+        sock.sendall(CHUNKED_CHAT + _chunked(body, 16)[: -len(b"0\r\n\r\n")] + b"0\r\nx-t: 1\r\nx-u: 2\r\n\r\n")
         assert _read_response(sock)[0] == 200
         sock.sendall(_head("/healthz", {}, method="GET"))
         assert _read_response(sock)[0] == 200
@@ -344,16 +326,16 @@ def _chunked(body: bytes, size: int) -> bytes:
 
 
 def test_a_body_of_one_byte_chunks_is_cut_off(patient_gateway: Running) -> None:
-    """The reviewer's attack, no key needed: 1-byte chunks cost parser callbacks each, on the event loop, and a
-    client sending them for seconds slowed every request on the worker."""
+    """The reviewer's attack (with a key, or on any path): 1-byte chunks cost parser callbacks each, on the event
+    loop, and a client sending them for seconds slowed every request on the worker."""
     with _connect(patient_gateway.url) as sock:
         with contextlib.suppress(OSError):  # cut off while still sending
-            sock.sendall(CHUNKED_HEALTHZ + _chunked(b"a" * 40000, 1))
+            sock.sendall(CHUNKED_CHAT + _chunked(b"a" * 40000, 1))
         try:
             answer = sock.recv(65536)
         except ConnectionResetError:
             answer = b""
-        assert answer == b""  # closed without an answer (it used to be a 200)
+        assert answer == b""  # closed without an answer (it used to read the whole body, then answer)
 
 
 def test_a_chunked_body_in_small_chunks_arrives_whole(patient_gateway: Running, sim_url: str) -> None:
