@@ -12,7 +12,8 @@ from typing import Any
 
 from gateway_core.clock import ManualClock
 from gateway_core.config import GatewayConfig, config_from_dict
-from tests.unit.test_failover import call, gateway_config, healthy, set_faults, sims, started
+from tests.inprocess import running
+from tests.unit.test_failover import call, gateway_config, healthy, set_faults, sims
 
 __all__ = ["healthy", "sims"]  # the fixtures, shared with test_failover.py
 
@@ -30,7 +31,7 @@ def with_east_timeout(sims: dict[str, str], timeout_s: float) -> GatewayConfig:
 async def test_read_timeouts_while_the_backend_serves_others_do_not_open_its_breaker(sims: dict[str, str]) -> None:
     clock = ManualClock(time.time())
     # Per-try timeout 0.3 s, budget 60 s: the timeout, not the budget, cuts each try.
-    async with started(with_east_timeout(sims, 0.3), clock) as gw:
+    async with running(with_east_timeout(sims, 0.3), clock) as gw:
         assert (await call(gw, EAST)).header("x-aigw-backend") == "east"  # live traffic succeeds there
         set_faults(sims["east"], [{"kind": "slow", "extra_latency_ms": 1500}])  # this client's long generations
         for _ in range(6):  # more than the breaker's 5 failures
@@ -43,7 +44,7 @@ async def test_read_timeouts_on_a_backend_without_recent_successes_still_open_it
     sims: dict[str, str],
 ) -> None:
     clock = ManualClock(time.time())
-    async with started(with_east_timeout(sims, 0.3), clock) as gw:
+    async with running(with_east_timeout(sims, 0.3), clock) as gw:
         assert (await call(gw, EAST)).header("x-aigw-backend") == "east"
         set_faults(sims["east"], [{"kind": "slow", "extra_latency_ms": 1500}])  # hung from now on
         clock.advance(11)  # past the breaker's 10 s interval: the success is no longer recent

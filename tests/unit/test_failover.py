@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from gateway_core.config import GatewayConfig, StoreSettings, config_from_dict, 
 from gateway_core.context import GatewayRequest, GatewayResponse
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig
+from tests.inprocess import running
 
 KEY = {"api-key": "k"}
 REGIONS = (("east", "eastus", 1, 3), ("west", "westeurope", 1, 1), ("south", "southindia", 2, 1))
@@ -80,20 +80,10 @@ def gateway_config(sims: dict[str, str], **routing: Any) -> GatewayConfig:
     )
 
 
-@contextlib.asynccontextmanager
-async def started(config: GatewayConfig, clock: ManualClock) -> AsyncIterator[Gateway]:
-    gw = Gateway(config, clock=clock)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.close()
-
-
 @pytest.fixture
 async def gateway(sims: dict[str, str]) -> AsyncIterator[tuple[Gateway, ManualClock]]:
     clock = ManualClock(time.time())
-    async with started(gateway_config(sims), clock) as gw:
+    async with running(gateway_config(sims), clock) as gw:
         yield gw, clock
 
 
@@ -294,7 +284,7 @@ async def test_a_breaker_closed_by_one_instance_is_adopted_by_another_and_never_
 ) -> None:
     clock = ManualClock(time.time())
     config = gateway_config(sims).model_copy(update={"stores": StoreSettings(health=f"sqlite:///{tmp_path}/health.db")})
-    async with started(config, clock) as one, started(config, clock) as two:
+    async with running(config, clock) as one, running(config, clock) as two:
         set_faults(sims["east"], [{"kind": "500"}])
         while one.health.state("east") != "open":
             await call(one, {"x-user-region": "eastus"})
@@ -340,7 +330,7 @@ async def test_a_502_says_how_many_tries_it_cost_and_names_no_host_or_port(
 
 async def test_a_generation_slower_than_the_budget_does_not_open_the_breaker(sims: dict[str, str]) -> None:
     clock = ManualClock(time.time())
-    async with started(gateway_config(sims, budget_s=0.3), clock) as gw:
+    async with running(gateway_config(sims, budget_s=0.3), clock) as gw:
         set_faults(sims["east"], [{"kind": "slow", "extra_latency_ms": 1500}])
         for _ in range(6):  # east runs out of the (manual clock's) budget each time; west answers
             assert (await call(gw, {"x-user-region": "eastus"})).header("x-aigw-attempts") == "2"
@@ -364,7 +354,7 @@ async def test_probes_inform_and_live_traffic_decides(
 
 async def test_a_probe_answered_404_does_not_close_a_failing_backends_breaker(sims: dict[str, str]) -> None:
     clock = ManualClock(time.time())
-    async with started(gateway_config(sims, probe={"path": "/no-such-probe"}), clock) as gw:
+    async with running(gateway_config(sims, probe={"path": "/no-such-probe"}), clock) as gw:
         set_faults(sims["east"], [{"kind": "500"}])
         while gw.health.state("east") != "open":
             await call(gw, {"x-user-region": "eastus"})

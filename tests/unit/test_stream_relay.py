@@ -7,7 +7,8 @@ sets, so the test can see the first chunk reach the client while the backend has
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest
 from gateway_core.storage.memory import MemoryCounters
+from tests.inprocess import running
 
 START = 1_795_000_020.0  # the start of a minute
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}  # far from the estimate (8 + 300)
@@ -60,21 +62,32 @@ class Upstream:
         return response
 
 
+@asynccontextmanager
+async def serving(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """An OpenAI-compatible upstream on a free loopback port whose chat completions ``handle`` answers: its URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture(params=[None, "text/plain; charset=utf-8", "application/json"], ids=["none", "text-plain", "json"])
 async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Upstream]]:
     server = Upstream(request.param)
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", server
-    server.release.set()
-    await runner.cleanup()
+    async with serving(server.handle) as url:
+        try:
+            yield url, server
+        finally:
+            server.release.set()
 
 
-def gateway_for(url: str) -> Gateway:
+def gateway_for(url: str) -> AbstractAsyncContextManager[Gateway]:
+    """A started gateway in front of the upstream at ``url``, with a TPM rule that shows what was charged."""
     config = config_from_dict(
         {
             "backends": [
@@ -85,7 +98,7 @@ def gateway_for(url: str) -> Gateway:
             "stores": {"counters": "memory://", "health": "memory://"},
         }
     )
-    return Gateway(config, clock=ManualClock(START))
+    return running(config, ManualClock(START))
 
 
 def stream_request() -> GatewayRequest:
@@ -105,9 +118,7 @@ async def test_a_stream_without_an_event_stream_content_type_is_relayed_incremen
     upstream: tuple[str, Upstream],
 ) -> None:
     url, server = upstream
-    gateway = gateway_for(url)
-    await gateway.start()
-    try:
+    async with gateway_for(url) as gateway:
         # Before the fix the gateway read the whole body first, which the upstream holds back: a hang, not a stream.
         response = await asyncio.wait_for(gateway.handle(stream_request()), 10)
         assert response.status == 200 and response.stream is not None
@@ -119,8 +130,6 @@ async def test_a_stream_without_an_event_stream_content_type_is_relayed_incremen
         assert b'"lo"' in rest and rest.endswith(b"data: [DONE]\n\n")
         assert b'"usage"' not in first + rest  # the gateway asked for it; the client did not
         assert await charged(gateway) == USAGE["total_tokens"]  # read from the stream, not the estimate
-    finally:
-        await gateway.close()
 
 
 async def test_a_json_answer_to_a_stream_request_stays_json_and_its_usage_is_read() -> None:
@@ -130,22 +139,12 @@ async def test_a_json_answer_to_a_stream_request_stays_json_and_its_usage_is_rea
         await request.read()
         return web.json_response(answer)  # a backend that ignores "stream": true
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    gateway = gateway_for(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    await gateway.start()
-    try:
+    async with serving(handle) as url, gateway_for(url) as gateway:
         response = await gateway.handle(stream_request())
         assert response.status == 200 and response.stream is None
         assert (response.header("content-type") or "").startswith("application/json")
         assert orjson.loads(response.body) == answer
         assert await charged(gateway) == USAGE["total_tokens"]
-    finally:
-        await gateway.close()
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("sep", [b"\r\r", b"\n\r\n"], ids=["cr-cr", "lf-crlf"])
@@ -172,24 +171,16 @@ async def test_a_stream_framed_with_other_sse_line_endings_is_relayed_as_it_arri
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    gateway = gateway_for(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    await gateway.start()
-    try:
-        response = await asyncio.wait_for(gateway.handle(stream_request()), 10)
-        assert response.status == 200 and response.stream is not None
-        first = await asyncio.wait_for(anext(response.stream), 10)
-        assert b'"Hel"' in first and not second_sent
-        release.set()
-        rest = b"".join([chunk async for chunk in response.stream])
-        assert b'"lo"' in rest and b"data: [DONE]" in rest
-        assert b'"usage"' not in first + rest  # the gateway asked for it; the client did not
-        assert await charged(gateway) == USAGE["total_tokens"]
-    finally:
-        release.set()
-        await gateway.close()
-        await runner.cleanup()
+    async with serving(handle) as url, gateway_for(url) as gateway:
+        try:
+            response = await asyncio.wait_for(gateway.handle(stream_request()), 10)
+            assert response.status == 200 and response.stream is not None
+            first = await asyncio.wait_for(anext(response.stream), 10)
+            assert b'"Hel"' in first and not second_sent
+            release.set()
+            rest = b"".join([chunk async for chunk in response.stream])
+            assert b'"lo"' in rest and b"data: [DONE]" in rest
+            assert b'"usage"' not in first + rest  # the gateway asked for it; the client did not
+            assert await charged(gateway) == USAGE["total_tokens"]
+        finally:
+            release.set()  # the upstream's handler waits for it: let it end before the server stops
