@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..usage.record import QueueMessage, RecordQuery, SummaryKey, SummaryQuery, SummaryTotals, UsageBatch, UsageRecord
+
 
 class StorageError(Exception):
     """The store could not be reached or refused the operation; the message says which store and why."""
@@ -105,6 +107,72 @@ class HealthStore(Protocol):
 
     async def read_all(self) -> SharedHealth:
         """Every backend's last breaker event and every throttle window."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class UsageStore(Protocol):
+    """Usage records and the cost summaries built from them (``stores.usage``: SQLite, Table Storage).
+
+    Records are written in batches; each batch's records are summed into the summary rows exactly once, however
+    often its queue message is delivered, in whatever order, concurrently or not: ``absorb`` is atomic per
+    (batch, day). A batch written but never summarised (its message was lost) stays pending and is found again.
+    """
+
+    async def start(self) -> None:
+        """Connect; create tables/queues only if the adapter was told to (``create_if_missing``)."""
+        ...
+
+    async def write_batch(self, batch: UsageBatch) -> None:
+        """Store every record of ``batch`` and mark the batch pending. Idempotent: writing the same batch again
+        (a retry after a failure or a timeout) leaves one copy of each record."""
+        ...
+
+    async def batch_records(self, batch_id: str) -> tuple[UsageRecord, ...] | None:
+        """The records of a written batch, or None if no batch of that id was written."""
+        ...
+
+    async def absorb(self, batch_id: str, day: str, rows: dict[SummaryKey, SummaryTotals]) -> bool:
+        """Add ``rows`` (all of ``day``) to the summaries, atomically with noting that ``batch_id`` was absorbed
+        into ``day``. Returns False, changing nothing, if it already was. Concurrent absorbs never lose an update."""
+        ...
+
+    async def finish_batch(self, batch_id: str) -> None:
+        """The batch is fully summarised: no longer pending."""
+        ...
+
+    async def pending_batches(self, written_before_s: float) -> list[str]:
+        """Batches written before ``written_before_s`` and not yet finished (their message may have been lost)."""
+        ...
+
+    async def records(self, query: RecordQuery) -> list[UsageRecord]:
+        """Records matching ``query``, newest first, at most ``query.limit``."""
+        ...
+
+    async def summaries(self, query: SummaryQuery) -> dict[SummaryKey, SummaryTotals]:
+        """Summary rows matching ``query``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class UsageQueue(Protocol):
+    """The queue that tells the summariser a batch was written (at least once). Messages are batch ids; the
+    Storage queue adapter base64-encodes them, as the Functions queue trigger expects."""
+
+    async def start(self) -> None: ...
+
+    async def send(self, batch_id: str) -> None: ...
+
+    async def receive(self, max_messages: int, visibility_timeout_s: float) -> list[QueueMessage]:
+        """Up to ``max_messages`` messages, each invisible to others for ``visibility_timeout_s``."""
+        ...
+
+    async def delete(self, message: QueueMessage) -> None: ...
+
+    async def poison(self, message: QueueMessage, reason: str) -> None:
+        """Move ``message`` to the poison queue with ``reason``, and delete it here."""
         ...
 
     async def close(self) -> None: ...

@@ -2,11 +2,12 @@
 
 Layers, lowest first; a module may import its own layer and the layers listed for it:
   base       context, errors, config, catalogue, clock, names, store_urls, pipeline, routes, background
-  helpers    cache/, tokens/, limits/ (pure logic)
+  helpers    cache/, tokens/, limits/, usage/record.py, usage/prices.py (pure logic)
   storage    storage/ (the ports and one adapter per backend)
   providers  providers/ (one translator per wire format, the upstream client, credentials)
   routing    routing/ (strategies, failover, health): storage only through storage.ports
-  policies   policies/: storage only through storage.ports; never routing
+  usage      usage/ (recording, writing, summarising): storage only through storage.ports
+  policies   policies/: storage only through storage.ports; never routing; usage to record
   app        app.py (the wiring): anything
 The simulator stands apart: it speaks the backend's side and imports only base and helpers.
 """
@@ -27,8 +28,9 @@ _ALLOWED: dict[str, set[str]] = {
     "storage": {"base", "helpers", "storage"},
     "providers": {"base", "helpers", "providers"},
     "routing": {"base", "helpers", "storage.ports", "providers", "routing"},
-    "policies": {"base", "helpers", "storage.ports", "providers", "policies"},
-    "app": {"base", "helpers", "storage", "storage.ports", "providers", "routing", "policies", "app"},
+    "usage": {"base", "helpers", "storage.ports", "usage"},
+    "policies": {"base", "helpers", "storage.ports", "providers", "usage", "policies"},
+    "app": {"base", "helpers", "storage", "storage.ports", "providers", "routing", "usage", "policies", "app"},
     "simulator": {"base", "helpers", "simulator"},
 }
 _FORBIDDEN_EXTERNAL = ("aigw", "azure.functions", "uvicorn", "function_app")
@@ -41,6 +43,8 @@ def _layer(module: str) -> str:
         return "helpers"
     if head == "storage":
         return "storage.ports" if parts[1:] == ["ports"] else "storage"
+    if head == "usage":
+        return "helpers" if parts[1:] in (["record"], ["prices"]) else "usage"
     if head in ("providers", "routing", "policies", "simulator", "app"):
         return head
     return "base"

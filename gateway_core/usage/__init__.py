@@ -1,0 +1,1 @@
+"""Usage records, prices and cost summaries: what every request cost, recorded once, summed by a queue consumer."""

@@ -1,0 +1,96 @@
+"""The price table: exact names and aliases only, exact micro-dollar costs, overrides checked."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from gateway_core.usage.prices import PriceError, load_prices
+from gateway_core.usage.record import SummaryKey, UsageRecord, summarise
+
+
+def test_alias_and_exact_name_resolve_but_never_a_prefix() -> None:
+    table = load_prices()
+    assert table.price_of("gpt-4o") == table.price_of("gpt-4o-2024-11-20")
+    mini = table.price_of("gpt-4o-mini")
+    assert mini is not None and mini.model == "gpt-4o-mini-2024-07-18"
+    assert mini != table.price_of("gpt-4o")
+    assert table.price_of("gpt-4o-2024") is None
+    assert table.price_of("gpt-4o-mini-2024-07-18-x") is None
+    assert table.price_of(None) is None
+
+
+def test_cost_is_exact_micro_dollars() -> None:
+    mini = load_prices().price_of("gpt-4o-mini")
+    assert mini is not None
+    # 800 uncached x 0.15 + 200 cached x 0.075 + 500 out x 0.60 micro-dollars per token
+    assert mini.cost_micro_usd(prompt=1000, completion=500, cached_prompt=200) == 120 + 15 + 300
+    # Rounded once, half up: 3 tokens x 0.075 = 0.225 -> 0; 7 x 0.075 = 0.525 -> 1
+    assert mini.cost_micro_usd(prompt=3, completion=0, cached_prompt=3) == 0
+    assert mini.cost_micro_usd(prompt=7, completion=0, cached_prompt=7) == 1
+    # Cached tokens beyond the prompt are capped at the prompt
+    assert mini.cost_micro_usd(prompt=10, completion=0, cached_prompt=50) == 1
+
+
+def test_no_cached_price_means_the_input_price() -> None:
+    old = load_prices().price_of("gpt-4o-2024-05-13")
+    assert old is not None and old.cached_input is None
+    assert old.cost_micro_usd(prompt=100, completion=0, cached_prompt=100) == 500
+
+
+def test_overrides_replace_the_entry_and_are_named_in_the_source() -> None:
+    table = load_prices({"gpt-4o": {"input": "1", "output": "2"}, "my-model": {"input": "3", "output": "4"}})
+    price = table.price_of("gpt-4o")
+    assert price is not None and price.input == Decimal("1")  # the override, not the alias's target
+    assert table.price_of("my-model") is not None
+    assert "gpt-4o" in table.source and "my-model" in table.source
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"input": 0.075, "output": "1"}, "as a string"),
+        ({"input": "abc", "output": "1"}, "not a number"),
+        ({"input": "-1", "output": "1"}, "from 0 to 10000"),
+        ({"input": "NaN", "output": "1"}, "from 0 to 10000"),
+        ({"input": "1", "output": "1", "colour": "red"}, "unknown field colour"),
+    ],
+)
+def test_bad_overrides_are_refused_with_the_field_named(entry: dict[str, object], message: str) -> None:
+    with pytest.raises(PriceError, match=message):
+        load_prices({"x": entry})
+
+
+def test_summaries_count_unpriced_records_apart_from_free_ones() -> None:
+    base: dict[str, str] = {
+        "request_id": "r",
+        "tenant": "t",
+        "user": "u",
+        "key_id": "k",
+        "method": "POST",
+        "path": "/p",
+    }
+    records = [
+        UsageRecord(
+            record_id="1", time_s=0, status=200, model="m", deployment="d", prompt_tokens=5, cost_micro_usd=None, **base
+        ),
+        UsageRecord(
+            record_id="2",
+            time_s=1,
+            status=200,
+            model="m",
+            deployment="d",
+            prompt_tokens=5,
+            cost_micro_usd=7,
+            cache="HIT",
+            saved_tokens=5,
+            saved_micro_usd=7,
+            **base,
+        ),
+        UsageRecord(record_id="3", time_s=2, status=429, model="m", deployment="d", count=1, **base),
+    ]
+    rows = summarise(records)
+    totals = rows[SummaryKey("1970-01-01", "t", "u", "d", "m")]
+    assert (totals.requests, totals.errors, totals.unpriced, totals.cost_micro_usd) == (3, 1, 1, 7)
+    assert (totals.cache_hits, totals.saved_tokens, totals.saved_micro_usd) == (1, 5, 7)
