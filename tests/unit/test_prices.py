@@ -62,33 +62,28 @@ def test_bad_overrides_are_refused_with_the_field_named(entry: dict[str, object]
         load_prices({"x": entry})
 
 
+def _record(record_id: str, status: int, **fields: object) -> UsageRecord:
+    return UsageRecord(
+        record_id=record_id,
+        time_s=float(record_id),
+        request_id="r",
+        tenant="t",
+        user="u",
+        key_id="k",
+        method="POST",
+        path="/p",
+        status=status,
+        model="m",
+        deployment="d",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
 def test_summaries_count_unpriced_records_apart_from_free_ones() -> None:
-    base: dict[str, str] = {
-        "request_id": "r",
-        "tenant": "t",
-        "user": "u",
-        "key_id": "k",
-        "method": "POST",
-        "path": "/p",
-    }
     records = [
-        UsageRecord(
-            record_id="1", time_s=0, status=200, model="m", deployment="d", prompt_tokens=5, cost_micro_usd=None, **base
-        ),
-        UsageRecord(
-            record_id="2",
-            time_s=1,
-            status=200,
-            model="m",
-            deployment="d",
-            prompt_tokens=5,
-            cost_micro_usd=7,
-            cache="HIT",
-            saved_tokens=5,
-            saved_micro_usd=7,
-            **base,
-        ),
-        UsageRecord(record_id="3", time_s=2, status=429, model="m", deployment="d", count=1, **base),
+        _record("1", 200, prompt_tokens=5, cost_micro_usd=None),
+        _record("2", 200, prompt_tokens=5, cost_micro_usd=7, cache="HIT", saved_tokens=5, saved_micro_usd=7),
+        _record("3", 429),
     ]
     rows = summarise(records)
     totals = rows[SummaryKey("1970-01-01", "t", "u", "d", "m")]
