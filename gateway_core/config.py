@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from .store_urls import PORTS, Port, StoreURLError, default_url, parse_store_url
+from .usage.prices import load_prices
 
 DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -331,6 +332,21 @@ class StoreSettings(_Model):
                     raise ConfigError(f"stores.{port} (unset): {exc}") from None
 
 
+class UsageSettings(_Model):
+    """Usage records and costs (``stores.usage`` says where they go)."""
+
+    enabled: bool = True  # one record per request (not /healthz); off: nothing is recorded
+    # Price overrides, model -> {input, cached_input, output: USD per 1M tokens as strings, aliases: [...]};
+    # laid over the built-in table (gateway_core/usage/prices.json), an entry replacing the model's whole entry.
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        load_prices(value)  # PriceError is a ValueError: reported with the key and line
+        return value
+
+
 class GatewayConfig(_Model):
     server: ServerSettings = ServerSettings()
     backends: tuple[Backend, ...] = Field(min_length=1)
@@ -339,6 +355,7 @@ class GatewayConfig(_Model):
     limits: LimitsSettings = LimitsSettings()
     cache: CacheSettings = CacheSettings()
     stores: StoreSettings = StoreSettings()
+    usage: UsageSettings = UsageSettings()
     # Set by `aigw serve --no-auth` only, never from a file: every caller becomes the anonymous principal.
     no_auth: bool = Field(default=False, exclude=True)
 

@@ -89,14 +89,14 @@ def load_prices(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Pri
             aliases[str(alias)] = model
     for alias, model in aliases.items():
         if alias in prices and alias != model:
-            raise PriceError(f"usage.prices: {alias!r} is both a model and an alias of {model!r}")
+            raise PriceError(f"{alias!r} is both a model and an alias of {model!r}")
     return PriceTable(prices, aliases, as_of, source, str(data["note"]))
 
 
 def _price(model: str, entry: Mapping[str, Any]) -> Price:
     unknown = set(entry) - {"input", "cached_input", "output", "aliases"}
     if unknown:
-        raise PriceError(f"usage.prices.{model}: unknown field {', '.join(sorted(unknown))}")
+        raise PriceError(f"{model}: unknown field {', '.join(sorted(unknown))}")
     cached = entry.get("cached_input")
     return Price(
         model,
@@ -109,11 +109,11 @@ def _price(model: str, entry: Mapping[str, Any]) -> Price:
 def _usd(model: str, field: str, value: Any) -> Decimal:
     # Strings or ints only: a float such as 0.075 has already lost exactness by the time it gets here.
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise PriceError(f'usage.prices.{model}.{field}: give USD per 1M tokens as a string, e.g. "2.50"')
+        raise PriceError(f'{model}.{field}: give USD per 1M tokens as a string, e.g. "2.50"')
     try:
         amount = Decimal(value)
     except InvalidOperation:
-        raise PriceError(f"usage.prices.{model}.{field}: {value!r} is not a number") from None
+        raise PriceError(f"{model}.{field}: {value!r} is not a number") from None
     if not amount.is_finite() or amount < 0 or amount > 10_000:
-        raise PriceError(f"usage.prices.{model}.{field}: must be from 0 to 10000 USD per 1M tokens")
+        raise PriceError(f"{model}.{field}: must be from 0 to 10000 USD per 1M tokens")
     return amount

@@ -1,8 +1,9 @@
 """The imports of gateway_core point one way, read from the source (ast), so a layering slip fails here.
 
 Layers, lowest first; a module may import its own layer and the layers listed for it:
-  base       context, errors, config, catalogue, clock, names, store_urls, pipeline, routes, background
-  helpers    cache/, tokens/, limits/, usage/record.py, usage/prices.py (pure logic)
+  base       context, errors, config, catalogue, clock, names, store_urls, pipeline, routes, background,
+             usage/record.py and usage/prices.py (the usage types and the price table)
+  helpers    cache/, tokens/, limits/ (pure logic)
   storage    storage/ (the ports and one adapter per backend)
   providers  providers/ (one translator per wire format, the upstream client, credentials)
   routing    routing/ (strategies, failover, health): storage only through storage.ports
@@ -44,7 +45,7 @@ def _layer(module: str) -> str:
     if head == "storage":
         return "storage.ports" if parts[1:] == ["ports"] else "storage"
     if head == "usage":
-        return "helpers" if parts[1:] in (["record"], ["prices"]) else "usage"
+        return "base" if parts[1:] in (["record"], ["prices"]) else "usage"
     if head in ("providers", "routing", "policies", "simulator", "app"):
         return head
     return "base"

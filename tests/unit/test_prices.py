@@ -89,3 +89,13 @@ def test_summaries_count_unpriced_records_apart_from_free_ones() -> None:
     totals = rows[SummaryKey("1970-01-01", "t", "u", "d", "m")]
     assert (totals.requests, totals.errors, totals.unpriced, totals.cost_micro_usd) == (3, 1, 1, 7)
     assert (totals.cache_hits, totals.saved_tokens, totals.saved_micro_usd) == (1, 5, 7)
+
+
+def test_config_checks_price_overrides_at_load() -> None:
+    from gateway_core.config import ConfigError, config_from_dict
+
+    backend = {"name": "a", "url": "http://127.0.0.1:1", "deployments": [{"name": "d"}]}
+    with pytest.raises(ConfigError, match=r"usage\.prices.*m\.input: give USD per 1M tokens as a string"):
+        config_from_dict({"backends": [backend], "usage": {"prices": {"m": {"input": 1.5, "output": "1"}}}})
+    config = config_from_dict({"backends": [backend], "usage": {"prices": {"m": {"input": "1.5", "output": "1"}}}})
+    assert load_prices(config.usage.prices).price_of("m") is not None
