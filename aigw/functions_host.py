@@ -90,9 +90,10 @@ class FunctionsHost:
             await gateway.close()
 
     async def check_health(self) -> dict[str, str]:
-        """The timer trigger's work: probe every backend and share what was learned through the health store."""
+        """The timer trigger's work: probe every backend (unless ``routing.probe.enabled`` is false), then publish
+        what this instance learned to the health store and adopt what the others did."""
         gateway = await self.gateway()
-        states = await gateway.prober.probe_all()
+        states = await gateway.prober.probe_all() if gateway.config.routing.probe.enabled else {}
         await gateway.sync_health()
         return states
 

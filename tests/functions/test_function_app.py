@@ -123,13 +123,25 @@ async def test_http_trigger_errors_are_openai_style(trigger: Any) -> None:
     assert healthz.status_code == 200
 
 
-async def test_timer_trigger_probes_every_backend(functions: dict[str, Any], trigger: Any, sim_url: str) -> None:
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_timer_trigger_probes_every_backend_unless_probes_are_off(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    enabled: bool,
+) -> None:
     from azure.functions.timer import TimerRequest
 
     from tests.servers import clear_sim_requests, sim_requests
 
+    use_config(monkeypatch, tmp_path / "gateway.yaml", gateway_config(sim_url, routing={"probe": {"enabled": enabled}}))
     clear_sim_requests(sim_url)
     await functions["health"].get_user_function()(TimerRequest(past_due=False))
+    if not enabled:
+        assert sim_requests(sim_url) == []
+        return
     (probe,) = sim_requests(sim_url)
     assert probe["method"] == "GET" and probe["path"] == "/openai/models"
     assert probe["headers"]["api-key"] == fingerprint(BACKEND_KEY)
@@ -188,7 +200,7 @@ async def test_invocations_reuse_one_gateway_and_one_upstream_connection(
 
     with serve_recorders() as [(url, recorder)]:
         backend = {"name": "rec", "url": url, "auth": {"type": "none"}, "deployments": ["gpt-4o"]}
-        use_config(monkeypatch, tmp_path / "gateway.yaml", gateway_config(url, backends=[backend]))
+        use_config(monkeypatch, tmp_path / "gateway.yaml", gateway_config(url, backends=[backend], routing={}))
         http, timer = functions["gateway"].get_user_function(), functions["health"].get_user_function()
         gateway = await app_host.host.gateway()
         for _ in range(3):
