@@ -257,3 +257,57 @@ async def test_the_timer_triggers_probe_results_reach_http_triggers_through_the_
         assert answer.headers["x-aigw-backend"] == "sim-east" and answer.headers["x-aigw-attempts"] == "1"
     finally:
         await other.close()
+
+
+async def test_cosmos_app_settings_hold_limits_cache_and_health(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    cosmos_address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway_core.storage.factory import cache_store, counter_store, health_store
+
+    # No stores in the config: the app settings put all three in Cosmos DB (an emulator: it may create them).
+    database = f"app{uuid.uuid4().hex[:8]}"
+    config = gateway_config(sim_url, cache={"enabled": True})
+    config.pop("stores")
+    config["limits"] = {"rules": [{"name": "q", "key": "user", "token_quota": 150, "quota_period": "daily"}]}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    monkeypatch.setenv("COSMOS_ENDPOINT", f"https://{cosmos_address}/")
+    monkeypatch.setenv("COSMOS_KEY", COSMOS_KEY_ENV["AIGW_TEST_COSMOS_KEY"])
+    monkeypatch.setenv("COSMOS_DATABASE", database)
+    monkeypatch.setenv("COSMOS_CREATE_IF_MISSING", "true")
+    monkeypatch.chdir(tmp_path)  # SQLite, if it were used instead, would write ./.aigw/ here
+    http = functions["gateway"].get_user_function()
+    gateway = await app_host.host.gateway()
+
+    def chat(text: str) -> Request:
+        body = orjson.dumps({"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 30})
+        return starlette_request("POST", "/openai/deployments/gpt-4o/chat/completions", body, {"api-key": CLIENT_KEY})
+
+    first = await http(chat("cache me"))
+    assert first.status_code == 200 and first.headers["x-aigw-cache"] == "MISS"
+    await body_of(first)
+    await gateway.tasks.drain()  # the cache write and the limit settlement run after the answer
+    again = await http(chat("cache me"))
+    assert again.status_code == 200 and again.headers["x-aigw-cache"] == "HIT", await body_of(again)
+    statuses = []
+    for n in range(8):
+        response = await http(chat(f"question {n}"))
+        await body_of(response)
+        await gateway.tasks.drain()
+        statuses.append(response.status_code)
+        if response.status_code != 200:
+            break
+    assert statuses[0] == 200 and statuses[-1] == 403, statuses  # the daily quota, counted in Cosmos DB
+    assert not (tmp_path / ".aigw").exists()
+    # Each port's container is in the database the app settings named (opened as Azure would: no creating).
+    plain = f"cosmos://{cosmos_address}/{database}?key_env=AIGW_TEST_COSMOS_KEY"
+    for opener in (counter_store, cache_store, health_store):
+        store = opener(plain, COSMOS_KEY_ENV)
+        try:
+            await store.start()
+        finally:
+            await store.close()
