@@ -1,9 +1,10 @@
 """The Azure Functions side of the gateway: Starlette request in (HTTP streaming extension), response out.
 
 The Functions worker gives async triggers one event loop; the ``Gateway`` is built on the first request in
-that loop (no network I/O at import time). The host keeps one: it builds another only when ``AIGW_CONFIG``
-names another file, on ``reload()``, or if a different loop shows up (in-process tests), and closes the one
-it replaces (requests still running on that one may fail, as on any restart).
+that loop (no network I/O at import time), and every trigger (HTTP, timer) shares it: one upstream session,
+one set of store clients per process. The host keeps one: it builds another only when ``AIGW_CONFIG``
+changes (another file, or other inline YAML), on ``reload()``, or if a different loop shows up (in-process
+tests), and closes the one it replaces (requests still running on that one may fail, as on any restart).
 """
 
 from __future__ import annotations
@@ -20,19 +21,12 @@ from starlette.responses import Response, StreamingResponse
 
 from aigw.bodies import read_limited
 from aigw.client_address import client_address, host_of, networks
+from aigw.functions_settings import config_from_app_settings
 from gateway_core.app import Gateway
-from gateway_core.config import GatewayConfig, ServerSettings, load_config
+from gateway_core.config import ServerSettings
 from gateway_core.context import GatewayRequest
 
 log = logging.getLogger("aigw")
-
-
-def config_from_app_settings(app_root: Path) -> GatewayConfig:
-    """``AIGW_CONFIG`` (a path, relative to the app root) or zero-config from the app settings."""
-    path = os.environ.get("AIGW_CONFIG")
-    if path and not Path(path).is_absolute():
-        path = str(app_root / path)
-    return load_config(path or None)
 
 
 def functions_client_ip(headers: Mapping[str, str], peer: str, server: ServerSettings) -> str:
@@ -75,6 +69,9 @@ class FunctionsHost:
         # Build and start the new one first: a bad config leaves the old one serving and raises ConfigError.
         gateway = Gateway(config_from_app_settings(self._app_root))
         await gateway.start()
+        # Adopt what other instances (and their timer triggers) learned before routing anything: a new instance
+        # would otherwise try a backend every other one knows is down (a store outage is logged, not raised).
+        await gateway.sync_health()
         old, old_loop = self._gateway, self._loop
         self._gateway, self._loop, self._source = gateway, loop, source
         if old is not None:
@@ -93,9 +90,10 @@ class FunctionsHost:
             await gateway.close()
 
     async def check_health(self) -> dict[str, str]:
-        """The timer trigger's work: probe every backend and share what was learned through the health store."""
+        """The timer trigger's work: probe every backend (unless ``routing.probe.enabled`` is false), then publish
+        what this instance learned to the health store and adopt what the others did."""
         gateway = await self.gateway()
-        states = await gateway.prober.probe_all()
+        states = await gateway.prober.probe_all() if gateway.config.routing.probe.enabled else {}
         await gateway.sync_health()
         return states
 

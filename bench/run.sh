@@ -184,7 +184,7 @@ bench() { "$H/bench.sh" "$@" || true; }
   fi
   if want cosmos; then
     # The emulator (Node) runs on the same 2 cores; its CPU is counted with the gateway's (-g).
-    start_gateway "cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY"
+    start_gateway "cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY&create_if_missing=true"
     bench -l "aigw-w$WORKERS-tpm-cosmos" -g "$GW_PID,$COSMOS_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     memory "aigw-w$WORKERS-tpm-cosmos"
     stop_gateway

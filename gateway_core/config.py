@@ -444,16 +444,29 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
-        try:
-            data = yaml.safe_load(text)
-            nodes = yaml.compose(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of settings")
-        config = _validate(data, source=str(file), nodes=nodes)
+        config = _parse_yaml(text, source=str(file))
     config.stores.check_env(env)
     return with_env_keys(config, env)
+
+
+def load_config_text(text: str, source: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """As ``load_config`` for YAML given as text (the Functions app setting ``AIGW_CONFIG``); errors name
+    ``source`` and the line within ``text``."""
+    env = os.environ if env is None else env
+    config = _parse_yaml(text, source=source)
+    config.stores.check_env(env)
+    return with_env_keys(config, env)
+
+
+def _parse_yaml(text: str, *, source: str) -> GatewayConfig:
+    try:
+        data = yaml.safe_load(text)
+        nodes = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings")
+    return _validate(data, source=source, nodes=nodes)
 
 
 def with_env_keys(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:

@@ -2,10 +2,14 @@
 
     memory://                                       in-process (unit tests)
     sqlite:///relative/file.db, sqlite:////abs.db   SQLite, as SQLAlchemy spells it
-    cosmos://host[:port]/database[?key_env=VAR][&scheme=http|https]
-                                                    Cosmos DB; without key_env, DefaultAzureCredential
+    cosmos://host[:port]/database[?key_env=VAR][&scheme=http|https][&create_if_missing=true]
+                                                    Cosmos DB; without key_env, DefaultAzureCredential;
+                                                    without create_if_missing, the database and its
+                                                    containers must exist (infra/main.bicep creates them)
 
 Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT``, else SQLite under ./.aigw/.
+From ``COSMOS_ENDPOINT``: database ``COSMOS_DATABASE`` (default ``aigw``), managed identity unless ``COSMOS_KEY``
+is set, and ``create_if_missing`` from ``COSMOS_CREATE_IF_MISSING`` (default false; true for an emulator).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ DEFAULT_STATE_DIR = ".aigw"
 ENV_URL: dict[Port, str] = {"counters": "AIGW_COUNTERS_URL", "cache": "AIGW_CACHE_URL", "health": "AIGW_HEALTH_URL"}
 _FORMS = "use memory://, sqlite:///path/file.db or cosmos://host[:port]/database"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_COSMOS_OPTIONS = ("key_env", "scheme")
+_DATABASE_NAME = re.compile(r"^[^/\\#?%\s]{1,255}$")  # Cosmos DB forbids / \ # ? in ids; % and spaces break the URL
+_COSMOS_OPTIONS = ("key_env", "scheme", "create_if_missing")
 # The ports each scheme serves; storage/factory.py has one adapter per (port, scheme) pair listed here (a test
 # checks that they agree). A backend for some ports only (a future tables:// for usage) lists just those.
 SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": PORTS}
@@ -49,6 +54,9 @@ class CosmosURL:
     endpoint: str  # https://host:port/
     database: str
     key_env: str | None  # None: DefaultAzureCredential (managed identity in Azure)
+    # False (the default): open what exists, never create. In Azure the identity has data-plane roles only,
+    # which cannot create databases or containers; true is for emulators and keyed accounts.
+    create_if_missing: bool = False
     scheme: Literal["cosmos"] = "cosmos"
 
 
@@ -111,7 +119,12 @@ def _cosmos(url: str) -> CosmosURL:
     scheme = options["scheme"][-1] if "scheme" in options else "https"
     if scheme not in ("http", "https"):
         raise StoreURLError(f"bad Cosmos DB URL {url!r}: scheme must be http or https")
-    return CosmosURL(endpoint=f"{scheme}://{parts.netloc}/", database=database, key_env=key_env)
+    create = options["create_if_missing"][-1] if "create_if_missing" in options else "false"
+    if create not in ("true", "false"):
+        raise StoreURLError(f"bad Cosmos DB URL {url!r}: create_if_missing must be true or false")
+    return CosmosURL(
+        endpoint=f"{scheme}://{parts.netloc}/", database=database, key_env=key_env, create_if_missing=create == "true"
+    )
 
 
 def default_url(port: Port, env: Mapping[str, str]) -> str:
@@ -126,13 +139,32 @@ def default_url(port: Port, env: Mapping[str, str]) -> str:
         return url
     endpoint = env.get("COSMOS_ENDPOINT")
     if endpoint:
-        # An https://host:port/ endpoint as the portal shows it, or a bare host[:port].
-        netloc = urlsplit(endpoint).netloc if "://" in endpoint else endpoint.rstrip("/")
-        key = "?key_env=COSMOS_KEY" if env.get("COSMOS_KEY") else ""
-        url = f"cosmos://{netloc}/aigw{key}"
-        _check(url, port, "COSMOS_ENDPOINT", shown=endpoint)
-        return url
+        return _from_cosmos_settings(endpoint, port, env)
     return f"sqlite:///{DEFAULT_STATE_DIR}/{port}.db"
+
+
+def _from_cosmos_settings(endpoint: str, port: Port, env: Mapping[str, str]) -> str:
+    # An https://host:port/ endpoint as the portal shows it (http:// for an emulator), or a bare host[:port].
+    netloc = urlsplit(endpoint).netloc if "://" in endpoint else endpoint.rstrip("/")
+    options = []
+    if env.get("COSMOS_KEY"):
+        options.append("key_env=COSMOS_KEY")
+    if endpoint.lower().startswith("http://"):
+        options.append("scheme=http")
+    create = env.get("COSMOS_CREATE_IF_MISSING", "").strip().lower()
+    if create not in ("", "true", "false"):
+        raise StoreURLError(f"environment variable COSMOS_CREATE_IF_MISSING: {create!r} is not true or false")
+    if create == "true":
+        options.append("create_if_missing=true")
+    database = env.get("COSMOS_DATABASE") or "aigw"
+    if not _DATABASE_NAME.match(database):
+        raise StoreURLError(
+            f"environment variable COSMOS_DATABASE: {database!r} is not a database name (1-255 characters, "
+            "none of / \\ # ? % or spaces)"
+        )
+    url = f"cosmos://{netloc}/{database}" + ("?" + "&".join(options) if options else "")
+    _check(url, port, "COSMOS_ENDPOINT", shown=endpoint)
+    return url
 
 
 def _check(url: str, port: Port, variable: str, shown: str | None = None) -> None:

@@ -31,6 +31,7 @@ class Received:
     query_string: str
     headers: dict[str, str]
     body: bytes
+    peer: str = ""  # the client's address:port: one value across requests means one reused connection
 
 
 @dataclass
@@ -55,7 +56,8 @@ class Recorder:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        self.received.append(Received(scope["path"], scope["query_string"].decode("latin-1"), headers, body))
+        peer = "{}:{}".format(*scope["client"]) if scope.get("client") else ""
+        self.received.append(Received(scope["path"], scope["query_string"].decode("latin-1"), headers, body, peer))
         self.arrived.set()
         if self.gate is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)

@@ -60,7 +60,10 @@ class EntraToken:
             from azure.identity.aio import DefaultAzureCredential
 
             if self._credential is None:
-                self._credential = DefaultAzureCredential(managed_identity_client_id=self._client_id)
+                # Passing None would override AZURE_CLIENT_ID and force the system-assigned identity, which an
+                # app with only a user-assigned one does not have: pass the id only when the config names one.
+                named = {"managed_identity_client_id": self._client_id} if self._client_id else {}
+                self._credential = DefaultAzureCredential(**named)
             credential = self._credential
             try:
                 token = await credential.get_token(self._scope)

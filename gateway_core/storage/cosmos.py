@@ -5,6 +5,8 @@ window start as the id, updated by atomic ``patch_item`` ``incr``; a missing doc
 creation race (409) falls back to the patch. Each document carries ``ttl`` so Cosmos DB deletes it after the
 window; callers also ignore old windows by arithmetic, so an emulator without TTL still answers rightly.
 Without ``key_env`` the adapter authenticates with ``DefaultAzureCredential`` (managed identity in Azure).
+The database and containers must exist (infra/main.bicep creates them: a data-plane identity cannot) unless
+the URL says ``create_if_missing=true`` (emulators, keyed accounts): then the first start creates them.
 """
 
 from __future__ import annotations
@@ -29,20 +31,24 @@ class CosmosTarget:
     def __init__(self, url: CosmosURL, key: str | None) -> None:
         self.endpoint = url.endpoint
         self.database = url.database
+        self.create_if_missing = url.create_if_missing
         self.key = key
 
-    def client(self) -> Any:
+    def client(self) -> tuple[Any, Any]:
+        """A client and the credential to close with it (None for a key)."""
         from azure.cosmos.aio import CosmosClient
 
         if self.key is not None:
-            return CosmosClient(self.endpoint, credential=self.key)
+            return CosmosClient(self.endpoint, credential=self.key), None
         from azure.identity.aio import DefaultAzureCredential
 
-        return CosmosClient(self.endpoint, credential=DefaultAzureCredential())
+        # AZURE_CLIENT_ID, when set, selects the user-assigned managed identity (DefaultAzureCredential reads it).
+        credential = DefaultAzureCredential()
+        return CosmosClient(self.endpoint, credential=credential), credential
 
 
 class _Container:
-    """One container of the aigw database, created on first use (a store unreachable at start is retried then).
+    """One container of the aigw database, opened on first use (a store unreachable at start is retried then).
 
     Every adapter below is one of these plus its own item operations; SDK errors become ``StorageError``.
     """
@@ -51,35 +57,67 @@ class _Container:
         self._target = target
         self._container_name = container
         self._client: Any = None
+        self._credential: Any = None
         self._container: Any = None
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
+        """Open the container; ``StorageError`` if it cannot be reached or (without create_if_missing) is missing."""
         from azure.core.exceptions import AzureError
-        from azure.cosmos import PartitionKey
-        from azure.cosmos.exceptions import CosmosResourceExistsError
 
         async with self._lock:
             if self._container is not None:
                 return
             if self._client is None:
-                self._client = self._target.client()
+                self._client, self._credential = self._target.client()
             try:
-                # *_if_not_exists reads, then creates: several workers starting at once can race (409); the
-                # second try then finds what the winner created.
-                for attempt in range(3):
-                    try:
-                        database = await self._client.create_database_if_not_exists(self._target.database)
-                        # default_ttl=-1: TTL on, each document sets its own.
-                        self._container = await database.create_container_if_not_exists(
-                            id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
-                        )
-                        return
-                    except CosmosResourceExistsError:
-                        if attempt == 2:
-                            raise
+                if self._target.create_if_missing:
+                    self._container = await self._create()
+                else:
+                    self._container = await self._open()
             except (AzureError, OSError) as exc:
                 raise self._error(exc) from exc
+
+    async def _open(self) -> Any:
+        """The existing container, read once so that a missing one is reported now, naming what is missing."""
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        database = self._client.get_database_client(self._target.database)
+        container = database.get_container_client(self._container_name)
+        try:
+            await container.read()
+        except CosmosResourceNotFoundError:
+            try:
+                await database.read()
+                missing = f"container {self._container_name!r} of database {self._target.database!r}"
+            except CosmosResourceNotFoundError:
+                missing = f"database {self._target.database!r} (with container {self._container_name!r})"
+            raise StorageError(
+                f"Cosmos DB store {self._target.endpoint} ({self._container_name}): {missing} does not exist: "
+                "create it with infra/main.bicep, or set create_if_missing=true for an emulator"
+            ) from None
+        return container
+
+    async def _create(self) -> Any:
+        from azure.cosmos.exceptions import CosmosResourceExistsError
+
+        # *_if_not_exists reads, then creates: several workers starting at once can race (409); a later try
+        # then finds what the winner created.
+        for _ in range(2):
+            try:
+                return await self._create_once()
+            except CosmosResourceExistsError:
+                continue
+        return await self._create_once()
+
+    async def _create_once(self) -> Any:
+        from azure.cosmos import PartitionKey
+
+        database = await self._client.create_database_if_not_exists(self._target.database)
+        # default_ttl=-1: TTL on, each document sets its own.
+        return await database.create_container_if_not_exists(
+            id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
+        )
 
     async def _ready(self) -> Any:
         if self._container is None:
@@ -94,6 +132,9 @@ class _Container:
             await self._client.close()
             self._client = None
             self._container = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
 
 
 class CosmosCounters(_Container):

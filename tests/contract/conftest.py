@@ -23,4 +23,4 @@ def store_url(kind: str, port: str, tmp_path: Path, request: pytest.FixtureReque
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/{port}.db"
     address = request.getfixturevalue("cosmos_address")
-    return f"cosmos://{address}/{port[0]}{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+    return f"cosmos://{address}/{port[0]}{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY&create_if_missing=true"

@@ -66,7 +66,7 @@ async def test_unwritable_sqlite_raises_storage_error(tmp_path: Path) -> None:
 
 
 async def test_many_instances_starting_at_once_share_one_cosmos_container(cosmos_address: str) -> None:
-    url = f"cosmos://{cosmos_address}/race{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
+    url = f"cosmos://{cosmos_address}/race{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY&create_if_missing=true"
     adapters = [counter_store(url, COSMOS_KEY_ENV) for _ in range(6)]
     await asyncio.gather(*(a.start() for a in adapters))  # as 6 workers starting together
     totals = await asyncio.gather(*(a.add("k", 0, 1, 60) for a in adapters))

@@ -59,9 +59,7 @@ def test_four_workers_never_admit_more_than_the_limit(
     if store == "sqlite":
         counters = f"sqlite:///{tmp_path}/counters.db"
     else:
-        counters = (
-            f"cosmos://{request.getfixturevalue('cosmos_address')}/c{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY"
-        )
+        counters = f"cosmos://{request.getfixturevalue('cosmos_address')}/c{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY&create_if_missing=true"
     rules = {"rules": [{"name": "team-tpm", "key": "tenant", "tokens_per_minute": LIMIT}]}
     config = write_yaml(tmp_path / "g.yaml", gateway_config(sim_url, limits=rules, stores={"counters": counters}))
     with run_aigw(["serve", "--config", str(config), "--workers", "4"], env={**GATEWAY_ENV, **COSMOS_KEY_ENV}) as gw:

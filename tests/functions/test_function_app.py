@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway_core.simulator.records import fingerprint
-from tests.servers import BACKEND_KEY, CLIENT_KEY, GATEWAY_ENV, gateway_config, write_yaml
+from tests.servers import BACKEND_KEY, CLIENT_KEY, COSMOS_KEY_ENV, GATEWAY_ENV, gateway_config, write_yaml
+from tests.upstream import serve_recorders
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,13 +123,25 @@ async def test_http_trigger_errors_are_openai_style(trigger: Any) -> None:
     assert healthz.status_code == 200
 
 
-async def test_timer_trigger_probes_every_backend(functions: dict[str, Any], trigger: Any, sim_url: str) -> None:
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_timer_trigger_probes_every_backend_unless_probes_are_off(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    enabled: bool,
+) -> None:
     from azure.functions.timer import TimerRequest
 
     from tests.servers import clear_sim_requests, sim_requests
 
+    use_config(monkeypatch, tmp_path / "gateway.yaml", gateway_config(sim_url, routing={"probe": {"enabled": enabled}}))
     clear_sim_requests(sim_url)
     await functions["health"].get_user_function()(TimerRequest(past_due=False))
+    if not enabled:
+        assert sim_requests(sim_url) == []
+        return
     (probe,) = sim_requests(sim_url)
     assert probe["method"] == "GET" and probe["path"] == "/openai/models"
     assert probe["headers"]["api-key"] == fingerprint(BACKEND_KEY)
@@ -141,3 +155,159 @@ async def test_http_trigger_refuses_an_unauthenticated_caller_without_reading_it
     scope["headers"] = [(b"content-length", b"10000000")]
     response = await trigger(Request(scope, receive))
     assert response.status_code == 401
+
+
+def test_the_http_trigger_takes_every_method(functions: dict[str, Any]) -> None:
+    # With a methods list the host would answer any other method with its own empty 404 before the gateway.
+    bindings = orjson.loads(functions["gateway"].get_raw_bindings()[0])
+    assert "methods" not in bindings
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH"])
+async def test_an_unserved_method_gets_the_gateways_openai_error(trigger: Any, method: str) -> None:
+    response = await trigger(starlette_request(method, "/v1/chat/completions", headers={"api-key": CLIENT_KEY}))
+    assert response.status_code == 404
+    error = orjson.loads(await body_of(response))["error"]
+    assert error["code"] == "path_not_found"
+    assert f"aigw does not serve {method} /v1/chat/completions" in error["message"]
+    assert response.headers["x-request-id"]
+
+
+@pytest.fixture
+async def app_host(functions: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """``function_app`` with its environment set by the test (``use_config``), its gateway closed at the end."""
+    import function_app
+
+    for name, value in {**GATEWAY_ENV, **COSMOS_KEY_ENV}.items():
+        monkeypatch.setenv(name, value)
+    yield function_app
+    await function_app.host.close()
+
+
+def use_config(monkeypatch: pytest.MonkeyPatch, path: Path, config: dict[str, Any]) -> None:
+    monkeypatch.setenv("AIGW_CONFIG", str(write_yaml(path, config)))
+
+
+def chat_request() -> Request:
+    body = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    return starlette_request("POST", "/v1/chat/completions", body, {"api-key": CLIENT_KEY})
+
+
+async def test_invocations_reuse_one_gateway_and_one_upstream_connection(
+    functions: dict[str, Any], app_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.functions.timer import TimerRequest
+
+    with serve_recorders() as [(url, recorder)]:
+        backend = {"name": "rec", "url": url, "auth": {"type": "none"}, "deployments": ["gpt-4o"]}
+        use_config(monkeypatch, tmp_path / "gateway.yaml", gateway_config(url, backends=[backend], routing={}))
+        http, timer = functions["gateway"].get_user_function(), functions["health"].get_user_function()
+        gateway = await app_host.host.gateway()
+        for _ in range(3):
+            assert (await trigger_and_read(http, chat_request())) == 200
+        await timer(TimerRequest(past_due=False))  # its probe goes through the same gateway's session
+        for _ in range(3):
+            assert (await trigger_and_read(http, chat_request())) == 200
+        assert await app_host.host.gateway() is gateway and not gateway.closed
+    paths = [r.path for r in recorder.received]
+    assert paths.count("/openai/deployments/gpt-4o/chat/completions") == 6 and paths.count("/openai/models") == 1
+    # One aiohttp session kept across invocations keeps its connection: every request, the probe's too,
+    # arrived from the same client port. A session per invocation would open a connection each time.
+    assert len({r.peer for r in recorder.received}) == 1
+
+
+async def trigger_and_read(http: Any, request: Request) -> int:
+    response = await http(request)
+    await body_of(response)
+    return int(response.status_code)
+
+
+async def test_the_timer_triggers_probe_results_reach_http_triggers_through_the_health_store(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    cosmos_address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azure.functions.timer import TimerRequest
+
+    from aigw.functions_host import FunctionsHost
+
+    down = {"name": "down", "url": "http://127.0.0.1:9", "auth": {"type": "none"}, "deployments": ["gpt-4o"]}
+    config = gateway_config(sim_url)
+    config["backends"] = [{**down, "priority": 0}, {**config["backends"][0], "priority": 1}]
+    config["routing"] = {"breaker": {"failures": 1}}
+    health = f"cosmos://{cosmos_address}/fn{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY&create_if_missing=true"
+    config["stores"] = {"health": health}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+
+    gateway = await app_host.host.gateway()
+    await functions["health"].get_user_function()(TimerRequest(past_due=False))
+    assert gateway.health.state("down") == "open" and await app_host.host.gateway() is gateway
+    # This instance's HTTP trigger routes around the backend its timer found down: one attempt, not two.
+    response = await functions["gateway"].get_user_function()(chat_request())
+    assert response.status_code == 200, await body_of(response)
+    assert response.headers["x-aigw-backend"] == "sim-east" and response.headers["x-aigw-attempts"] == "1"
+    # So does another instance started after the probe: it learns it from the health store, not from a probe.
+    other = FunctionsHost(tmp_path)
+    try:
+        answer = await other.handle(chat_request())
+        assert answer.status_code == 200
+        assert answer.headers["x-aigw-backend"] == "sim-east" and answer.headers["x-aigw-attempts"] == "1"
+    finally:
+        await other.close()
+
+
+async def test_cosmos_app_settings_hold_limits_cache_and_health(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    cosmos_address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway_core.storage.factory import cache_store, counter_store, health_store
+
+    # No stores in the config: the app settings put all three in Cosmos DB (an emulator: it may create them).
+    database = f"app{uuid.uuid4().hex[:8]}"
+    config = gateway_config(sim_url, cache={"enabled": True})
+    config.pop("stores")
+    config["limits"] = {"rules": [{"name": "q", "key": "user", "token_quota": 150, "quota_period": "daily"}]}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    monkeypatch.setenv("COSMOS_ENDPOINT", f"https://{cosmos_address}/")
+    monkeypatch.setenv("COSMOS_KEY", COSMOS_KEY_ENV["AIGW_TEST_COSMOS_KEY"])
+    monkeypatch.setenv("COSMOS_DATABASE", database)
+    monkeypatch.setenv("COSMOS_CREATE_IF_MISSING", "true")
+    monkeypatch.chdir(tmp_path)  # SQLite, if it were used instead, would write ./.aigw/ here
+    http = functions["gateway"].get_user_function()
+    gateway = await app_host.host.gateway()
+
+    def chat(text: str) -> Request:
+        body = orjson.dumps({"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 30})
+        return starlette_request("POST", "/openai/deployments/gpt-4o/chat/completions", body, {"api-key": CLIENT_KEY})
+
+    first = await http(chat("cache me"))
+    assert first.status_code == 200 and first.headers["x-aigw-cache"] == "MISS"
+    await body_of(first)
+    await gateway.tasks.drain()  # the cache write and the limit settlement run after the answer
+    again = await http(chat("cache me"))
+    assert again.status_code == 200 and again.headers["x-aigw-cache"] == "HIT", await body_of(again)
+    statuses = []
+    for n in range(8):
+        response = await http(chat(f"question {n}"))
+        await body_of(response)
+        await gateway.tasks.drain()
+        statuses.append(response.status_code)
+        if response.status_code != 200:
+            break
+    assert statuses[0] == 200 and statuses[-1] == 403, statuses  # the daily quota, counted in Cosmos DB
+    assert not (tmp_path / ".aigw").exists()
+    # Each port's container is in the database the app settings named (opened as Azure would: no creating).
+    plain = f"cosmos://{cosmos_address}/{database}?key_env=AIGW_TEST_COSMOS_KEY"
+    for opener in (counter_store, cache_store, health_store):
+        store = opener(plain, COSMOS_KEY_ENV)
+        try:
+            await store.start()
+        finally:
+            await store.close()

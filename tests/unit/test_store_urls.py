@@ -30,6 +30,7 @@ BAD_URLS = [
     ("cosmos://account/aigw?keyenv=COSMOS_KEY", "unknown option keyenv"),
     ("cosmos://account/aigw?key_env=not-a-name", "key_env must name an environment variable"),
     ("cosmos://account/aigw?scheme=ftp", "scheme must be http or https"),
+    ("cosmos://account/aigw?create_if_missing=yes", "create_if_missing must be true or false"),
 ]
 
 
@@ -54,6 +55,9 @@ def test_good_store_urls_parse_to_what_the_adapters_open() -> None:
     assert parse_store_url("cosmos://127.0.0.1:8081/db?scheme=http", "health") == CosmosURL(
         "http://127.0.0.1:8081/", "db", None
     )
+    emulator = parse_store_url("cosmos://127.0.0.1:8081/db?key_env=K&create_if_missing=true", "cache")
+    assert emulator == CosmosURL("https://127.0.0.1:8081/", "db", "K", create_if_missing=True)
+    assert not parse_store_url("cosmos://acct:443/db?create_if_missing=false", "cache").create_if_missing  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -62,6 +66,8 @@ def test_good_store_urls_parse_to_what_the_adapters_open() -> None:
         ({"AIGW_COUNTERS_URL": "sqlite://no-slash.db"}, "AIGW_COUNTERS_URL"),
         ({"AIGW_HEALTH_URL": "redis://x"}, "AIGW_HEALTH_URL"),
         ({"COSMOS_ENDPOINT": "https:///"}, "COSMOS_ENDPOINT"),
+        ({"COSMOS_ENDPOINT": "https://acct:443/", "COSMOS_DATABASE": "a/b"}, "COSMOS_DATABASE"),
+        ({"COSMOS_ENDPOINT": "https://acct:443/", "COSMOS_CREATE_IF_MISSING": "yes"}, "COSMOS_CREATE_IF_MISSING"),
     ],
 )
 def test_a_bad_store_url_from_the_environment_names_the_variable(
@@ -83,6 +89,24 @@ def test_good_store_urls_from_the_environment_are_used() -> None:
     assert factory.default_url("cache", env) == "memory://"
     assert factory.default_url("counters", env) == "cosmos://acct.documents.azure.com:443/aigw"
     assert factory.default_url("health", {}) == "sqlite:///.aigw/health.db"
+
+
+def test_the_cosmos_app_settings_fill_the_url() -> None:
+    # Azure: managed identity (no COSMOS_KEY), the database Bicep made, nothing created by the app.
+    azure = {"COSMOS_ENDPOINT": "https://acct.documents.azure.com:443/", "COSMOS_DATABASE": "gw"}
+    assert factory.default_url("cache", azure) == "cosmos://acct.documents.azure.com:443/gw"
+    assert parse_store_url(factory.default_url("cache", azure), "cache") == CosmosURL(
+        "https://acct.documents.azure.com:443/", "gw", None, create_if_missing=False
+    )
+    # A local emulator: its key, plain http, and the containers created on first use.
+    emulator = {
+        "COSMOS_ENDPOINT": "http://127.0.0.1:8081",
+        "COSMOS_KEY": "k",
+        "COSMOS_CREATE_IF_MISSING": "true",
+    }
+    assert parse_store_url(factory.default_url("health", emulator), "health") == CosmosURL(
+        "http://127.0.0.1:8081/", "aigw", "COSMOS_KEY", create_if_missing=True
+    )
 
 
 def test_the_factory_refuses_what_the_config_refuses_with_a_config_error() -> None:
