@@ -15,9 +15,10 @@ from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import GatewayConfig, config_from_dict, sha256_hex
-from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.context import GatewayRequest, GatewayResponse, TokenUsage
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig, SimDeployment
+from gateway_core.tokens.usage import record_json_usage
 from gateway_core.usage.record import UNAUTHENTICATED, UsageRecord
 from gateway_core.usage.refusals import OTHER, RefusalAggregator
 from tests.inprocess import running
@@ -376,3 +377,29 @@ async def test_a_stream_closed_before_its_first_chunk_is_still_recorded(sim: str
         assert response.stream is not None
         await close(response.stream)  # e.g. the client left between the head and the body
     assert only(sink).error_code == "client_disconnected"
+
+
+@pytest.mark.parametrize(
+    ("details", "cached", "reasoning"),
+    [
+        ({"prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 2}}, 4, 2),
+        (
+            {"prompt_tokens_details": {"cached_tokens": 99}, "completion_tokens_details": {"reasoning_tokens": 99}},
+            10,
+            5,
+        ),
+        (
+            {"prompt_tokens_details": {"cached_tokens": -3}, "completion_tokens_details": {"reasoning_tokens": True}},
+            0,
+            0,
+        ),
+        ({"prompt_tokens_details": [4], "completion_tokens_details": None}, 0, 0),
+        ({}, 0, 0),
+    ],
+    ids=["reported", "more-than-the-whole", "negative-and-bool", "not-objects", "absent"],
+)
+def test_cached_and_reasoning_tokens_are_read_and_bounded(details: dict[str, Any], cached: int, reasoning: int) -> None:
+    tokens = TokenUsage()
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, **details}
+    record_json_usage(orjson.dumps({"usage": usage}), tokens)
+    assert (tokens.prompt, tokens.completion, tokens.cached_prompt, tokens.reasoning) == (10, 5, cached, reasoning)
