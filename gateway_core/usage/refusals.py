@@ -34,7 +34,7 @@ class RefusalAggregator:
         self._sink = sink
         self._max_keys = max_keys
         self._counts: dict[_Key, int] = {}
-        self._addresses: dict[int, int] = {}  # minute -> distinct addresses counted in it (the overflow row aside)
+        self._addresses: dict[int, int] = {}  # minute with rows -> its addresses with a row of their own
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -44,17 +44,18 @@ class RefusalAggregator:
         minute = math.floor(time_s / _MINUTE_S)
         self.emit_closed(time_s)
         key = _Key(minute, client_ip[:64] or "(unknown)", error_code, status)
+        seen = self._addresses.setdefault(minute, 0)
         if key not in self._counts:
-            if self._addresses.get(minute, 0) >= self._max_keys:
+            if seen >= self._max_keys:
                 key = _Key(minute, OTHER, error_code, status)
             else:
-                self._addresses[minute] = self._addresses.get(minute, 0) + 1
+                self._addresses[minute] = seen + 1
         self._counts[key] = self._counts.get(key, 0) + 1
 
     def emit_closed(self, now_s: float) -> None:
         """Hand the rows of every minute that ended before ``now_s`` to the sink."""
         current = math.floor(now_s / _MINUTE_S)
-        if self._counts and min(key.minute for key in self._counts) < current:
+        if self._addresses and min(self._addresses) < current:  # a few minutes at most, not every row
             self._emit(lambda key: key.minute < current)
 
     def emit_all(self) -> None:
