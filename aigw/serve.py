@@ -15,7 +15,8 @@ import math
 import os
 import socket
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import orjson
 import uvicorn
@@ -27,6 +28,8 @@ from gateway_core.config import ServerSettings
 
 from .asgi import CONFIG_ENV, GatewayASGI
 from .protocol import GatewayServerConfig, HeadTimeoutProtocol
+
+T = TypeVar("T")
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -163,6 +166,10 @@ class BackgroundServers:
         started = asyncio.run_coroutine_threadsafe(self._start(server, sock), self._loop)
         started.result(timeout=10)
         return int(sock.getsockname()[1])
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the servers' event loop and wait for it (start or close an app served there)."""
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=30)
 
     @staticmethod
     async def _start(server: uvicorn.Server, sock: socket.socket) -> None:

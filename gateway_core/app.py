@@ -21,7 +21,7 @@ from .catalogue import PoolTable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
-from .errors import GatewayError, error_body
+from .errors import AuthenticationFailed, GatewayError, NotFound, error_body
 from .pipeline import Handler, Policy, build_chain
 from .policies.accounting import AccountingPolicy
 from .policies.auth import AuthPolicy
@@ -29,6 +29,7 @@ from .policies.cache import CachePolicy
 from .policies.errors import ErrorsPolicy
 from .policies.limits import LimitsPolicy
 from .policies.tokens import TokensPolicy
+from .policies.usage import UsageRecorder
 from .policies.validate import ValidatePolicy
 from .providers.client import UpstreamClient
 from .providers.credentials import Credential, credential_for
@@ -39,6 +40,7 @@ from .routing.probes import Prober
 from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
+from .usage.sink import UsageSink
 
 log = logging.getLogger("aigw")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -53,9 +55,11 @@ class Gateway:
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         background_probes: bool = False,
+        usage_sink: UsageSink | None = None,
     ) -> None:
         """``background_probes``: run the active health probes and the health sync in loops (`aigw serve`; the
-        Functions app probes and syncs from its timer trigger, and syncs after routed requests)."""
+        Functions app probes and syncs from its timer trigger, and syncs after routed requests).
+        ``usage_sink``: where usage records go (the gateway closes it); None, or ``usage.enabled: false``: none."""
         env = os.environ if env is None else env
         self.config = config
         self.clock = clock or SystemClock()
@@ -90,18 +94,24 @@ class Gateway:
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
         tokens = TokensPolicy(self.pools, config.limits)
+        self.usage: UsageRecorder | None = None
+        if usage_sink is not None and config.usage.enabled:
+            self.usage = UsageRecorder(config, self.pools, usage_sink, self.clock)
+        # 2 usage, just inside errors and outside endpoint resolution, so a 404 for an unknown path is recorded.
+        usage: list[Policy] = [self.usage.policy()] if self.usage is not None else []
+        internal_usage: list[Policy] = [self.usage.policy(internal=True)] if self.usage is not None else []
         limits = (
             LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
         )
         # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
-        self._internal: Handler = build_chain([tokens, *([limits] if limits else [])], self._forward)
-        auth = AuthPolicy(config, env)
-        # The same first three policies, run on the request head before the body is read (see check_head).
-        self._check_head: Handler = build_chain([ErrorsPolicy(), _ResolveEndpoint(), auth], _continue)
+        self._internal: Handler = build_chain([*internal_usage, tokens, *([limits] if limits else [])], self._forward)
+        auth = self._auth = AuthPolicy(config, env)
+        # The same first policies, run on the request head before the body is read (see check_head).
+        self._check_head: Handler = build_chain([ErrorsPolicy(), *usage, _ResolveEndpoint(), auth], _continue)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
+            *usage,  # 2 usage: records every request that gets this far, refusals at every later step included
             _ResolveEndpoint(),
-            # 2 usage: usage records plug in here, so refusals at every later step are recorded
             auth,  # 3 auth
             ValidatePolicy(config, self.pools),  # 4 validate (request transforms will sit beside it)
             tokens,  # 5 tokens
@@ -152,6 +162,8 @@ class Gateway:
         if self._started:  # a gateway never started (only checked) has learned nothing to publish
             await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
+        if self.usage is not None:
+            await self.usage.close()  # after the drain: streams and settlements have ended
         await self.health_store.close()
         await self.client.close()
         if self.counters is not None:
@@ -178,11 +190,30 @@ class Gateway:
 
     def error_response(self, request: GatewayRequest, error: GatewayError) -> GatewayResponse:
         """``error`` as the pipeline would answer it, for failures a host adapter detects itself (a stalled body)."""
-        request_id = self._context(request).request_id
+        ctx = self._context(request)
+        request_id = ctx.request_id
+        self._record_refusal(ctx, error)
         status, body, extra = error_body(error, request_id)
         headers = [*_JSON, *((k.lower(), v) for k, v in extra.items()), ("x-request-id", request_id)]
         headers.append(("x-aigw-attempts", "0"))  # no backend was tried, as for any refusal before routing
         return GatewayResponse(status, headers, body)
+
+    def _record_refusal(self, ctx: RequestContext, error: GatewayError) -> None:
+        """Record a refusal the host adapter made itself (after ``check_head`` passed the same head)."""
+        if self.usage is None:
+            return
+        with contextlib.suppress(NotFound):
+            ctx.endpoint = resolve(ctx.request.method, ctx.request.path)
+        with contextlib.suppress(AuthenticationFailed):
+            ctx.principal = self._auth.principal_for(ctx.request.headers)
+        self.usage.refused(ctx, error)
+
+    async def flush_usage(self) -> None:
+        """Hand the aggregated refusals of ended minutes to the usage sink and flush it (a host that may be
+        frozen between requests calls this before its invocation ends)."""
+        if self.usage is not None:
+            self.usage.emit_closed()
+            await self.usage.sink.flush()
 
     def _context(self, request: GatewayRequest) -> RequestContext:
         client_id = request.headers.get("x-request-id", "")
@@ -193,6 +224,8 @@ class Gateway:
         while True:
             await asyncio.sleep(self.config.routing.sync_interval_s)
             self._health_sync.maybe_sync()  # no-op while a sync runs; a store outage is logged by the sync
+            if self.usage is not None:
+                self.usage.emit_closed()  # a closed minute's refusals, even while no request arrives
 
     async def sync_health(self) -> None:
         """Publish this instance's health windows and adopt the others' (what the background sync does)."""

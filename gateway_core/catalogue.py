@@ -54,6 +54,17 @@ class PoolTable:
                     return ref
         return None
 
+    def model_of(self, deployment: str, backend: str | None = None) -> str | None:
+        """The model behind ``deployment`` on ``backend`` (the one that answered), else on the first backend
+        that serves it; None if no backend serves it."""
+        named = self._pools.get(deployment)
+        if named is None:
+            return deployment if self._wildcard else None
+        for target in named:
+            if target.backend.name == backend:
+                return target.model
+        return named[0].model
+
     def named_deployments(self) -> list[str]:
         """Every deployment named in config (not the names a wildcard backend passes through)."""
         return list(self._pools)

@@ -82,9 +82,12 @@ class TokenLimitExceeded(GatewayError):
 
     type = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, status: int, code: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, message: str, *, status: int, code: str, headers: dict[str, str], rule: str | None = None
+    ) -> None:
         super().__init__(message, code=code, headers=headers)
         self.status = status
+        self.rule = rule  # the limit rule that refused (usage records name it); None: the backend's own limit
         if code == "quota_exceeded":
             self.type = "insufficient_quota"
 

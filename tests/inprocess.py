@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from gateway_core.app import Gateway
 from gateway_core.clock import Clock
 from gateway_core.config import GatewayConfig
+from gateway_core.usage.sink import UsageSink
 
 
 @asynccontextmanager
-async def running(config: GatewayConfig, clock: Clock | None = None) -> AsyncIterator[Gateway]:
-    gw = Gateway(config, clock=clock)
+async def running(
+    config: GatewayConfig, clock: Clock | None = None, usage_sink: UsageSink | None = None
+) -> AsyncIterator[Gateway]:
+    gw = Gateway(config, clock=clock, usage_sink=usage_sink)
     await gw.start()
     try:
         yield gw

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 
@@ -22,7 +22,7 @@ class ErrorsPolicy:
             response = self._to_response(ctx, exc)
         else:
             if response.stream is not None:
-                response.stream = self._guard_stream(ctx, response.stream)
+                response.stream = _Closing(self._guard_stream(ctx, response.stream), response.stream)
         response.headers.append(("x-request-id", ctx.request_id))
         if ctx.backend is not None:
             response.headers.append(("x-aigw-backend", ctx.backend))
@@ -41,7 +41,7 @@ class ErrorsPolicy:
         headers.extend((k.lower(), v) for k, v in extra.items())
         return GatewayResponse(status, headers, orjson.dumps(body))
 
-    async def _guard_stream(self, ctx: RequestContext, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _guard_stream(self, ctx: RequestContext, stream: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
         # Once the status line is out the only way to report a failure is a final SSE error event.
         try:
             async for chunk in stream:
@@ -54,3 +54,26 @@ class ErrorsPolicy:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+class _Closing:
+    """``guard`` relaying ``inner``; closing it closes ``inner`` too, even if it was never iterated (closing a
+    generator that never started runs none of its code: the upstream stream would stay open, unrecorded)."""
+
+    def __init__(self, guard: AsyncGenerator[bytes, None], inner: AsyncIterator[bytes]) -> None:
+        self._guard = guard
+        self._inner = inner
+
+    def __aiter__(self) -> _Closing:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._guard.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._guard.aclose()
+        finally:
+            aclose = getattr(self._inner, "aclose", None)
+            if aclose is not None:
+                await aclose()  # a no-op if the guard closed it already

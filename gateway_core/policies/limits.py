@@ -149,6 +149,7 @@ class LimitsPolicy:
             "allows at all; shorten the prompt or lower max_tokens.",
             status=status,
             code="tokens_exceed_limit",
+            rule=limit.rule.name,
             headers=headers,
         )
 
@@ -163,6 +164,7 @@ class LimitsPolicy:
             f"Token rate limit exceeded: {limit.label}. Retry after {math.ceil(wait_s)} seconds.",
             status=429,
             code="tokens_per_minute_exceeded",
+            rule=limit.rule.name,
             headers=headers,
         )
 
@@ -176,6 +178,7 @@ class LimitsPolicy:
             f"Token quota exhausted: {limit.label}. It renews in {math.ceil(wait_s)} seconds.",
             status=self._settings.quota_exceeded_status,
             code="quota_exceeded",
+            rule=limit.rule.name,
             headers=headers,
         )
 

@@ -13,7 +13,8 @@
 Fault injection by header (each overrides the deployment's configured faults, faults.py):
 ``x-aigw-sim-fault: 429|500|503|slow|drop``, ``x-aigw-sim-retry-after: <s>``, ``x-aigw-sim-latency-ms: <ms>``
 (added before the first byte), ``x-aigw-sim-completion-tokens: <n>``, ``x-aigw-sim-no-usage: 1`` (a stream ignores
-``stream_options.include_usage``, as some OpenAI-compatible servers do).
+``stream_options.include_usage``, as some OpenAI-compatible servers do), ``x-aigw-sim-cached-tokens: <n>`` and
+``x-aigw-sim-reasoning-tokens: <n>`` (usage reports that many prompt tokens as cached, completion tokens as reasoning).
 """
 
 from __future__ import annotations

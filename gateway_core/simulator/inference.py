@@ -113,7 +113,13 @@ def infer(state: SimState, request: Incoming, record: RequestRecord) -> SimReply
     return _answer(state, operation, body, deployment, request.headers)
 
 
-_NUMERIC_CONTROLS = ("x-aigw-sim-latency-ms", "x-aigw-sim-completion-tokens", "x-aigw-sim-retry-after")
+_NUMERIC_CONTROLS = (
+    "x-aigw-sim-latency-ms",
+    "x-aigw-sim-completion-tokens",
+    "x-aigw-sim-retry-after",
+    "x-aigw-sim-cached-tokens",
+    "x-aigw-sim-reasoning-tokens",
+)
 
 
 def _bad_control_header(headers: Mapping[str, str]) -> str | None:
@@ -154,6 +160,7 @@ def _answer(
         int(headers.get("x-aigw-sim-completion-tokens", 0)) or deployment.completion_tokens or config.completion_tokens
     )
     answer = build_answer(operation, body, model, target)
+    _report_details(answer.response["usage"], headers)
     wait_s = state.tpm.wait_s(deployment.name, deployment.tpm_limit or config.tpm_limit, answer.total_tokens)
     if wait_s is not None:
         return fault_reply(Fault(kind="429", retry_after_s=wait_s))
@@ -184,3 +191,13 @@ def _credential(headers: Mapping[str, str]) -> str | None:
         return headers["api-key"]
     scheme, _, value = headers.get("authorization", "").partition(" ")
     return value if scheme.lower() == "bearer" else None
+
+
+def _report_details(usage: dict[str, Any], headers: Mapping[str, str]) -> None:
+    """``x-aigw-sim-cached-tokens``/``-reasoning-tokens``: report that many of the prompt as cached and of the
+    completion as reasoning (in ``*_tokens_details``, as Azure does), at most the whole."""
+    cached, reasoning = headers.get("x-aigw-sim-cached-tokens"), headers.get("x-aigw-sim-reasoning-tokens")
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(int(cached), usage["prompt_tokens"])}
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": min(int(reasoning), usage["completion_tokens"])}

@@ -59,6 +59,9 @@ class UsageRecord:
     internal: bool = False  # the gateway's own call on the caller's behalf (the semantic cache's embeddings)
     client_ip: str | None = None  # only on aggregated unauthenticated refusals
     count: int = 1  # requests this record stands for (>1 only for aggregated refusals)
+    # The estimate of each try that reached a backend and was then cut or timed out (Azure may bill it): not in
+    # the tokens or the cost above, which are the final answer's; the token limits charge it.
+    maybe_billed_tokens: int = 0
 
     @property
     def day(self) -> str:

@@ -163,6 +163,8 @@ def test_the_simulators_listings_never_show_its_key_or_a_credential_it_received(
         ("x-aigw-sim-latency-ms", "inf"),
         ("x-aigw-sim-completion-tokens", "1.5"),
         ("x-aigw-sim-retry-after", "nan"),
+        ("x-aigw-sim-cached-tokens", "1.5"),
+        ("x-aigw-sim-reasoning-tokens", "-1"),
     ],
 )
 def test_a_bad_control_header_is_a_400_not_a_crash(sim: str, header: str, value: str) -> None:
