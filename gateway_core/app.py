@@ -25,6 +25,7 @@ from .errors import GatewayError, error_body
 from .pipeline import Handler, Policy, build_chain
 from .policies.accounting import AccountingPolicy
 from .policies.auth import AuthPolicy
+from .policies.budgets import DeploymentPrices
 from .policies.cache import CachePolicy
 from .policies.errors import ErrorsPolicy
 from .policies.limits import LimitsPolicy
@@ -39,6 +40,7 @@ from .routing.probes import Prober
 from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
+from .usage.prices import load_prices
 
 log = logging.getLogger("aigw")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -90,8 +92,11 @@ class Gateway:
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
         tokens = TokensPolicy(self.pools, config.limits)
+        prices = DeploymentPrices(self.pools, load_prices(config.usage.prices))
         limits = (
-            LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
+            LimitsPolicy(config.limits, self.counters, self.clock, self.tasks, prices)
+            if self.counters is not None
+            else None
         )
         # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
         self._internal: Handler = build_chain([tokens, *([limits] if limits else [])], self._forward)

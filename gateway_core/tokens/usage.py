@@ -39,6 +39,9 @@ def _take(usage: Any, tokens: TokenUsage) -> bool:
         completion = total - prompt if isinstance(total, int) else 0
     # Reasoning tokens are already part of completion_tokens (completion_tokens_details breaks them out).
     tokens.prompt, tokens.completion, tokens.source = prompt, completion, UsageSource.BACKEND
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    tokens.cached_prompt = cached if isinstance(cached, int) and not isinstance(cached, bool) else 0
     return True
 
 
