@@ -12,15 +12,16 @@ from typing import Any
 import orjson
 import pytest
 
+from aigw.demo import DEMO_KEY, DEMO_KEY_2, start_demo_backends
 from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
-from gateway_core.config import ConfigError, config_from_dict, sha256_hex
+from gateway_core.config import ConfigError, StoreSettings, config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse, RequestContext, TokenUsage
 from gateway_core.limits.windows import quota_period
 from gateway_core.policies.budgets import answer_micro_usd, usd
 from gateway_core.simulator.app import SimulatorApp
-from gateway_core.simulator.settings import SimConfig
+from gateway_core.simulator.settings import Fault, SimConfig
 from gateway_core.tokens.usage import record_json_usage
 from gateway_core.usage.prices import load_prices
 from tests.inprocess import running
@@ -39,6 +40,15 @@ LONG = [{"role": "user", "content": "word " * 4000}]
 def sim() -> Iterator[str]:
     servers = BackgroundServers()
     port = servers.serve(SimulatorApp(SimConfig(completion_tokens=10)))
+    yield f"http://127.0.0.1:{port}"
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def dropping_sim() -> Iterator[str]:
+    """A backend that sends half an answer, then aborts the connection: Azure may bill such a try."""
+    servers = BackgroundServers()
+    port = servers.serve(SimulatorApp(SimConfig(completion_tokens=10, faults=(Fault(kind="drop"),))))
     yield f"http://127.0.0.1:{port}"
     servers.stop()
 
@@ -164,6 +174,22 @@ async def test_a_stream_without_usage_costs_its_counted_tokens(sim: str) -> None
         assert 0 < counted <= MINI.cost_micro_usd(4100, 16)
 
 
+async def test_a_try_that_was_cut_costs_its_estimates_price_on_top_of_the_answer(sim: str, dropping_sim: str) -> None:
+    first = {
+        "name": "cut",
+        "url": dropping_sim,
+        "priority": 0,
+        "auth": {"type": "none"},
+        "deployments": ["gpt-4o-mini"],
+    }
+    async with running(make_config(sim, [CENT_A_MONTH], backends=[first]), ManualClock(START)) as gateway:
+        response = await call(gateway, ALICE)
+        assert response.status == 200 and response.header("x-aigw-attempts") == "2"
+        usage = orjson.loads(response.body)["usage"]
+        estimate = MINI.cost_micro_usd(usage["prompt_tokens"], 16)  # the prompt estimate is exact here
+        assert await spent(gateway) == estimate + cost_of(response)
+
+
 async def test_an_unpriced_deployment_cannot_be_used_under_a_budget(sim: str) -> None:
     wildcard = {"name": "any", "url": sim, "auth": {"type": "none"}, "simulator": True, "deployments": ["*"]}
     rule = {**CENT_A_MONTH, "tenants": ["contoso"]}
@@ -283,3 +309,20 @@ def test_a_budget_rule_naming_an_unpriced_deployment_is_refused_at_load() -> Non
     assert config_from_dict(priced).limits.rules[0].deployments == ("ft",)
     # Token rules need no price.
     assert config_from_dict(rule_config(token_quota=5, quota_period="daily", deployments=["ft"]))
+
+
+async def test_the_demo_gives_tenant_demo_2_a_five_dollar_monthly_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIGW_DEMO_BACKEND_KEY", "demo-backend-key-for-this-test")
+    servers = BackgroundServers()
+    try:
+        config = start_demo_backends(servers)
+        stores = StoreSettings(counters="memory://", cache="memory://", health="memory://")
+        async with running(config.model_copy(update={"stores": stores})) as gateway:
+            response = await call(gateway, {"api-key": DEMO_KEY_2}, model="gpt-4o")
+            assert response.status == 200
+            remaining = Decimal(response.header("x-aigw-budget-remaining-usd") or "0")
+            assert Decimal("4.9") < remaining < Decimal(5)
+            other = await call(gateway, {"api-key": DEMO_KEY}, model="gpt-4o")
+            assert other.status == 200 and other.header("x-aigw-budget-remaining-usd") is None
+    finally:
+        servers.stop()
