@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -51,6 +52,11 @@ def dropping_sim() -> Iterator[str]:
     port = servers.serve(SimulatorApp(SimConfig(completion_tokens=10, faults=(Fault(kind="drop"),))))
     yield f"http://127.0.0.1:{port}"
     servers.stop()
+
+
+def requests_seen(url: str) -> int:
+    # A plain blocking call is fine: the simulator runs on its own thread's event loop.
+    return len(httpx.get(url + "/_sim/requests").json()["requests"])
 
 
 def make_config(sim_url: str, rules: list[dict[str, Any]], counters: str = "memory://", **extra: Any) -> Any:
@@ -194,6 +200,7 @@ async def test_an_unpriced_deployment_cannot_be_used_under_a_budget(sim: str) ->
     wildcard = {"name": "any", "url": sim, "auth": {"type": "none"}, "simulator": True, "deployments": ["*"]}
     rule = {**CENT_A_MONTH, "tenants": ["contoso"]}
     async with running(make_config(sim, [rule], backends=[wildcard]), ManualClock(START)) as gateway:
+        seen = requests_seen(sim)
         for model, name in (("ft", "contoso-ft-1"), ("my-own-model", "my-own-model")):
             refused = await call(gateway, ALICE, model=model)
             assert refused.status == 403
@@ -202,6 +209,7 @@ async def test_an_unpriced_deployment_cannot_be_used_under_a_budget(sim: str) ->
             assert f"'{name}'" in error["message"] and "usage.prices" in error["message"]
             assert refused.header("x-should-retry") == "false"
         assert await spent(gateway) == 0
+        assert requests_seen(sim) == seen  # nothing reached the backend
         assert (await call(gateway, EVE, model="ft")).status == 200  # no budget for fabrikam: no price needed
         assert (await call(gateway, ALICE, model="gpt-4o-mini")).status == 200
 
