@@ -196,6 +196,23 @@ async def test_a_try_that_was_cut_costs_its_estimates_price_on_top_of_the_answer
         assert await spent(gateway) == estimate + cost_of(response)
 
 
+async def test_fail_open_counts_the_actual_cost_once_the_store_is_back(sim: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "counters"
+    blocker.write_text("a file where the store's directory should be: the store cannot open")
+    config = make_config(
+        sim, [CENT_A_MONTH], counters=f"sqlite:///{blocker}/c.db", limits={"on_store_error": "fail_open"}
+    )
+    async with running(config, ManualClock(START)) as gateway:
+        response = await call(gateway, ALICE, stream=True)
+        assert response.status == 200 and response.stream is not None  # admitted unchecked
+        assert response.header("x-aigw-budget-remaining-usd") is None
+        blocker.unlink()
+        blocker.mkdir()  # the store is back before the stream ends, when its cost is counted
+        _ = [chunk async for chunk in response.stream]
+        reference = await call(gateway, EVE)  # the same request's JSON answer, counted for fabrikam
+        assert await spent(gateway) == cost_of(reference)
+
+
 async def test_an_unpriced_deployment_cannot_be_used_under_a_budget(sim: str) -> None:
     wildcard = {"name": "any", "url": sim, "auth": {"type": "none"}, "simulator": True, "deployments": ["*"]}
     rule = {**CENT_A_MONTH, "tenants": ["contoso"]}
