@@ -129,7 +129,8 @@ class TokenUsage:
     estimate: int = 0  # prompt + n x max completion tokens: what limits reserve
     prompt: int | None = None  # actuals: from the backend's usage, or counted from a stream's text
     completion: int | None = None
-    cached_prompt: int = 0  # of prompt: the backend's prompt_tokens_details.cached_tokens
+    cached_prompt: int = 0  # part of prompt: prompt_tokens_details.cached_tokens (billed at the cached price)
+    reasoning: int = 0  # part of completion: completion_tokens_details.reasoning_tokens
     source: UsageSource = UsageSource.NONE
     usage_injected: bool = False  # aigw asked for stream usage; the client did not, so it is stripped
 

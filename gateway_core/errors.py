@@ -93,9 +93,10 @@ class TokenLimitExceeded(GatewayError):
 class BudgetExceeded(TokenLimitExceeded):
     """A budget rule (``cost_quota_usd``) refused the request: its period's money is spent, or would be."""
 
-    def __init__(self, message: str, *, status: int, code: str, headers: dict[str, str]) -> None:
+    def __init__(self, message: str, *, status: int, code: str, headers: dict[str, str], rule: str) -> None:
         super().__init__(message, status=status, code=code, headers=headers)
         self.type = "insufficient_quota"
+        self.rule: str | None = rule  # the budget rule that refused (usage records name it)
 
 
 class NotFound(GatewayError):

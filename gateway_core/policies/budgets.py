@@ -98,6 +98,7 @@ def budget_refusal(limit: Limit, used: int, need: int, now_s: float, end_s: int,
         status=status,
         code="budget_exceeded",
         headers={"retry-after": str(wait_s), "x-should-retry": "false", **remaining},
+        rule=limit.rule.name,
     )
 
 
@@ -109,6 +110,7 @@ def too_costly(limit: Limit, need: int, status: int) -> BudgetExceeded:
         status=status,
         code="cost_exceeds_budget",
         headers={"x-should-retry": "false", **remaining_header(limit, 0)},
+        rule=limit.rule.name,
     )
 
 

@@ -37,12 +37,20 @@ def _take(usage: Any, tokens: TokenUsage) -> bool:
         return False
     if not isinstance(completion, int):  # embeddings report prompt and total only
         completion = total - prompt if isinstance(total, int) else 0
-    # Reasoning tokens are already part of completion_tokens (completion_tokens_details breaks them out).
+    # Cached and reasoning tokens are already part of prompt and completion tokens (the details break them out).
     tokens.prompt, tokens.completion, tokens.source = prompt, completion, UsageSource.BACKEND
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    tokens.cached_prompt = cached if isinstance(cached, int) and not isinstance(cached, bool) else 0
+    tokens.cached_prompt = _detail(usage, "prompt_tokens_details", "cached_tokens", prompt)
+    tokens.reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens", completion)
     return True
+
+
+def _detail(usage: dict[str, Any], group: str, name: str, at_most: int) -> int:
+    """A count from one of usage's ``*_details`` objects; 0 if absent or not a count, never more than its whole."""
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), max(at_most, 0))
 
 
 async def scan_sse(stream: AsyncIterator[bytes], tokens: TokenUsage) -> AsyncIterator[bytes]:
