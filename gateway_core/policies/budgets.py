@@ -109,7 +109,7 @@ def too_costly(limit: Limit, need: int, status: int) -> BudgetExceeded:
         f"{limit.label} allows at all; shorten the prompt or lower max_tokens.",
         status=status,
         code="cost_exceeds_budget",
-        headers={"x-should-retry": "false", **remaining_header(limit, 0)},
+        headers={"x-should-retry": "false"},  # no remaining amount: the counter is not read for this
         rule=limit.rule.name,
     )
 

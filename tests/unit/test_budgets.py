@@ -248,6 +248,7 @@ async def test_a_request_that_alone_costs_more_than_the_budget_reserves_nothing(
         assert refused.status == 403
         error = orjson.loads(refused.body)["error"]
         assert error["code"] == "cost_exceeds_budget" and "max_tokens" in error["message"]
+        assert refused.header("x-should-retry") == "false"
         assert await spent(gateway) == 0
         assert (await call(gateway, ALICE)).status == 200
 
