@@ -47,31 +47,43 @@ def estimate_micro_usd(price: Price, tokens: TokenUsage) -> int:
     return price.cost_micro_usd(tokens.prompt_estimate, tokens.estimate - tokens.prompt_estimate)
 
 
-def maybe_billed_micro_usd(price: Price, ctx: RequestContext) -> int:
-    """The estimate's price once for each try that reached a backend and then timed out or was cut."""
+def billed_micro_usd(price: Price | None, ctx: RequestContext) -> int:
+    """The estimate's price once for each try that reached a backend and then timed out or was cut (Azure may bill
+    it); 0 without a price (no budget applies)."""
+    if price is None:
+        return 0
     return estimate_micro_usd(price, ctx.tokens) * sum(1 for attempt in ctx.attempts if attempt.maybe_billed)
 
 
-def answer_micro_usd(price: Price, ctx: RequestContext, status: int) -> int:
-    """A complete answer's cost: nothing for a refusal, its usage's price, or the estimate's if it had none."""
+def answer_micro_usd(price: Price | None, ctx: RequestContext, status: int) -> int:
+    """What a complete answer costs, cut tries included: nothing for a refusal, its usage's price, or the
+    estimate's if it had none; 0 without a price."""
+    if price is None:
+        return 0
+    tokens = ctx.tokens
     if status >= 400:
+        answer = 0
+    elif tokens.actual_total is None:
+        answer = estimate_micro_usd(price, tokens)
+    else:
+        answer = _actual_micro_usd(price, tokens)
+    return answer + billed_micro_usd(price, ctx)
+
+
+def stream_micro_usd(price: Price | None, ctx: RequestContext, error: BaseException | None) -> int:
+    """What a stream costs, cut tries included: its usage's price, or the estimate's if none came; at least the
+    estimate's if the backend cut it and the usage was only counted from what passed (it may have generated, and
+    bill, more); 0 without a price."""
+    if price is None:
         return 0
     tokens = ctx.tokens
     if tokens.actual_total is None:
-        return estimate_micro_usd(price, tokens)
-    return _actual_micro_usd(price, tokens)
-
-
-def stream_micro_usd(price: Price, ctx: RequestContext, error: BaseException | None) -> int:
-    """A stream's cost: its usage's price, or the estimate's if none came; at least the estimate's if the
-    backend cut it and the usage was only counted from what passed (it may have generated, and bill, more)."""
-    tokens = ctx.tokens
-    if tokens.actual_total is None:
-        return estimate_micro_usd(price, tokens)
-    actual = _actual_micro_usd(price, tokens)
-    if error is not None and maybe_billed(error) and tokens.source is not UsageSource.BACKEND:
-        return max(actual, estimate_micro_usd(price, tokens))
-    return actual
+        stream = estimate_micro_usd(price, tokens)
+    else:
+        stream = _actual_micro_usd(price, tokens)
+        if error is not None and maybe_billed(error) and tokens.source is not UsageSource.BACKEND:
+            stream = max(stream, estimate_micro_usd(price, tokens))
+    return stream + billed_micro_usd(price, ctx)
 
 
 def _actual_micro_usd(price: Price, tokens: TokenUsage) -> int:

@@ -30,9 +30,9 @@ from ..usage.prices import Price
 from .budgets import (
     DeploymentPrices,
     answer_micro_usd,
+    billed_micro_usd,
     budget_refusal,
     estimate_micro_usd,
-    maybe_billed_micro_usd,
     remaining_header,
     stream_micro_usd,
     too_costly,
@@ -71,11 +71,11 @@ class LimitsPolicy:
         """``prices``: each deployment's price, for budget rules (without it every budget refuses as unpriced)."""
         self._limits = limits_of(settings.rules)
         self._prices = prices
-        self._warn_unpriced()
         self._settings = settings
         self._store = store
         self._clock = clock
         self._tasks = tasks
+        self._warn_unpriced()
         self._previous: dict[str, int] = {}  # previous-minute totals by store key, for the current minute
         self._previous_window = -1
 
@@ -116,7 +116,7 @@ class LimitsPolicy:
             response = await call_next(ctx)
         except BaseException as exc:
             charged = _maybe_billed(ctx)
-            self._settle_later(reservations, charged, maybe_billed_micro_usd(price, ctx) if price else 0)
+            self._settle_later(reservations, charged, billed_micro_usd(price, ctx))
             if isinstance(exc, GatewayError):
                 exc.headers["x-aigw-tokens-consumed"] = str(charged)  # e.g. a 502 after tries that were cut
             raise
@@ -124,8 +124,7 @@ class LimitsPolicy:
         if response.stream is None:
             actual = self._actual(ctx, response) + _maybe_billed(ctx)
             response.headers.append(("x-aigw-tokens-consumed", str(actual)))
-            spent = answer_micro_usd(price, ctx, response.status) + maybe_billed_micro_usd(price, ctx) if price else 0
-            self._settle_later(reservations, actual, spent)
+            self._settle_later(reservations, actual, answer_micro_usd(price, ctx, response.status))
         else:
             response.stream = self._settle_after_stream(ctx, response.stream, reservations, price)
         return response
@@ -143,18 +142,15 @@ class LimitsPolicy:
 
     def _warn_unpriced(self) -> None:
         # Named deployments are checked at config load; a rule for every deployment is checked per request.
-        if self._prices is None:
-            return
+        missing = self._prices.unpriced_deployments() if self._prices else []
         for limit in self._limits:
-            if limit.kind is LimitKind.COST and limit.rule.deployments is None:
-                missing = self._prices.unpriced_deployments()
-                if missing:
-                    log.warning(
-                        "budget rule '%s' covers deployments without a price, which its callers cannot use: %s "
-                        "(add their models to usage.prices)",
-                        limit.rule.name,
-                        ", ".join(missing),
-                    )
+            if missing and limit.kind is LimitKind.COST and limit.rule.deployments is None:
+                log.warning(
+                    "budget rule '%s' covers deployments without a price, which its callers cannot use: %s "
+                    "(add their models to usage.prices)",
+                    limit.rule.name,
+                    ", ".join(missing),
+                )
 
     # -- admission
 
@@ -277,7 +273,7 @@ class LimitsPolicy:
     ) -> AsyncIterator[bytes]:
         def settle(error: BaseException | None) -> None:
             self._settle_later(
-                reservations, _stream_total(ctx, error) + _maybe_billed(ctx), _stream_cost(ctx, error, price)
+                reservations, _stream_total(ctx, error) + _maybe_billed(ctx), stream_micro_usd(price, ctx, error)
             )
 
         return _then(stream, settle)
@@ -308,22 +304,20 @@ class LimitsPolicy:
                 else:
                     window, end = quota_period(now, limit.rule.quota_period or "daily")
                     key, ttl = f"{limit.kind}:{limit.rule.name}:{value}", end - window + 3600
-                if amount:
-                    self._tasks.spawn(self._store.add(key, window, amount, ttl), f"count later {key}")
+                self._tasks.spawn(self._store.add(key, window, amount, ttl), f"count later {key}")
 
         try:
             response = await call_next(ctx)
         except BaseException:
             if _maybe_billed(ctx):
-                count(_maybe_billed(ctx), maybe_billed_micro_usd(price, ctx) if price else 0)
+                count(_maybe_billed(ctx), billed_micro_usd(price, ctx))
             raise
         if response.stream is None:
-            spent = answer_micro_usd(price, ctx, response.status) + maybe_billed_micro_usd(price, ctx) if price else 0
-            count(self._actual(ctx, response) + _maybe_billed(ctx), spent)
+            count(self._actual(ctx, response) + _maybe_billed(ctx), answer_micro_usd(price, ctx, response.status))
             return response
         response.stream = _then(
             response.stream,
-            lambda error: count(_stream_total(ctx, error) + _maybe_billed(ctx), _stream_cost(ctx, error, price)),
+            lambda error: count(_stream_total(ctx, error) + _maybe_billed(ctx), stream_micro_usd(price, ctx, error)),
         )
         return response
 
@@ -331,10 +325,6 @@ class LimitsPolicy:
 def _maybe_billed(ctx: RequestContext) -> int:
     """The estimate once for each try that reached a backend and then timed out or was cut (Azure may bill it)."""
     return ctx.tokens.estimate * sum(1 for attempt in ctx.attempts if attempt.maybe_billed)
-
-
-def _stream_cost(ctx: RequestContext, error: BaseException | None, price: Price | None) -> int:
-    return stream_micro_usd(price, ctx, error) + maybe_billed_micro_usd(price, ctx) if price else 0
 
 
 def _stream_total(ctx: RequestContext, error: BaseException | None) -> int:
