@@ -213,10 +213,13 @@ async def test_fail_open_counts_the_actual_cost_once_the_store_is_back(sim: str,
         assert await spent(gateway) == cost_of(reference)
 
 
-async def test_an_unpriced_deployment_cannot_be_used_under_a_budget(sim: str) -> None:
+async def test_an_unpriced_deployment_cannot_be_used_under_a_budget(sim: str, caplog: pytest.LogCaptureFixture) -> None:
     wildcard = {"name": "any", "url": sim, "auth": {"type": "none"}, "simulator": True, "deployments": ["*"]}
     rule = {**CENT_A_MONTH, "tenants": ["contoso"]}
     async with running(make_config(sim, [rule], backends=[wildcard]), ManualClock(START)) as gateway:
+        # Said at start, naming the unpriced deployments.
+        assert "budget rule 'contoso-budget' covers deployments without a price" in caplog.text
+        assert "cannot use: ft (add their models to usage.prices)" in caplog.text
         seen = requests_seen(sim)
         for model, name in (("ft", "contoso-ft-1"), ("my-own-model", "my-own-model")):
             refused = await call(gateway, ALICE, model=model)
