@@ -71,6 +71,14 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
                 "rules": [
                     {"name": "demo-user-tpm", "key": "user", "tokens_per_minute": 50_000},
                     {"name": "demo-user-daily", "key": "user", "token_quota": 1_000_000, "quota_period": "daily"},
+                    # Tenant demo-2 has a budget in money: $5 a month (x-aigw-budget-remaining-usd).
+                    {
+                        "name": "demo-2-budget",
+                        "key": "tenant",
+                        "tenants": ["demo-2"],
+                        "cost_quota_usd": "5",
+                        "quota_period": "monthly",
+                    },
                 ]
             },
             # Exact caching for every deployment (tenant scope, 1 hour); semantic caching for gpt-4o-mini.
@@ -98,6 +106,7 @@ aigw demo gateway: {url}
   client key: {key}    admin key: {DEMO_ADMIN_KEY}    another tenant's key: {DEMO_KEY_2}
   limits: the demo user has 50,000 tokens per minute and 1,000,000 per day (headers x-ratelimit-*,
           x-aigw-quota-remaining-tokens, x-aigw-tokens-consumed; counters in ./.aigw/counters.db)
+          tenant demo-2 ({DEMO_KEY_2}) has a $5 monthly budget (x-aigw-budget-remaining-usd)
   cache:  deterministic requests (temperature 0, a seed, embeddings) are cached per tenant for an hour, and
           gpt-4o-mini also semantically (x-aigw-cache: MISS, HIT, SEMANTIC-HIT or BYPASS; ./.aigw/cache.db)
 

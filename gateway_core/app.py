@@ -25,6 +25,7 @@ from .errors import AuthenticationFailed, GatewayError, NotFound, error_body
 from .pipeline import Handler, Policy, build_chain
 from .policies.accounting import AccountingPolicy
 from .policies.auth import AuthPolicy
+from .policies.budgets import DeploymentPrices
 from .policies.cache import CachePolicy
 from .policies.errors import ErrorsPolicy
 from .policies.limits import LimitsPolicy
@@ -40,6 +41,7 @@ from .routing.probes import Prober
 from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
+from .usage.prices import load_prices
 from .usage.sink import UsageSink
 
 log = logging.getLogger("aigw")
@@ -94,14 +96,18 @@ class Gateway:
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
         tokens = TokensPolicy(self.pools, config.limits)
+        self.prices = load_prices(config.usage.prices)
         self.usage: UsageRecorder | None = None
         if usage_sink is not None and config.usage.enabled:
-            self.usage = UsageRecorder(config, self.pools, usage_sink, self.clock)
+            self.usage = UsageRecorder(config, self.pools, self.prices, usage_sink, self.clock)
         # 2 usage, just inside errors and outside endpoint resolution, so a 404 for an unknown path is recorded.
         usage: list[Policy] = [self.usage.policy()] if self.usage is not None else []
         internal_usage: list[Policy] = [self.usage.policy(internal=True)] if self.usage is not None else []
+        prices = DeploymentPrices(self.pools, self.prices)
         limits = (
-            LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
+            LimitsPolicy(config.limits, self.counters, self.clock, self.tasks, prices)
+            if self.counters is not None
+            else None
         )
         # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
         self._internal: Handler = build_chain([*internal_usage, tokens, *([limits] if limits else [])], self._forward)

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
@@ -228,13 +229,15 @@ QuotaPeriod = Literal["hourly", "daily", "weekly", "monthly"]
 
 
 class LimitRule(_Model):
-    """A token limit: per counter key, a tokens-per-minute rate and/or a token quota per period."""
+    """A limit per counter key: a tokens-per-minute rate, a token quota and/or a budget in USD per period."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     key: str  # user | tenant | key | ip | deployment | header:<name>
     tokens_per_minute: int | None = Field(default=None, ge=1)
     token_quota: int | None = Field(default=None, ge=1)
-    quota_period: QuotaPeriod | None = None
+    # USD per quota_period, a hard cap on estimated-then-actual cost (counted in whole micro-dollars).
+    cost_quota_usd: Decimal | None = None
+    quota_period: QuotaPeriod | None = None  # of token_quota and cost_quota_usd both, when a rule sets both
     deployments: tuple[str, ...] | None = None  # applies only to these gateway deployments
     tenants: tuple[str, ...] | None = None  # applies only to callers in these tenants
 
@@ -245,13 +248,38 @@ class LimitRule(_Model):
             return value.lower() if value.startswith("header:") else value
         raise ValueError(f"must be one of {', '.join(COUNTER_KEYS)} or header:<name>")
 
+    @field_validator("cost_quota_usd", mode="before")
+    @classmethod
+    def _usd(cls, value: Any) -> Decimal | None:
+        return None if value is None else budget_usd(value)
+
     @model_validator(mode="after")
     def _something_to_limit(self) -> LimitRule:
-        if self.tokens_per_minute is None and self.token_quota is None:
-            raise ValueError("give tokens_per_minute, token_quota (with quota_period), or both")
-        if (self.token_quota is None) != (self.quota_period is None):
-            raise ValueError("token_quota and quota_period go together")
+        quotas = self.token_quota is not None or self.cost_quota_usd is not None
+        if self.tokens_per_minute is None and not quotas:
+            raise ValueError("give tokens_per_minute, token_quota or cost_quota_usd (quotas with quota_period)")
+        if quotas != (self.quota_period is not None):
+            raise ValueError("token_quota and cost_quota_usd need quota_period, and quota_period needs one of them")
         return self
+
+
+MAX_BUDGET_USD = Decimal(1_000_000_000)  # 10^15 micro-dollars: exact in every counter store, doubles included
+
+
+def budget_usd(value: Any) -> Decimal:
+    """A budget in USD: a string or an int, more than 0, in whole micro-dollars. Raises ``ValueError``."""
+    # A float such as 0.01 has already lost exactness by the time it gets here (as with usage.prices).
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('give USD as a string or a whole number, e.g. "5" or "0.01"')
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number of USD") from None
+    if not amount.is_finite() or amount <= 0 or amount > MAX_BUDGET_USD:
+        raise ValueError(f"must be more than 0 and at most {MAX_BUDGET_USD} USD")
+    if amount != amount.quantize(Decimal("0.000001")):
+        raise ValueError("budgets are counted in whole micro-dollars: at most 6 decimal places")
+    return amount
 
 
 class LimitsSettings(_Model):
@@ -378,6 +406,27 @@ class GatewayConfig(_Model):
             missing = [n for n in names if n not in served]
             if missing:
                 raise ValueError(f"cache.semantic.{key}: no backend serves {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_priced(self) -> GatewayConfig:
+        # A budget must never be silently free: every deployment a budget rule names needs a price. (Rules without
+        # a deployments list, and names a wildcard backend passes through, are checked per request.)
+        prices = load_prices(self.usage.prices)
+        wildcard = any(d.name == WILDCARD for b in self.backends for d in b.deployments)
+        for rule in self.limits.rules:
+            if rule.cost_quota_usd is None:
+                continue
+            for name in rule.deployments or ():
+                models = [d.model or d.name for b in self.backends for d in b.deployments if d.name == name]
+                if not models and wildcard:
+                    models = [name]
+                for model in models:
+                    if prices.price_of(model) is None:
+                        raise ValueError(
+                            f"limits.rules '{rule.name}': deployment '{name}' (model '{model}') has no price, so "
+                            f"its cost_quota_usd cannot be counted: add '{model}' to usage.prices"
+                        )
         return self
 
     def deployment_names(self) -> list[str]:

@@ -10,6 +10,7 @@ Every failure the gateway reports is a ``GatewayError``; each one knows its HTTP
     ├── AuthenticationFailed         401 authentication_error / invalid_api_key
     ├── PermissionDenied             403 permission_error
     ├── TokenLimitExceeded           429 rate_limit_exceeded / tokens_per_minute, or 403/429 quota_exceeded
+    │   └── BudgetExceeded           403/429 insufficient_quota / budget_exceeded (a budget in USD)
     ├── NotFound                     404 not_found_error
     │   └── DeploymentNotFound       404 not_found_error / DeploymentNotFound
     ├── BackendUnreachable           502 bad_gateway / backend_unreachable     (retryable)
@@ -90,6 +91,15 @@ class TokenLimitExceeded(GatewayError):
         self.rule = rule  # the limit rule that refused (usage records name it); None: the backend's own limit
         if code == "quota_exceeded":
             self.type = "insufficient_quota"
+
+
+class BudgetExceeded(TokenLimitExceeded):
+    """A budget rule (``cost_quota_usd``) refused the request: its period's money is spent, or would be."""
+
+    def __init__(self, message: str, *, status: int, code: str, headers: dict[str, str], rule: str) -> None:
+        super().__init__(message, status=status, code=code, headers=headers)
+        self.type = "insufficient_quota"
+        self.rule: str | None = rule  # the budget rule that refused (usage records name it)
 
 
 class NotFound(GatewayError):

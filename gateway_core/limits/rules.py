@@ -8,28 +8,33 @@ from dataclasses import dataclass
 from ..config import LimitRule
 from ..context import RequestContext
 
+MICRO_USD_PER_USD = 1_000_000
 ABSENT = "(none)"  # the counter for requests that lack the key's value (e.g. a missing header)
 
 
 class LimitKind(enum.StrEnum):
-    """A rule's two limits; the value prefixes the limit's counter keys in the store."""
+    """A rule's limits; the value prefixes the limit's counter keys in the store."""
 
     TPM = "tpm"  # tokens per minute, a sliding window
     QUOTA = "quota"  # tokens per quota period (daily, monthly)
+    COST = "cost"  # micro-dollars per quota period: a budget in money
 
 
 @dataclass(slots=True, frozen=True)
 class Limit:
-    """One limit of one rule: its tokens-per-minute rate, or its quota."""
+    """One limit of one rule: its tokens-per-minute rate, its token quota, or its budget."""
 
     rule: LimitRule
     kind: LimitKind
-    tokens: int
+    tokens: int  # the limit in its counter's unit: tokens, or micro-dollars for a budget (COST)
 
     @property
     def label(self) -> str:
         if self.kind is LimitKind.TPM:
             return f"rule '{self.rule.name}' ({self.tokens} tokens per minute per {self.rule.key})"
+        if self.kind is LimitKind.COST:
+            rule = self.rule
+            return f"rule '{rule.name}' ({rule.quota_period} budget of ${rule.cost_quota_usd} per {rule.key})"
         return f"rule '{self.rule.name}' ({self.rules_quota_text()})"
 
     def rules_quota_text(self) -> str:
@@ -43,6 +48,8 @@ def limits_of(rules: tuple[LimitRule, ...]) -> list[Limit]:
             limits.append(Limit(rule, LimitKind.TPM, rule.tokens_per_minute))
         if rule.token_quota is not None:
             limits.append(Limit(rule, LimitKind.QUOTA, rule.token_quota))
+        if rule.cost_quota_usd is not None:
+            limits.append(Limit(rule, LimitKind.COST, int(rule.cost_quota_usd * MICRO_USD_PER_USD)))
     return limits
 
 

@@ -5,7 +5,8 @@ new total is over the limit, so the tokens admitted never exceed a limit: concur
 total that includes everyone admitted before them. After the response the reservation is replaced by the
 backend's reported usage (off the response path, in the background); a backend error releases it, except the
 estimate of each try that reached a backend and then timed out or was cut, which Azure may bill (so a failover
-after such a try costs that estimate plus the usage of the answer that came).
+after such a try costs that estimate plus the usage of the answer that came). Budgets in money (``cost_quota_usd``)
+count the same way in micro-dollars: the estimate's price, then the actual tokens' price (see budgets.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used
 from ..pipeline import Handler
 from ..providers.client import maybe_billed
 from ..storage.ports import CounterStore, StorageError
+from ..usage.prices import Price
+from .budgets import (
+    DeploymentPrices,
+    answer_micro_usd,
+    billed_micro_usd,
+    budget_refusal,
+    estimate_micro_usd,
+    remaining_header,
+    stream_micro_usd,
+    too_costly,
+    unpriced,
+)
 
 log = logging.getLogger("aigw")
 _TPM_TTL_S = 3 * MINUTE_S  # the previous window is read for one more minute; keep a margin
@@ -36,8 +49,8 @@ class Reservation:
     store_key: str
     window: int
     ttl_s: int
-    reserved: int
-    used: float  # tokens counted in the window, this reservation included
+    reserved: int  # tokens, or micro-dollars for a budget
+    used: float  # tokens (micro-dollars) counted in the window, this reservation included
     reset_s: float  # seconds until the window is back to empty (headers)
 
 
@@ -47,12 +60,22 @@ class _Refused(Exception):
 
 
 class LimitsPolicy:
-    def __init__(self, settings: LimitsSettings, store: CounterStore, clock: Clock, tasks: BackgroundTasks) -> None:
+    def __init__(
+        self,
+        settings: LimitsSettings,
+        store: CounterStore,
+        clock: Clock,
+        tasks: BackgroundTasks,
+        prices: DeploymentPrices | None = None,
+    ) -> None:
+        """``prices``: each deployment's price, for budget rules (without it every budget refuses as unpriced)."""
         self._limits = limits_of(settings.rules)
+        self._prices = prices
         self._settings = settings
         self._store = store
         self._clock = clock
         self._tasks = tasks
+        self._warn_unpriced()
         self._previous: dict[str, int] = {}  # previous-minute totals by store key, for the current minute
         self._previous_window = -1
 
@@ -64,13 +87,17 @@ class LimitsPolicy:
         if not limits:
             return await call_next(ctx)
         estimate = ctx.tokens.estimate
+        price, cost = self._priced(ctx, limits)
         for limit in limits:
-            if estimate > limit.tokens:
+            if limit.kind is LimitKind.COST:
+                if cost > limit.tokens:
+                    raise too_costly(limit, cost, self._settings.quota_exceeded_status)
+            elif estimate > limit.tokens:
                 raise self._too_big(limit, estimate)
         reservations: list[Reservation] = []
         try:
             for limit in limits:
-                reservations.append(await self._reserve(limit, ctx, estimate))
+                reservations.append(await self._reserve(limit, ctx, cost if limit.kind is LimitKind.COST else estimate))
         except _Refused as refused:
             self._settle_later(reservations, 0)
             raise refused.error from None
@@ -84,12 +111,12 @@ class LimitsPolicy:
                     headers={"retry-after": "5"},
                 ) from None
             log.warning("token limits store unreachable, admitting request %s unchecked: %s", ctx.request_id, exc)
-            return await self._unchecked(ctx, call_next, limits)
+            return await self._unchecked(ctx, call_next, limits, price)
         try:
             response = await call_next(ctx)
         except BaseException as exc:
             charged = _maybe_billed(ctx)
-            self._settle_later(reservations, charged)
+            self._settle_later(reservations, charged, billed_micro_usd(price, ctx))
             if isinstance(exc, GatewayError):
                 exc.headers["x-aigw-tokens-consumed"] = str(charged)  # e.g. a 502 after tries that were cut
             raise
@@ -97,10 +124,33 @@ class LimitsPolicy:
         if response.stream is None:
             actual = self._actual(ctx, response) + _maybe_billed(ctx)
             response.headers.append(("x-aigw-tokens-consumed", str(actual)))
-            self._settle_later(reservations, actual)
+            self._settle_later(reservations, actual, answer_micro_usd(price, ctx, response.status))
         else:
-            response.stream = self._settle_after_stream(ctx, response.stream, reservations)
+            response.stream = self._settle_after_stream(ctx, response.stream, reservations, price)
         return response
+
+    def _priced(self, ctx: RequestContext, limits: list[Limit]) -> tuple[Price | None, int]:
+        """The deployment's price and the estimate's cost in micro-dollars, if a budget applies (else None, 0)."""
+        budget = next((limit for limit in limits if limit.kind is LimitKind.COST), None)
+        if budget is None:
+            return None, 0
+        deployment = ctx.require_deployment()
+        price = self._prices.price_of(deployment) if self._prices else None
+        if price is None:
+            raise unpriced(budget, deployment, self._prices.model_of(deployment) if self._prices else deployment)
+        return price, estimate_micro_usd(price, ctx.tokens)
+
+    def _warn_unpriced(self) -> None:
+        # Named deployments are checked at config load; a rule for every deployment is checked per request.
+        missing = self._prices.unpriced_deployments() if self._prices else []
+        for limit in self._limits:
+            if missing and limit.kind is LimitKind.COST and limit.rule.deployments is None:
+                log.warning(
+                    "budget rule '%s' covers deployments without a price, which its callers cannot use: %s "
+                    "(add their models to usage.prices)",
+                    limit.rule.name,
+                    ", ".join(missing),
+                )
 
     # -- admission
 
@@ -120,11 +170,14 @@ class LimitsPolicy:
             reset = (MINUTE_S - elapsed) + (MINUTE_S if current > 0 else 0)
             return Reservation(limit, key, window, _TPM_TTL_S, amount, used, reset)
         start, end = quota_period(now, limit.rule.quota_period or "daily")
-        key = f"quota:{limit.rule.name}:{value}"
+        key = f"{limit.kind}:{limit.rule.name}:{value}"  # quota:... for tokens, cost:... for a budget
         ttl = end - start + 3600
         total = await self._store.add(key, start, amount, ttl)
         if total > limit.tokens:
             await self._store.add(key, start, -amount, ttl)
+            if limit.kind is LimitKind.COST:
+                status = self._settings.quota_exceeded_status
+                raise _Refused(budget_refusal(limit, total - amount, amount, now, end, status))
             raise _Refused(self._quota_refusal(limit, end - now, total - amount))
         return Reservation(limit, key, start, ttl, amount, float(total), end - now)
 
@@ -205,6 +258,10 @@ class LimitsPolicy:
         if quotas:
             tight = min(quotas, key=lambda r: r.limit.tokens - r.used)
             response.headers.extend(self._limit_headers(tight.limit, tight.used, tight.reset_s).items())
+        budgets = [r for r in reservations if r.limit.kind is LimitKind.COST]
+        if budgets:
+            tight = min(budgets, key=lambda r: r.limit.tokens - r.used)
+            response.headers.extend(remaining_header(tight.limit, tight.used).items())
 
     @staticmethod
     def _actual(ctx: RequestContext, response: GatewayResponse) -> int:
@@ -215,48 +272,56 @@ class LimitsPolicy:
         return ctx.tokens.estimate if total is None else total
 
     def _settle_after_stream(
-        self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation]
+        self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation], price: Price | None
     ) -> AsyncIterator[bytes]:
         def settle(error: BaseException | None) -> None:
-            self._settle_later(reservations, _stream_total(ctx, error) + _maybe_billed(ctx))
+            self._settle_later(
+                reservations, _stream_total(ctx, error) + _maybe_billed(ctx), stream_micro_usd(price, ctx, error)
+            )
 
         return _then(stream, settle)
 
-    def _settle_later(self, reservations: list[Reservation], actual: int) -> None:
+    def _settle_later(self, reservations: list[Reservation], actual: int, spent_micro_usd: int = 0) -> None:
         for reservation in reservations:
-            delta = actual - reservation.reserved
+            delta = (spent_micro_usd if reservation.limit.kind is LimitKind.COST else actual) - reservation.reserved
             if delta:
                 self._tasks.spawn(
                     self._store.add(reservation.store_key, reservation.window, delta, reservation.ttl_s),
                     f"settle {reservation.store_key}",
                 )
 
-    async def _unchecked(self, ctx: RequestContext, call_next: Handler, limits: list[Limit]) -> GatewayResponse:
+    async def _unchecked(
+        self, ctx: RequestContext, call_next: Handler, limits: list[Limit], price: Price | None
+    ) -> GatewayResponse:
         """fail_open: admit without reservations and add the actual usage after the response; if the store is
         still down then, that count is lost (logged by the background task), not retried."""
 
-        def count(actual: int) -> None:
+        def count(actual: int, spent_micro_usd: int) -> None:
             now = self._clock.now_s()
             for limit in limits:
                 value = counter_value(limit.rule, ctx)
+                amount = spent_micro_usd if limit.kind is LimitKind.COST else actual
                 if limit.kind is LimitKind.TPM:
                     window, _ = minute_window(now)
                     key, ttl = f"tpm:{limit.rule.name}:{value}", _TPM_TTL_S
                 else:
                     window, end = quota_period(now, limit.rule.quota_period or "daily")
-                    key, ttl = f"quota:{limit.rule.name}:{value}", end - window + 3600
-                self._tasks.spawn(self._store.add(key, window, actual, ttl), f"count later {key}")
+                    key, ttl = f"{limit.kind}:{limit.rule.name}:{value}", end - window + 3600
+                self._tasks.spawn(self._store.add(key, window, amount, ttl), f"count later {key}")
 
         try:
             response = await call_next(ctx)
         except BaseException:
             if _maybe_billed(ctx):
-                count(_maybe_billed(ctx))
+                count(_maybe_billed(ctx), billed_micro_usd(price, ctx))
             raise
         if response.stream is None:
-            count(self._actual(ctx, response) + _maybe_billed(ctx))
+            count(self._actual(ctx, response) + _maybe_billed(ctx), answer_micro_usd(price, ctx, response.status))
             return response
-        response.stream = _then(response.stream, lambda error: count(_stream_total(ctx, error) + _maybe_billed(ctx)))
+        response.stream = _then(
+            response.stream,
+            lambda error: count(_stream_total(ctx, error) + _maybe_billed(ctx), stream_micro_usd(price, ctx, error)),
+        )
         return response
 
 

@@ -23,7 +23,7 @@ from ..context import GatewayResponse, RequestContext, UsageSource
 from ..errors import TokenLimitExceeded, error_payload
 from ..pipeline import Handler
 from ..usage.costs import Costs
-from ..usage.prices import load_prices
+from ..usage.prices import PriceTable
 from ..usage.record import UsageRecord
 from ..usage.refusals import RefusalAggregator
 from ..usage.sink import UsageSink
@@ -38,9 +38,11 @@ _CHECKED_HEAD = 100  # Gateway.check_head's "go on and read the body": the reque
 class UsageRecorder:
     """Builds the records from finished requests' contexts; shared by the pipelines' usage policies."""
 
-    def __init__(self, config: GatewayConfig, pools: PoolTable, sink: UsageSink, clock: Clock) -> None:
+    def __init__(
+        self, config: GatewayConfig, pools: PoolTable, prices: PriceTable, sink: UsageSink, clock: Clock
+    ) -> None:
         self.sink = sink
-        self.costs = Costs(load_prices(config.usage.prices))
+        self.costs = Costs(prices)
         self.refusals = RefusalAggregator(sink)
         self._pools = pools
         self._clock = clock

@@ -12,7 +12,7 @@ from gateway_core.routing.health import HealthState
 def test_state_values_are_the_strings_on_the_wire() -> None:
     assert [s.value for s in CacheStatus] == ["", "HIT", "SEMANTIC-HIT", "MISS", "BYPASS"]
     assert [s.value for s in UsageSource] == ["", "backend", "counted", "cache"]
-    assert [s.value for s in LimitKind] == ["tpm", "quota"]
+    assert [s.value for s in LimitKind] == ["tpm", "quota", "cost"]
     assert [s.value for s in HealthState] == ["healthy", "throttled", "open", "half-open", "unknown"]
 
 
