@@ -95,10 +95,10 @@ class Gateway:
             )
         # Usage: records batched to stores.usage by the writer (the default usage sink), summarised from its queue.
         self.prices = load_prices(config.usage.prices)
-        self.usage: UsageRuntime | None = None
+        self.usage_runtime: UsageRuntime | None = None
         if config.usage.enabled:
             usage_url = config.stores.usage or default_url("usage", env)
-            self.usage = UsageRuntime(usage_store(usage_url, env), usage_queue(usage_url, env), config.usage)
+            self.usage_runtime = UsageRuntime(usage_store(usage_url, env), usage_queue(usage_url, env), config.usage)
         tokens = TokensPolicy(self.pools, config.limits)
         limits = (
             LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
@@ -144,8 +144,8 @@ class Gateway:
                 await self.cache.start()
             except StorageError as exc:
                 log.error("cache store unreachable at start, caching skipped until it answers: %s", exc)
-        if self.usage is not None:
-            await self.usage.start(background=self._background)
+        if self.usage_runtime is not None:
+            await self.usage_runtime.start(background=self._background)
         if self.counters is not None:
             try:
                 await self.counters.start()
@@ -164,8 +164,8 @@ class Gateway:
         if self._started:  # a gateway never started (only checked) has learned nothing to publish
             await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
-        if self.usage is not None:
-            await self.usage.close()  # the writer flushes before its store closes
+        if self.usage_runtime is not None:
+            await self.usage_runtime.close()  # the writer flushes before its store closes
         await self.health_store.close()
         await self.client.close()
         if self.counters is not None:
@@ -244,7 +244,7 @@ class Gateway:
         if kind is EndpointKind.STATUS:
             return GatewayResponse(200, list(_JSON), orjson.dumps(self.status(ctx.principal)))
         if kind in _USAGE_KINDS:
-            store = self.usage.store if self.usage is not None else None
+            store = self.usage_runtime.store if self.usage_runtime is not None else None
             return await usage_response(ctx, store, self.prices, utc_today(self.clock.now_s()))
         return GatewayResponse(200, list(_JSON), orjson.dumps(self._list_deployments(ctx.request.path, ctx.principal)))
 

@@ -62,10 +62,10 @@ async def gateway() -> AsyncIterator[Gateway]:
         {"backends": [backend], "keys": KEYS, "stores": {"health": "memory://", "usage": "memory://"}}
     )
     async with running(config, clock=ManualClock(NOW_S + 3600)) as gw:
-        assert gw.usage is not None
+        assert gw.usage_runtime is not None
         batch = UsageBatch("b1", tuple(RECORDS))
-        await gw.usage.store.write_batch(batch)
-        await Summariser(gw.usage.store, gw.usage.queue, config.usage).process("b1")
+        await gw.usage_runtime.store.write_batch(batch)
+        await Summariser(gw.usage_runtime.store, gw.usage_runtime.queue, config.usage).process("b1")
         yield gw
 
 
@@ -186,7 +186,7 @@ async def test_with_usage_off_records_are_not_found_but_prices_answer() -> None:
         {"backends": [backend], "keys": KEYS, "stores": {"health": "memory://"}, "usage": {"enabled": False}}
     )
     async with running(config) as gw:
-        assert gw.usage is None
+        assert gw.usage_runtime is None
         response = await get(gw, "/usage/records", "admin-key")
         assert response.status == 404 and body(response)["error"]["code"] == "usage_disabled"
         assert (await get(gw, "/usage/prices", "admin-key")).status == 200
