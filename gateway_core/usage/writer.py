@@ -52,6 +52,7 @@ class UsageWriter:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.idle = False  # the background task waits with no deadline (nothing buffered, nothing to retry)
         self._closed = False
         self.written_records = 0
         self.spilled_records = 0
@@ -62,6 +63,7 @@ class UsageWriter:
         try:
             if not self._buffer:
                 self._oldest_s = time.monotonic()
+                self._wake.set()  # the background task may be waiting with no deadline: give it this one's
             self._buffer.append(record)
             if len(self._buffer) >= self._settings.flush_max_records:
                 self._wake.set()
@@ -112,8 +114,10 @@ class UsageWriter:
                 await self._replay()
         timeout = self._next_due_s()
         if timeout is None or timeout > 0:
+            self.idle = timeout is None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            self.idle = False
         self._wake.clear()
         now_s = time.monotonic()
         if self._buffer and (

@@ -131,6 +131,16 @@ async def test_an_old_record_is_written_after_the_flush_interval(tmp_path: Path)
     await writer.close()
 
 
+async def test_a_record_arriving_while_the_writer_idles_is_written_after_the_interval(tmp_path: Path) -> None:
+    store = MemoryUsage()
+    writer = UsageWriter(store, MemoryQueue(), settings(tmp_path, flush_interval_s=0.1))
+    writer.start()
+    await until(lambda: writer.idle)  # nothing buffered: the writer waits with no deadline
+    writer.record(rec())
+    await until(lambda: writer.written_records == 1)
+    await writer.close()
+
+
 async def test_record_returns_at_once_and_never_raises_even_with_the_store_down(tmp_path: Path) -> None:
     store = FlakyUsage()
     store.down = True
