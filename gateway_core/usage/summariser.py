@@ -99,16 +99,18 @@ class Summariser:
         next_sweep_s = time.monotonic() + self._settings.sweep_interval_s
         idle_s = _IDLE_MIN_S
         while True:
-            if time.monotonic() >= next_sweep_s:
-                await self.sweep(self._settings.sweep_older_than_s)
-                next_sweep_s = time.monotonic() + self._settings.sweep_interval_s
+            messages = []
             try:
+                if time.monotonic() >= next_sweep_s:
+                    next_sweep_s = time.monotonic() + self._settings.sweep_interval_s
+                    await self.sweep(self._settings.sweep_older_than_s)
                 messages = await self._queue.receive(_RECEIVE_MAX, self._settings.visibility_timeout_s)
                 for message in messages:
                     await self.handle(message)
             except StorageError as exc:
                 log.warning("usage queue unreachable: %s", exc)
-                messages = []
+            except Exception:  # keep consuming: one bad step must not stop summaries for good
+                log.exception("usage consumer step failed")
             if messages:
                 idle_s = _IDLE_MIN_S
                 continue

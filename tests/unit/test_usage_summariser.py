@@ -148,3 +148,15 @@ async def test_writer_queue_and_consumer_loop_summaries_equal_the_records(tmp_pa
     assert await store.summaries(EVERYTHING) == summarise(records)
     assert await store.pending_batches(time.time() + 1) == []
     await store.close()
+
+
+async def test_an_in_process_queue_nobody_consumes_stays_bounded_and_the_sweep_finds_the_dropped() -> None:
+    store, queue = MemoryUsage(), MemoryQueue(max_messages=3)
+    batches = [written(DAY_S) for _ in range(5)]
+    for batch in batches:
+        await store.write_batch(batch)
+        await queue.send(batch.batch_id)
+    assert (len(queue), queue.dropped) == (3, 2)
+    assert [m.body for m in await queue.receive(10, 30)] == [b.batch_id for b in batches[2:]]  # the newest kept
+    assert await Summariser(store, queue, UsageSettings()).sweep(0) == 5
+    assert await store.summaries(EVERYTHING) == summarise([r for b in batches for r in b.records])
