@@ -91,8 +91,8 @@ class UsageWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._closed = True  # from here on a late record goes straight to the spill file
         await self.flush()
-        self._closed = True
 
     @property
     def buffered_records(self) -> int:
@@ -218,7 +218,11 @@ class UsageWriter:
         putting what is left back in this process's spill file. Called with the lock held."""
         self._replay_due = False
         for path in await asyncio.to_thread(self.spill.claim):
-            batches = await asyncio.to_thread(self.spill.read, path)
+            try:
+                batches = await asyncio.to_thread(self.spill.read, path)
+            except OSError as exc:  # left where it is, for an operator: retrying would only log the same
+                log.error("usage spill file %s cannot be read: %s", path, exc)
+                continue
             for index, batch in enumerate(batches):
                 try:
                     await self._write(_Pending(batch))

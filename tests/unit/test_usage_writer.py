@@ -263,3 +263,11 @@ async def test_a_lost_enqueue_leaves_the_batch_stored_and_pending(tmp_path: Path
     assert len(await store.pending_batches(time.time() + 1)) == 1
     assert await store.summaries(SummaryQuery("2000-01-01", "2100-01-01")) == {}
     await writer.close()
+
+
+async def test_a_record_taken_after_close_is_spilled_not_lost(tmp_path: Path) -> None:
+    writer = UsageWriter(MemoryUsage(), MemoryQueue(), settings(tmp_path))
+    writer.start()
+    await writer.close()
+    writer.record(rec())  # a straggler (a stream's end) after shutdown began
+    assert writer.spilled_records == 1 and writer.buffered_records == 0
