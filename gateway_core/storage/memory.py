@@ -205,7 +205,8 @@ class MemoryQueue:
             del self._messages[message_id]
 
     async def poison(self, message: QueueMessage, reason: str) -> None:
-        self.poisoned.append((message.body, reason))
+        self.poisoned.append((message.body, reason))  # the summariser has logged it; the last 100 are kept
+        del self.poisoned[:-100]
         await self.delete(message)
 
     def __len__(self) -> int:
