@@ -7,9 +7,10 @@
                                                     without create_if_missing, the database and its
                                                     containers must exist (infra/main.bicep creates them)
 
-Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT``, else SQLite under ./.aigw/.
-From ``COSMOS_ENDPOINT``: database ``COSMOS_DATABASE`` (default ``aigw``), managed identity unless ``COSMOS_KEY``
-is set, and ``create_if_missing`` from ``COSMOS_CREATE_IF_MISSING`` (default false; true for an emulator).
+Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT`` (for the ports Cosmos DB
+serves: not usage), else SQLite under ./.aigw/. From ``COSMOS_ENDPOINT``: database ``COSMOS_DATABASE`` (default
+``aigw``), managed identity unless ``COSMOS_KEY`` is set, and ``create_if_missing`` from
+``COSMOS_CREATE_IF_MISSING`` (default false; true for an emulator).
 """
 
 from __future__ import annotations
@@ -21,17 +22,23 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-Port = Literal["counters", "cache", "health"]
-PORTS: tuple[Port, ...] = ("counters", "cache", "health")
+Port = Literal["counters", "cache", "health", "usage"]
+PORTS: tuple[Port, ...] = ("counters", "cache", "health", "usage")
 DEFAULT_STATE_DIR = ".aigw"
-ENV_URL: dict[Port, str] = {"counters": "AIGW_COUNTERS_URL", "cache": "AIGW_CACHE_URL", "health": "AIGW_HEALTH_URL"}
+ENV_URL: dict[Port, str] = {
+    "counters": "AIGW_COUNTERS_URL",
+    "cache": "AIGW_CACHE_URL",
+    "health": "AIGW_HEALTH_URL",
+    "usage": "AIGW_USAGE_URL",
+}
 _FORMS = "use memory://, sqlite:///path/file.db or cosmos://host[:port]/database"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DATABASE_NAME = re.compile(r"^[^/\\#?%\s]{1,255}$")  # Cosmos DB forbids / \ # ? in ids; % and spaces break the URL
 _COSMOS_OPTIONS = ("key_env", "scheme", "create_if_missing")
 # The ports each scheme serves; storage/factory.py has one adapter per (port, scheme) pair listed here (a test
 # checks that they agree). A backend for some ports only (a future tables:// for usage) lists just those.
-SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": PORTS}
+# Cosmos DB does not serve usage: records and summaries go to SQLite or Table Storage.
+SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": ("counters", "cache", "health")}
 
 
 class StoreURLError(ValueError):
@@ -128,7 +135,8 @@ def _cosmos(url: str) -> CosmosURL:
 
 
 def default_url(port: Port, env: Mapping[str, str]) -> str:
-    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app); else SQLite under ./.aigw/.
+    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app) for a port it serves;
+    else SQLite under ./.aigw/.
 
     Raises ``StoreURLError`` naming the environment variable when the URL it gives does not parse.
     """
@@ -138,7 +146,7 @@ def default_url(port: Port, env: Mapping[str, str]) -> str:
         _check(url, port, variable)
         return url
     endpoint = env.get("COSMOS_ENDPOINT")
-    if endpoint:
+    if endpoint and port in SERVES["cosmos"]:
         return _from_cosmos_settings(endpoint, port, env)
     return f"sqlite:///{DEFAULT_STATE_DIR}/{port}.db"
 

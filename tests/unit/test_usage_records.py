@@ -366,8 +366,12 @@ async def test_a_host_adapters_own_refusal_is_recorded_for_the_caller(sim: str) 
     assert (record.user, record.status, record.error_code) == ("alice", 413, "payload_too_large")
 
 
-def test_gateway_without_a_sink_records_nothing(sim: str) -> None:
-    assert Gateway(make_config(sim)).usage is None
+def test_a_gateway_given_no_sink_records_to_its_own_writer_unless_usage_is_off(sim: str) -> None:
+    gateway = Gateway(make_config(sim, stores={"usage": "memory://"}))
+    assert gateway.usage is not None and gateway.usage_runtime is not None
+    assert gateway.usage.sink is gateway.usage_runtime.writer
+    off = Gateway(make_config(sim, usage={"enabled": False}))
+    assert off.usage is None and off.usage_runtime is None
 
 
 async def test_a_stream_closed_before_its_first_chunk_is_still_recorded(sim: str) -> None:
