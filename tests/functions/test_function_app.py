@@ -279,6 +279,8 @@ async def test_cosmos_app_settings_hold_limits_cache_and_health(
     monkeypatch.setenv("COSMOS_KEY", COSMOS_KEY_ENV["AIGW_TEST_COSMOS_KEY"])
     monkeypatch.setenv("COSMOS_DATABASE", database)
     monkeypatch.setenv("COSMOS_CREATE_IF_MISSING", "true")
+    # Usage is not Cosmos DB's (Table Storage in Azure, tested with Azurite): kept in memory here.
+    monkeypatch.setenv("AIGW_USAGE_URL", "memory://")
     monkeypatch.chdir(tmp_path)  # SQLite, if it were used instead, would write ./.aigw/ here
     http = functions["gateway"].get_user_function()
     gateway = await app_host.host.gateway()
