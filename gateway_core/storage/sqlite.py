@@ -8,6 +8,8 @@ atomic upserts (``ON CONFLICT ... DO UPDATE ... RETURNING``) keep concurrent add
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import sqlite3
 import time
@@ -23,7 +25,10 @@ if TYPE_CHECKING:
     from ..cache.vector_index import VectorIndex
 
 T = TypeVar("T")
+log = logging.getLogger("aigw")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
+# The WAL is cut back to this size after a checkpoint; without a limit it stays as large as it ever grew.
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _retry_busy(fn: Callable[[], T], budget_s: float = 10.0) -> T:
@@ -71,6 +76,7 @@ class _SqliteThread:
         conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
         _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
         _retry_busy(lambda: conn.executescript(self._schema))
         self._conn = conn
         return conn
@@ -159,6 +165,8 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cache_key ON cache (bucket, key);
 CREATE INDEX IF NOT EXISTS cache_lru ON cache (last_used_s);
+-- Dropping expired rows reads only those rows, not the whole table.
+CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_s);
 -- (bucket, rowid): a semantic lookup reads only the rows added since it last looked, not the whole bucket.
 CREATE INDEX IF NOT EXISTS cache_bucket ON cache (bucket);
 -- The running total of entry sizes, kept by triggers, so every put can check the budget in O(1).
@@ -175,6 +183,10 @@ _TOUCH_EVERY_S = 60.0
 _RESYNC_S = 60.0  # how often a bucket's index drops the rows other processes deleted
 _LOAD_BATCH = 1024  # rows read into the index at a time
 _IDLE_S = 600.0  # a bucket's index not searched this long is dropped (rebuilt from the file when needed)
+_MAX_PENDING_PUTS = 1024  # puts waiting for the store's thread; past this a put is dropped, never waited for
+_PUT_BATCH = 256  # puts written per transaction
+_DELETE_BATCH = 256  # expired or evicted rows deleted per transaction at most: no long write lock
+_EXPIRE_EVERY = 100  # puts between deletions of expired rows
 _ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
 
 
@@ -189,12 +201,17 @@ class SqliteCache:
     index holds at most the vectors of the store (itself bounded by ``max_bytes``).
     """
 
-    def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024, max_pending: int = _MAX_PENDING_PUTS) -> None:
         self._db = _SqliteThread(path, _CACHE_SCHEMA)
         self._max_bytes = max_bytes
         self._index: dict[str, VectorIndex] = {}  # touched only on the store's thread
-        self._puts = 0
         self._swept_s = 0.0
+        self._max_pending = max_pending
+        self._queue: list[tuple[CacheEntry, asyncio.Future[None]]] = []
+        self._waiting = 0  # puts queued or being written
+        self._writer: asyncio.Task[None] | None = None
+        self._since_expiry = _EXPIRE_EVERY  # the first write drops what expired while no one wrote
+        self.dropped_puts = 0
 
     async def start(self) -> None:
         await self._db.run(lambda conn: None)
@@ -216,20 +233,52 @@ class SqliteCache:
         return await self._db.run(get)
 
     async def put(self, entry: CacheEntry) -> None:
-        self._puts += 1
-        drop_expired = self._puts % 100 == 1
-        vector = pack(entry.vector) if entry.vector is not None else None
-        size = len(entry.body) + (len(vector) if vector else 0) + 200
+        """Queue ``entry`` for the next write (one transaction for every put queued meanwhile) and wait for it.
 
-        def put(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO cache (bucket, key, body, vector, created_s, expires_s, last_used_s, prompt_tokens, "
-                "completion_tokens, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, "
-                "created_s = excluded.created_s, "
-                "expires_s = excluded.expires_s, last_used_s = excluded.last_used_s, "
-                "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
-                "size = excluded.size",
+        When ``max_pending`` puts are already waiting, the entry is dropped (it is a cache) and counted in
+        ``dropped_puts``: a store that cannot keep up never holds responses or memory.
+        """
+        if self._waiting >= self._max_pending:
+            self.dropped_puts += 1
+            if self.dropped_puts & (self.dropped_puts - 1) == 0:  # 1, 2, 4, 8...: seen, without a flood
+                log.warning("cache store behind: %d puts dropped so far (%d waiting)", self.dropped_puts, self._waiting)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        self._waiting += 1
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        try:
+            await future
+        finally:
+            self._waiting -= 1
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+                entries = [entry for entry, _ in batch]
+                try:
+                    await self._db.run(functools.partial(self._write, entries=entries))
+                except StorageError as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._writer = None
+
+    def _write(self, conn: sqlite3.Connection, *, entries: list[CacheEntry]) -> None:
+        """Store ``entries``, drop a batch of expired rows now and then, evict a batch if over budget; one
+        transaction (on the store's thread)."""
+        rows = []
+        for entry in entries:
+            vector = pack(entry.vector) if entry.vector is not None else None
+            size = len(entry.body) + (len(vector) if vector else 0) + 200
+            rows.append(
                 (
                     entry.bucket,
                     entry.key,
@@ -241,29 +290,54 @@ class SqliteCache:
                     entry.prompt_tokens,
                     entry.completion_tokens,
                     size,
-                ),
-            )
-            if drop_expired:
-                self._forget(
-                    conn.execute("DELETE FROM cache WHERE expires_s <= ? RETURNING id, bucket", (entry.created_s,))
                 )
+            )
+        self._since_expiry += len(entries)
+        deleted: list[tuple[int, str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO cache (bucket, key, body, vector, created_s, expires_s, last_used_s, prompt_tokens, "
+                "completion_tokens, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, "
+                "created_s = excluded.created_s, "
+                "expires_s = excluded.expires_s, last_used_s = excluded.last_used_s, "
+                "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
+                "size = excluded.size",
+                rows,
+            )
+            if self._since_expiry >= _EXPIRE_EVERY:
+                deleted += conn.execute(
+                    "DELETE FROM cache WHERE id IN (SELECT id FROM cache WHERE expires_s <= ? LIMIT ?) "
+                    "RETURNING id, bucket",
+                    (max(e.created_s for e in entries), _DELETE_BATCH),
+                ).fetchall()
             total = conn.execute("SELECT total FROM cache_size WHERE id = 1").fetchone()[0]
             if total > self._max_bytes:
-                self._evict(conn, total)
+                deleted += self._evict(conn, total, max(_DELETE_BATCH, 2 * len(entries)))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if self._since_expiry >= _EXPIRE_EVERY:
+            self._since_expiry = 0
+        self._forget(deleted)  # committed: the rows are gone for good
 
-        await self._db.run(put)
-
-    def _evict(self, conn: sqlite3.Connection, total: int) -> None:
-        # Least recently used first, down to 90% of the budget so eviction does not run on every put.
+    def _evict(self, conn: sqlite3.Connection, total: int, max_rows: int) -> list[tuple[int, str]]:
+        # Least recently used first, towards 90% of the budget, but at most ``max_rows`` rows per transaction:
+        # a cache far over budget (a lowered budget) gets back under it over a few puts, not in one long write
+        # (deleting a tenth of a 256 MiB cache at once held the write lock for 300-400 ms).
         excess = total - int(self._max_bytes * 0.9)
         victims: list[tuple[int, str]] = []
-        for row_id, bucket, size in conn.execute("SELECT id, bucket, size FROM cache ORDER BY last_used_s, id"):
+        rows = conn.execute("SELECT id, bucket, size FROM cache ORDER BY last_used_s, id LIMIT ?", (max_rows,))
+        for row_id, bucket, size in rows:
             if excess <= 0:
                 break
             victims.append((row_id, bucket))
             excess -= size
         conn.executemany("DELETE FROM cache WHERE id = ?", [(row_id,) for row_id, _ in victims])
-        self._forget(victims)
+        return victims
 
     def _forget(self, rows: Iterable[tuple[int, str]]) -> None:
         """Drop deleted rows from the semantic index (on the store's thread)."""
@@ -325,6 +399,8 @@ class SqliteCache:
             del self._index[bucket]
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.shield(self._writer)  # the puts already queued are written, not lost
         await self._db.close()
 
 
