@@ -1,9 +1,10 @@
 """Store round trips per request with every policy on (the `all` variant of run.sh), counted in-process.
 
-.venv/bin/python bench/round_trips.py [N]: a Gateway with a TPM rule, a daily quota and the exact cache on
+.venv/bin/python bench/round_trips.py [N] [C]: a Gateway with a TPM rule, a daily quota and the exact cache on
 SQLite (files in a temporary directory) in front of a tiny aiohttp upstream answering the harness's fixed
-chat completion; N requests (default 300) with unique bodies, one after another; prints the calls to each
-SQLite store's thread per request (on the request's path and in the background together).
+chat completion; N requests (default 300) with unique bodies, C at a time (default 1: one after another);
+prints the calls to each SQLite store's thread per request (on the request's path and in the background
+together).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ async def answer(_: web.Request) -> web.Response:
     return web.Response(body=BODY, content_type="application/json")
 
 
-async def main(n: int, directory: Path) -> None:
+async def main(n: int, concurrency: int, directory: Path) -> None:
     app = web.Application()
     app.router.add_post(PATH, answer)
     runner = web.AppRunner(app)
@@ -92,10 +93,11 @@ async def main(n: int, directory: Path) -> None:
         await one(-1 - i)
     await gateway.tasks.drain()
     calls.clear()
-    for i in range(n):
-        await one(i)
+    for start in range(0, n, concurrency):
+        await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
     await gateway.tasks.drain()  # the background settlements and cache puts
-    print(f"store round trips per request ({n} requests):", {name: round(c / n, 2) for name, c in calls.items()})
+    per_request = {name: round(c / n, 2) for name, c in calls.items()}
+    print(f"store round trips per request ({n} requests, {concurrency} at a time):", per_request)
     await gateway.close()
     await runner.cleanup()
 
@@ -103,4 +105,8 @@ async def main(n: int, directory: Path) -> None:
 if __name__ == "__main__":
     count_calls()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, Path(tmp)))
+        n, concurrency = (
+            (int(sys.argv[1]) if len(sys.argv) > 1 else 300),
+            (int(sys.argv[2]) if len(sys.argv) > 2 else 1),
+        )
+        asyncio.run(main(n, concurrency, Path(tmp)))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..cache.vectors import cosine
-from .ports import CacheEntry, SharedHealth
+from .ports import CacheEntry, CounterAdd, SharedHealth
 
 
 class MemoryCounters:
@@ -21,6 +21,14 @@ class MemoryCounters:
         value = self._values.get((key, window), 0) + amount
         self._values[(key, window)] = value
         return value
+
+    async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
+        self.round_trips += 1
+        totals = []
+        for add in adds:
+            total = self._values[(add.key, add.window)] = self._values.get((add.key, add.window), 0) + add.amount
+            totals.append(total)
+        return totals
 
     async def get(self, key: str, window: int) -> int:
         self.round_trips += 1

@@ -13,13 +13,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..cache.vectors import pack, unpack
-from .ports import CacheEntry, SharedHealth, StorageError
+from .ports import CacheEntry, CounterAdd, SharedHealth, StorageError
 
 if TYPE_CHECKING:
     from ..cache.vector_index import VectorIndex
@@ -112,6 +112,13 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+_UPSERT = (
+    "INSERT INTO counters (key, window, value, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key, window) DO UPDATE SET value = value + excluded.value, "
+    "expires_at = max(expires_at, excluded.expires_at) RETURNING value"
+)
+
+
 class SqliteCounters:
     def __init__(self, path: Path) -> None:
         self._db = _SqliteThread(path, _COUNTERS_SCHEMA)
@@ -121,22 +128,34 @@ class SqliteCounters:
         await self._db.run(lambda conn: None)
 
     async def add(self, key: str, window: int, amount: int, ttl_s: int) -> int:
-        self._adds += 1
-        prune = self._adds % _PRUNE_EVERY == 0
-        expires_at = time.time() + ttl_s
+        return (await self.add_many([CounterAdd(key, window, amount, ttl_s)]))[0]
 
-        def add(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "INSERT INTO counters (key, window, value, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key, window) DO UPDATE SET value = value + excluded.value, "
-                "expires_at = max(expires_at, excluded.expires_at) RETURNING value",
-                (key, window, amount, expires_at),
-            ).fetchone()
-            if prune:
-                conn.execute("DELETE FROM counters WHERE expires_at < ?", (time.time(),))
-            return int(row[0])
+    async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
+        if not adds:
+            return []
+        self._adds += len(adds)
+        prune = self._adds >= _PRUNE_EVERY
+        if prune:
+            self._adds = 0
+        now = time.time()
+        rows = [(add.key, add.window, add.amount, now + add.ttl_s) for add in adds]
 
-        return await self._db.run(add)
+        def add_many(conn: sqlite3.Connection) -> list[int]:
+            if len(rows) == 1 and not prune:  # one statement is its own transaction
+                return [int(conn.execute(_UPSERT, rows[0]).fetchone()[0])]
+            conn.execute("BEGIN IMMEDIATE")  # the write lock now: no busy error halfway through
+            try:
+                totals = [int(conn.execute(_UPSERT, row).fetchone()[0]) for row in rows]
+                if prune:
+                    conn.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return totals
+
+        return await self._db.run(add_many)
 
     async def get(self, key: str, window: int) -> int:
         def get(conn: sqlite3.Connection) -> int:

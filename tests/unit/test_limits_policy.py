@@ -168,11 +168,31 @@ async def test_several_rules_apply_and_headers_show_the_tightest(gateway_factory
     assert response.header("x-ratelimit-limit-tokens") == "300"
     assert response.header("x-ratelimit-remaining-tokens") == "242"
     assert response.header("x-aigw-quota-remaining-tokens") == str(10_000 - 58)
-    # Admission: each rate reads the previous minute (once a minute) and adds; the quota adds. Settling adds again.
-    assert store_of(gateway).round_trips == 2 * 2 + 1
+    # Admission: each rate reads the previous minute (once a minute), then one round trip adds to all three rules.
+    assert store_of(gateway).round_trips == 2 + 1
     await gateway.tasks.drain()
-    assert store_of(gateway).round_trips == 2 * 2 + 1 + 3
+    assert store_of(gateway).round_trips == 2 + 1 + 3  # settling: one add per rule
+    assert (await call(gateway, ALICE, max_tokens=50)).status == 200
+    assert store_of(gateway).round_trips == 2 + 1 + 3 + 1  # the same minute: admission is one round trip
     assert (await call(gateway, ALICE, model="gpt-4o-mini", max_tokens=50)).status == 429  # mini-only applies
+
+
+async def test_a_refusal_by_one_rule_takes_back_every_rule_in_one_round_trip(gateway_factory: Any) -> None:
+    gateway, _ = await gateway_factory(
+        [
+            {"name": "roomy", "key": "user", "tokens_per_minute": 5000},
+            {"name": "daily", "key": "tenant", "token_quota": 100, "quota_period": "daily"},
+        ]
+    )
+    assert (await call(gateway, ALICE, max_tokens=40)).status == 200  # 48 reserved in both
+    await gateway.tasks.drain()  # settled to 18
+    before = store_of(gateway).round_trips
+    refused = await call(gateway, ALICE, max_tokens=80)  # 88 more: over the quota (18 + 88 > 100), not the rate
+    assert orjson.loads(refused.body)["error"]["code"] == "quota_exceeded"
+    assert store_of(gateway).round_trips == before + 2  # every rule added at once, then every rule taken back
+    minute, day = int(START // 60 * 60), int(START // 86400 * 86400)
+    assert await store_of(gateway).get("tpm:roomy:alice", minute) == 18
+    assert await store_of(gateway).get("quota:daily:contoso", day) == 18
 
 
 async def test_backend_errors_release_the_reservation(gateway_factory: Any) -> None:
