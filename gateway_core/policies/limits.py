@@ -3,7 +3,8 @@
 Admission adds the estimate to every matching rule's counter in one store round trip and takes them all back
 (one more) if any new total is over its limit, so the tokens admitted never exceed a limit: concurrent requests
 each see a total that includes everyone admitted before them. After the response the reservation is replaced by
-the backend's reported usage (off the response path, in the background); a backend error releases it, except the
+the backend's reported usage (off the response path, in the background, coalesced with other requests' into
+one round trip per short interval: see settlements.py); a backend error releases it, except the
 estimate of each try that reached a backend and then timed out or was cut, which Azure may bill (so a failover
 after such a try costs that estimate plus the usage of the answer that came).
 """
@@ -25,6 +26,7 @@ from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used
 from ..pipeline import Handler
 from ..providers.client import maybe_billed
 from ..storage.ports import CounterAdd, CounterStore, StorageError
+from .settlements import Settlements
 
 log = logging.getLogger("aigw")
 _TPM_TTL_S = 3 * MINUTE_S  # the previous window is read for one more minute; keep a margin
@@ -52,7 +54,7 @@ class LimitsPolicy:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._tasks = tasks
+        self._settlements = Settlements(store, tasks)  # coalesced: one round trip per flush, not per request
         self._previous: dict[str, int] = {}  # previous-minute totals by store key, for the current minute
         self._previous_window = -1
 
@@ -234,12 +236,9 @@ class LimitsPolicy:
 
     def _settle_later(self, reservations: list[Reservation], actual: int) -> None:
         for reservation in reservations:
-            delta = actual - reservation.reserved
-            if delta:
-                self._tasks.spawn(
-                    self._store.add(reservation.store_key, reservation.window, delta, reservation.ttl_s),
-                    f"settle {reservation.store_key}",
-                )
+            self._settlements.add(
+                reservation.store_key, reservation.window, actual - reservation.reserved, reservation.ttl_s
+            )
 
     async def _unchecked(self, ctx: RequestContext, call_next: Handler, limits: list[Limit]) -> GatewayResponse:
         """fail_open: admit without reservations and add the actual usage after the response; if the store is
@@ -255,7 +254,7 @@ class LimitsPolicy:
                 else:
                     window, end = quota_period(now, limit.rule.quota_period or "daily")
                     key, ttl = f"quota:{limit.rule.name}:{value}", end - window + 3600
-                self._tasks.spawn(self._store.add(key, window, actual, ttl), f"count later {key}")
+                self._settlements.add(key, window, actual, ttl)
 
         try:
             response = await call_next(ctx)
