@@ -15,7 +15,7 @@ import sys
 CATEGORIES = [
     (
         "store hops (executor submit, futures, the SQLite adapter on the loop)",
-        r"_SqliteThread\.run|ThreadPoolExecutor\.submit|_chain_future|_copy_future_state|_call_set_state|"
+        r"_SqliteThread\.run|_hand_back|ThreadPoolExecutor\.submit|_chain_future|_copy_future_state|_call_set_state|"
         r"wrap_future|storage/sqlite\.py",
     ),
     ("prompt token counting (tiktoken)", r"tokens/counting\.py|tiktoken/"),

@@ -1,18 +1,25 @@
 """Store round trips per request with every policy on (the `all` variant of run.sh), counted in-process.
 
-.venv/bin/python bench/round_trips.py [N]: a Gateway with a TPM rule, a daily quota and the exact cache on
+.venv/bin/python bench/round_trips.py [N] [C]: a Gateway with a TPM rule, a daily quota and the exact cache on
 SQLite (files in a temporary directory) in front of a tiny aiohttp upstream answering the harness's fixed
-chat completion; N requests (default 300) with unique bodies, one after another; prints the calls to each
-SQLite store's thread per request (on the request's path and in the background together).
+chat completion; N requests (default 300) with unique bodies, C at a time (default 1: one after another);
+prints the calls to each SQLite store's thread per request (on the request's path and in the background
+together). With COSMOS=1 the counters and the cache are on the Cosmos DB API server (node_modules'
+cosmosdb-server, started on a free port) instead, and it prints the Cosmos DB operations (HTTP requests) per
+request by kind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
+import re
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,8 @@ from gateway_core.storage import sqlite
 BODY = (Path(__file__).parent / "harness" / "chat_body.json").read_bytes()
 PATH = "/openai/deployments/gpt-4o/chat/completions"
 calls: collections.Counter[str] = collections.Counter()
+# The emulator's well-known key (public, the same in every emulator).
+COSMOS_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 
 
 def count_calls() -> None:
@@ -39,11 +48,44 @@ def count_calls() -> None:
     sqlite._SqliteThread.run = run  # type: ignore[method-assign]
 
 
+def count_cosmos_calls() -> None:
+    from azure.cosmos.aio import ContainerProxy
+
+    for name in ("patch_item", "create_item", "read_item", "upsert_item"):
+        original = getattr(ContainerProxy, name)
+
+        def counted(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+            async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+                calls[f"{self.id}.{name}"] += 1
+                return await original(self, *args, **kwargs)
+
+            return call
+
+        setattr(ContainerProxy, name, counted(original, name))
+
+
+@contextlib.contextmanager
+def cosmos_server() -> Iterator[str]:
+    binary = Path(__file__).parents[1] / "node_modules" / ".bin" / "cosmosdb-server"
+    process = subprocess.Popen(
+        [str(binary), "-p", "0", "--host", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for line in process.stdout or []:
+            if match := re.search(r"connections at (127\.0\.0\.1:\d+)", line):
+                yield match.group(1)
+                return
+        raise SystemExit("the Cosmos DB API server did not start")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 async def answer(_: web.Request) -> web.Response:
     return web.Response(body=BODY, content_type="application/json")
 
 
-async def main(n: int, directory: Path) -> None:
+async def main(n: int, concurrency: int, directory: Path, cosmos: str | None) -> None:
     app = web.Application()
     app.router.add_post(PATH, answer)
     runner = web.AppRunner(app)
@@ -70,13 +112,17 @@ async def main(n: int, directory: Path) -> None:
             },
             "cache": {"enabled": True},
             "stores": {
-                "counters": f"sqlite:///{directory / 'counters.db'}",
-                "cache": f"sqlite:///{directory / 'cache.db'}",
+                "counters": f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY"
+                if cosmos
+                else f"sqlite:///{directory / 'counters.db'}",
+                "cache": f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY"
+                if cosmos
+                else f"sqlite:///{directory / 'cache.db'}",
                 "health": f"sqlite:///{directory / 'health.db'}",
             },
         }
     )
-    gateway = Gateway(config, env={"BACKEND_KEY": "backend", "CLIENT_KEY": "client"})
+    gateway = Gateway(config, env={"BACKEND_KEY": "backend", "CLIENT_KEY": "client", "COSMOS_KEY": COSMOS_KEY})
     await gateway.start()
 
     async def one(i: int) -> None:
@@ -92,15 +138,22 @@ async def main(n: int, directory: Path) -> None:
         await one(-1 - i)
     await gateway.tasks.drain()
     calls.clear()
-    for i in range(n):
-        await one(i)
+    for start in range(0, n, concurrency):
+        await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
     await gateway.tasks.drain()  # the background settlements and cache puts
-    print(f"store round trips per request ({n} requests):", {name: round(c / n, 2) for name, c in calls.items()})
+    per_request = {name: round(c / n, 2) for name, c in calls.items()}
+    print(f"store round trips per request ({n} requests, {concurrency} at a time):", per_request)
     await gateway.close()
     await runner.cleanup()
 
 
 if __name__ == "__main__":
     count_calls()
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, Path(tmp)))
+    count_cosmos_calls()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        cosmos = stack.enter_context(cosmos_server()) if os.environ.get("COSMOS") == "1" else None
+        n, concurrency = (
+            (int(sys.argv[1]) if len(sys.argv) > 1 else 300),
+            (int(sys.argv[2]) if len(sys.argv) > 2 else 1),
+        )
+        asyncio.run(main(n, concurrency, Path(tmp), cosmos))

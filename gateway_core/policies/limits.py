@@ -1,9 +1,10 @@
 """Token limits: admit and reserve the estimate in every matching rule, settle with the actual usage after.
 
-Admission adds the estimate to each rule's counter (one store round trip per limit) and takes it back if the
-new total is over the limit, so the tokens admitted never exceed a limit: concurrent requests each see a
-total that includes everyone admitted before them. After the response the reservation is replaced by the
-backend's reported usage (off the response path, in the background); a backend error releases it, except the
+Admission adds the estimate to every matching rule's counter in one store round trip and takes them all back
+(one more) if any new total is over its limit, so the tokens admitted never exceed a limit: concurrent requests
+each see a total that includes everyone admitted before them. After the response the reservation is replaced by
+the backend's reported usage (off the response path, in the background, coalesced with other requests' into
+one round trip per short interval: see settlements.py); a backend error releases it, except the
 estimate of each try that reached a backend and then timed out or was cut, which Azure may bill (so a failover
 after such a try costs that estimate plus the usage of the answer that came). Budgets in money (``cost_quota_usd``)
 count the same way in micro-dollars: the estimate's price, then the actual tokens' price (see budgets.py).
@@ -25,7 +26,7 @@ from ..limits.rules import Limit, LimitKind, applies, counter_value, limits_of
 from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
 from ..pipeline import Handler
 from ..providers.client import maybe_billed
-from ..storage.ports import CounterStore, StorageError
+from ..storage.ports import CounterAdd, CounterStore, StorageError
 from ..usage.prices import Price
 from .budgets import (
     DeploymentPrices,
@@ -38,6 +39,7 @@ from .budgets import (
     too_costly,
     unpriced,
 )
+from .settlements import Settlements
 
 log = logging.getLogger("aigw")
 _TPM_TTL_S = 3 * MINUTE_S  # the previous window is read for one more minute; keep a margin
@@ -74,7 +76,7 @@ class LimitsPolicy:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._tasks = tasks
+        self._settlements = Settlements(store, tasks)  # coalesced: one round trip per flush, not per request
         self._warn_unpriced()
         self._previous: dict[str, int] = {}  # previous-minute totals by store key, for the current minute
         self._previous_window = -1
@@ -94,15 +96,11 @@ class LimitsPolicy:
                     raise too_costly(limit, cost, self._settings.quota_exceeded_status)
             elif estimate > limit.tokens:
                 raise self._too_big(limit, estimate)
-        reservations: list[Reservation] = []
         try:
-            for limit in limits:
-                reservations.append(await self._reserve(limit, ctx, cost if limit.kind is LimitKind.COST else estimate))
+            reservations = await self._reserve(limits, ctx, estimate, cost)
         except _Refused as refused:
-            self._settle_later(reservations, 0)
             raise refused.error from None
         except StorageError as exc:
-            self._settle_later(reservations, 0)
             if self._settings.on_store_error == "fail_closed":
                 log.error("token limits unavailable, refusing request %s: %s", ctx.request_id, exc)
                 raise ServiceUnavailable(
@@ -154,32 +152,54 @@ class LimitsPolicy:
 
     # -- admission
 
-    async def _reserve(self, limit: Limit, ctx: RequestContext, amount: int) -> Reservation:
-        value = counter_value(limit.rule, ctx)
+    async def _reserve(self, limits: list[Limit], ctx: RequestContext, tokens: int, cost: int) -> list[Reservation]:
+        """Add ``tokens`` (``cost`` micro-dollars for a budget) to every limit's counter in one round trip; if any
+        total is then over its limit, take them all back (one more round trip) and refuse. Nothing is reserved if
+        the store fails."""
         now = self._clock.now_s()
-        if limit.kind is LimitKind.TPM:
-            window, elapsed = minute_window(now)
-            key = f"tpm:{limit.rule.name}:{value}"
-            previous = await self._previous_total(key, window)
-            current = await self._store.add(key, window, amount, _TPM_TTL_S)
-            used = sliding_used(previous, current, elapsed)
-            if used > limit.tokens:
-                await self._store.add(key, window, -amount, _TPM_TTL_S)
-                wait_s = tpm_retry_after_s(previous, current - amount, elapsed, amount, limit.tokens)
-                raise _Refused(self._tpm_refusal(limit, wait_s, used - amount))
-            reset = (MINUTE_S - elapsed) + (MINUTE_S if current > 0 else 0)
-            return Reservation(limit, key, window, _TPM_TTL_S, amount, used, reset)
-        start, end = quota_period(now, limit.rule.quota_period or "daily")
-        key = f"{limit.kind}:{limit.rule.name}:{value}"  # quota:... for tokens, cost:... for a budget
-        ttl = end - start + 3600
-        total = await self._store.add(key, start, amount, ttl)
-        if total > limit.tokens:
-            await self._store.add(key, start, -amount, ttl)
-            if limit.kind is LimitKind.COST:
-                status = self._settings.quota_exceeded_status
-                raise _Refused(budget_refusal(limit, total - amount, amount, now, end, status))
-            raise _Refused(self._quota_refusal(limit, end - now, total - amount))
-        return Reservation(limit, key, start, ttl, amount, float(total), end - now)
+        adds: list[CounterAdd] = []
+        previous: list[int] = []
+        for limit in limits:
+            value = counter_value(limit.rule, ctx)
+            if limit.kind is LimitKind.TPM:
+                window, _ = minute_window(now)
+                key = f"tpm:{limit.rule.name}:{value}"
+                previous.append(await self._previous_total(key, window))
+                adds.append(CounterAdd(key, window, tokens, _TPM_TTL_S))
+            else:
+                start, end = quota_period(now, limit.rule.quota_period or "daily")
+                key = f"{limit.kind}:{limit.rule.name}:{value}"  # quota:... for tokens, cost:... for a budget
+                amount = cost if limit.kind is LimitKind.COST else tokens
+                adds.append(CounterAdd(key, start, amount, end - start + 3600))
+                previous.append(0)
+        totals = await self._store.add_many(adds)
+        reservations: list[Reservation] = []
+        refusal: TokenLimitExceeded | None = None
+        for limit, add, before, current in zip(limits, adds, previous, totals, strict=True):
+            amount = add.amount
+            if limit.kind is LimitKind.TPM:
+                _, elapsed = minute_window(now)
+                used = sliding_used(before, current, elapsed)
+                if used > limit.tokens and refusal is None:
+                    wait_s = tpm_retry_after_s(before, current - amount, elapsed, amount, limit.tokens)
+                    refusal = self._tpm_refusal(limit, wait_s, used - amount)
+                reset = (MINUTE_S - elapsed) + (MINUTE_S if current > 0 else 0)
+                reservations.append(Reservation(limit, add.key, add.window, add.ttl_s, amount, used, reset))
+            else:
+                _, end = quota_period(now, limit.rule.quota_period or "daily")
+                if current > limit.tokens and refusal is None:
+                    if limit.kind is LimitKind.COST:
+                        status = self._settings.quota_exceeded_status
+                        refusal = budget_refusal(limit, current - amount, amount, now, end, status)
+                    else:
+                        refusal = self._quota_refusal(limit, end - now, current - amount)
+                reservations.append(
+                    Reservation(limit, add.key, add.window, add.ttl_s, amount, float(current), end - now)
+                )
+        if refusal is not None:
+            await self._store.add_many([add._replace(amount=-add.amount) for add in adds])
+            raise _Refused(refusal)
+        return reservations
 
     async def _previous_total(self, key: str, window: int) -> int:
         # The previous minute is closed: read it once per minute per key, not once per request.
@@ -283,12 +303,10 @@ class LimitsPolicy:
 
     def _settle_later(self, reservations: list[Reservation], actual: int, spent_micro_usd: int = 0) -> None:
         for reservation in reservations:
-            delta = (spent_micro_usd if reservation.limit.kind is LimitKind.COST else actual) - reservation.reserved
-            if delta:
-                self._tasks.spawn(
-                    self._store.add(reservation.store_key, reservation.window, delta, reservation.ttl_s),
-                    f"settle {reservation.store_key}",
-                )
+            spent = spent_micro_usd if reservation.limit.kind is LimitKind.COST else actual
+            self._settlements.add(
+                reservation.store_key, reservation.window, spent - reservation.reserved, reservation.ttl_s
+            )
 
     async def _unchecked(
         self, ctx: RequestContext, call_next: Handler, limits: list[Limit], price: Price | None
@@ -307,7 +325,7 @@ class LimitsPolicy:
                 else:
                     window, end = quota_period(now, limit.rule.quota_period or "daily")
                     key, ttl = f"{limit.kind}:{limit.rule.name}:{value}", end - window + 3600
-                self._tasks.spawn(self._store.add(key, window, amount, ttl), f"count later {key}")
+                self._settlements.add(key, window, amount, ttl)
 
         try:
             response = await call_next(ctx)

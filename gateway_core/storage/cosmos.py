@@ -15,12 +15,12 @@ import asyncio
 import base64
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cache.vectors import cosine
 from ..store_urls import CosmosURL
-from .ports import CacheEntry, SharedHealth, StorageError
+from .ports import CacheEntry, CounterAdd, SharedHealth, StorageError
 
 _MERGE_TRIES = 20  # conditional writes of one health document before giving up
 
@@ -159,6 +159,18 @@ class CosmosCounters(_Container):
             return int(item["value"])
         except (AzureError, OSError) as exc:
             raise self._error(exc) from exc
+
+    async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
+        """The adds at once (``asyncio.gather``), not one transactional batch: a Cosmos DB batch is bound to one
+        partition key, and each counter key is its own partition. If any add fails, the ones that were applied
+        are taken back (best effort) before ``StorageError`` is raised."""
+        results = await asyncio.gather(*(self.add(*add) for add in adds), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None:
+            return [r for r in results if isinstance(r, int)]
+        undo = [add for add, result in zip(adds, results, strict=True) if isinstance(result, int)]
+        await asyncio.gather(*(self.add(a.key, a.window, -a.amount, a.ttl_s) for a in undo), return_exceptions=True)
+        raise failure
 
     async def get(self, key: str, window: int) -> int:
         await self._ready()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..cache.vectors import cosine
 from ..usage.record import QueueMessage, RecordQuery, SummaryKey, SummaryQuery, SummaryTotals, UsageBatch, UsageRecord
-from .ports import CacheEntry, SharedHealth
+from .ports import CacheEntry, CounterAdd, SharedHealth
 
 
 class MemoryCounters:
@@ -25,6 +25,14 @@ class MemoryCounters:
         value = self._values.get((key, window), 0) + amount
         self._values[(key, window)] = value
         return value
+
+    async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
+        self.round_trips += 1
+        totals = []
+        for add in adds:
+            total = self._values[(add.key, add.window)] = self._values.get((add.key, add.window), 0) + add.amount
+            totals.append(total)
+        return totals
 
     async def get(self, key: str, window: int) -> int:
         self.round_trips += 1

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..usage.record import QueueMessage, RecordQuery, SummaryKey, SummaryQuery, SummaryTotals, UsageBatch, UsageRecord
 
 
 class StorageError(Exception):
     """The store could not be reached or refused the operation; the message says which store and why."""
+
+
+class CounterAdd(NamedTuple):
+    """One ``CounterStore.add``, for ``add_many``."""
+
+    key: str
+    window: int
+    amount: int
+    ttl_s: int
 
 
 class CounterStore(Protocol):
@@ -28,6 +38,14 @@ class CounterStore(Protocol):
         """Atomically add ``amount`` (may be negative) to the counter and return its new total.
 
         A missing counter starts at 0. Concurrent adds from many processes never lose an update.
+        """
+        ...
+
+    async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
+        """``add`` each item, in one round trip where the store allows it; the new totals, in order.
+
+        Each item is atomic as ``add`` is. On ``StorageError`` none is applied: one transaction where the store
+        has one across keys (SQLite); otherwise (Cosmos DB) the items that were applied are taken back.
         """
         ...
 

@@ -8,11 +8,15 @@ atomic upserts (``ON CONFLICT ... DO UPDATE ... RETURNING``) keep concurrent add
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,13 +33,16 @@ from ..usage.record import (
     record_from_dict,
     record_to_dict,
 )
-from .ports import CacheEntry, SharedHealth, StorageError
+from .ports import CacheEntry, CounterAdd, SharedHealth, StorageError
 
 if TYPE_CHECKING:
     from ..cache.vector_index import VectorIndex
 
 T = TypeVar("T")
+log = logging.getLogger("aigw")
 _PRUNE_EVERY = 1000  # adds between deletions of expired counters
+# The WAL is cut back to this size after a checkpoint; without a limit it stays as large as it ever grew.
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _retry_busy(fn: Callable[[], T], budget_s: float = 10.0) -> T:
@@ -66,13 +73,22 @@ def _private_files(path: Path) -> None:
             pass
 
 
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
 class _SqliteThread:
-    """One connection, used only from its own thread."""
+    """One connection, used only from its own thread.
+
+    A round trip is a queue put and one ``call_soon_threadsafe`` back: lighter on the event loop than
+    ``run_in_executor`` (which adds a concurrent future, its lock and the chaining of two futures), which was a
+    sixth of the loop's time with every policy on.
+    """
 
     def __init__(self, path: Path, schema: str) -> None:
         self._path = path
         self._schema = schema
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aigw-sqlite-{path.name}")
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
@@ -83,28 +99,56 @@ class _SqliteThread:
         conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
         _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
         _retry_busy(lambda: conn.executescript(self._schema))
         self._conn = conn
         return conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            conn = self._conn if self._conn is not None else self._open()
-            return _retry_busy(lambda: fn(conn))
-
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=f"aigw-sqlite-{self._path.name}", daemon=True)
+            self._thread.start()
+        self._jobs.put((fn, loop, future))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            return await future
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"SQLite store {self._path}: {exc}") from exc
 
-    async def close(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+    def _serve(self) -> None:
+        """The store's thread: run each job on the connection, hand its result back to the job's loop."""
+        while (job := self._jobs.get()) is not None:
+            fn, loop, future = job
+            try:
+                conn = self._conn if self._conn is not None else self._open()
+                result = _retry_busy(lambda: fn(conn))  # noqa: B023 - called at once, in this iteration
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                _hand_back(loop, future.set_exception, future, exc)
+            else:
+                _hand_back(loop, future.set_result, future, result)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close)
-        self._executor.shutdown(wait=True)
+    async def close(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._jobs.put(None)  # after every job queued before: they finish first
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._thread = None
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop, settle: Callable[[Any], None], future: asyncio.Future[Any], value: Any
+) -> None:
+    def done() -> None:
+        if not future.done():  # the caller may have been cancelled meanwhile
+            settle(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits any more
+        loop.call_soon_threadsafe(done)
 
 
 _COUNTERS_SCHEMA = """
@@ -118,6 +162,13 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+_UPSERT = (
+    "INSERT INTO counters (key, window, value, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key, window) DO UPDATE SET value = value + excluded.value, "
+    "expires_at = max(expires_at, excluded.expires_at) RETURNING value"
+)
+
+
 class SqliteCounters:
     def __init__(self, path: Path) -> None:
         self._db = _SqliteThread(path, _COUNTERS_SCHEMA)
@@ -127,22 +178,34 @@ class SqliteCounters:
         await self._db.run(lambda conn: None)
 
     async def add(self, key: str, window: int, amount: int, ttl_s: int) -> int:
-        self._adds += 1
-        prune = self._adds % _PRUNE_EVERY == 0
-        expires_at = time.time() + ttl_s
+        return (await self.add_many([CounterAdd(key, window, amount, ttl_s)]))[0]
 
-        def add(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "INSERT INTO counters (key, window, value, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key, window) DO UPDATE SET value = value + excluded.value, "
-                "expires_at = max(expires_at, excluded.expires_at) RETURNING value",
-                (key, window, amount, expires_at),
-            ).fetchone()
-            if prune:
-                conn.execute("DELETE FROM counters WHERE expires_at < ?", (time.time(),))
-            return int(row[0])
+    async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
+        if not adds:
+            return []
+        self._adds += len(adds)
+        prune = self._adds >= _PRUNE_EVERY
+        if prune:
+            self._adds = 0
+        now = time.time()
+        rows = [(add.key, add.window, add.amount, now + add.ttl_s) for add in adds]
 
-        return await self._db.run(add)
+        def add_many(conn: sqlite3.Connection) -> list[int]:
+            if len(rows) == 1 and not prune:  # one statement is its own transaction
+                return [int(conn.execute(_UPSERT, rows[0]).fetchone()[0])]
+            conn.execute("BEGIN IMMEDIATE")  # the write lock now: no busy error halfway through
+            try:
+                totals = [int(conn.execute(_UPSERT, row).fetchone()[0]) for row in rows]
+                if prune:
+                    conn.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return totals
+
+        return await self._db.run(add_many)
 
     async def get(self, key: str, window: int) -> int:
         def get(conn: sqlite3.Connection) -> int:
@@ -171,6 +234,8 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cache_key ON cache (bucket, key);
 CREATE INDEX IF NOT EXISTS cache_lru ON cache (last_used_s);
+-- Dropping expired rows reads only those rows, not the whole table.
+CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_s);
 -- (bucket, rowid): a semantic lookup reads only the rows added since it last looked, not the whole bucket.
 CREATE INDEX IF NOT EXISTS cache_bucket ON cache (bucket);
 -- The running total of entry sizes, kept by triggers, so every put can check the budget in O(1).
@@ -187,6 +252,10 @@ _TOUCH_EVERY_S = 60.0
 _RESYNC_S = 60.0  # how often a bucket's index drops the rows other processes deleted
 _LOAD_BATCH = 1024  # rows read into the index at a time
 _IDLE_S = 600.0  # a bucket's index not searched this long is dropped (rebuilt from the file when needed)
+_MAX_PENDING_PUTS = 1024  # puts waiting for the store's thread; past this a put is dropped, never waited for
+_PUT_BATCH = 256  # puts written per transaction
+_DELETE_BATCH = 256  # expired or evicted rows deleted per transaction at most: no long write lock
+_EXPIRE_EVERY = 100  # puts between deletions of expired rows
 _ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
 
 
@@ -201,12 +270,17 @@ class SqliteCache:
     index holds at most the vectors of the store (itself bounded by ``max_bytes``).
     """
 
-    def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024, max_pending: int = _MAX_PENDING_PUTS) -> None:
         self._db = _SqliteThread(path, _CACHE_SCHEMA)
         self._max_bytes = max_bytes
         self._index: dict[str, VectorIndex] = {}  # touched only on the store's thread
-        self._puts = 0
         self._swept_s = 0.0
+        self._max_pending = max_pending
+        self._queue: list[tuple[CacheEntry, asyncio.Future[None]]] = []
+        self._waiting = 0  # puts queued or being written
+        self._writer: asyncio.Task[None] | None = None
+        self._since_expiry = _EXPIRE_EVERY  # the first write drops what expired while no one wrote
+        self.dropped_puts = 0
 
     async def start(self) -> None:
         await self._db.run(lambda conn: None)
@@ -228,20 +302,52 @@ class SqliteCache:
         return await self._db.run(get)
 
     async def put(self, entry: CacheEntry) -> None:
-        self._puts += 1
-        drop_expired = self._puts % 100 == 1
-        vector = pack(entry.vector) if entry.vector is not None else None
-        size = len(entry.body) + (len(vector) if vector else 0) + 200
+        """Queue ``entry`` for the next write (one transaction for every put queued meanwhile) and wait for it.
 
-        def put(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO cache (bucket, key, body, vector, created_s, expires_s, last_used_s, prompt_tokens, "
-                "completion_tokens, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, "
-                "created_s = excluded.created_s, "
-                "expires_s = excluded.expires_s, last_used_s = excluded.last_used_s, "
-                "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
-                "size = excluded.size",
+        When ``max_pending`` puts are already waiting, the entry is dropped (it is a cache) and counted in
+        ``dropped_puts``: a store that cannot keep up never holds responses or memory.
+        """
+        if self._waiting >= self._max_pending:
+            self.dropped_puts += 1
+            if self.dropped_puts & (self.dropped_puts - 1) == 0:  # 1, 2, 4, 8...: seen, without a flood
+                log.warning("cache store behind: %d puts dropped so far (%d waiting)", self.dropped_puts, self._waiting)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        self._waiting += 1
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        try:
+            await future
+        finally:
+            self._waiting -= 1
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+                entries = [entry for entry, _ in batch]
+                try:
+                    await self._db.run(functools.partial(self._write, entries=entries))
+                except StorageError as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._writer = None
+
+    def _write(self, conn: sqlite3.Connection, *, entries: list[CacheEntry]) -> None:
+        """Store ``entries``, drop a batch of expired rows now and then, evict a batch if over budget; one
+        transaction (on the store's thread)."""
+        rows = []
+        for entry in entries:
+            vector = pack(entry.vector) if entry.vector is not None else None
+            size = len(entry.body) + (len(vector) if vector else 0) + 200
+            rows.append(
                 (
                     entry.bucket,
                     entry.key,
@@ -253,29 +359,54 @@ class SqliteCache:
                     entry.prompt_tokens,
                     entry.completion_tokens,
                     size,
-                ),
-            )
-            if drop_expired:
-                self._forget(
-                    conn.execute("DELETE FROM cache WHERE expires_s <= ? RETURNING id, bucket", (entry.created_s,))
                 )
+            )
+        self._since_expiry += len(entries)
+        deleted: list[tuple[int, str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO cache (bucket, key, body, vector, created_s, expires_s, last_used_s, prompt_tokens, "
+                "completion_tokens, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, vector = excluded.vector, "
+                "created_s = excluded.created_s, "
+                "expires_s = excluded.expires_s, last_used_s = excluded.last_used_s, "
+                "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
+                "size = excluded.size",
+                rows,
+            )
+            if self._since_expiry >= _EXPIRE_EVERY:
+                deleted += conn.execute(
+                    "DELETE FROM cache WHERE id IN (SELECT id FROM cache WHERE expires_s <= ? LIMIT ?) "
+                    "RETURNING id, bucket",
+                    (max(e.created_s for e in entries), _DELETE_BATCH),
+                ).fetchall()
             total = conn.execute("SELECT total FROM cache_size WHERE id = 1").fetchone()[0]
             if total > self._max_bytes:
-                self._evict(conn, total)
+                deleted += self._evict(conn, total, max(_DELETE_BATCH, 2 * len(entries)))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if self._since_expiry >= _EXPIRE_EVERY:
+            self._since_expiry = 0
+        self._forget(deleted)  # committed: the rows are gone for good
 
-        await self._db.run(put)
-
-    def _evict(self, conn: sqlite3.Connection, total: int) -> None:
-        # Least recently used first, down to 90% of the budget so eviction does not run on every put.
+    def _evict(self, conn: sqlite3.Connection, total: int, max_rows: int) -> list[tuple[int, str]]:
+        # Least recently used first, towards 90% of the budget, but at most ``max_rows`` rows per transaction:
+        # a cache far over budget (a lowered budget) gets back under it over a few puts, not in one long write
+        # (deleting a tenth of a 256 MiB cache at once held the write lock for 300-400 ms).
         excess = total - int(self._max_bytes * 0.9)
         victims: list[tuple[int, str]] = []
-        for row_id, bucket, size in conn.execute("SELECT id, bucket, size FROM cache ORDER BY last_used_s, id"):
+        rows = conn.execute("SELECT id, bucket, size FROM cache ORDER BY last_used_s, id LIMIT ?", (max_rows,))
+        for row_id, bucket, size in rows:
             if excess <= 0:
                 break
             victims.append((row_id, bucket))
             excess -= size
         conn.executemany("DELETE FROM cache WHERE id = ?", [(row_id,) for row_id, _ in victims])
-        self._forget(victims)
+        return victims
 
     def _forget(self, rows: Iterable[tuple[int, str]]) -> None:
         """Drop deleted rows from the semantic index (on the store's thread)."""
@@ -337,6 +468,8 @@ class SqliteCache:
             del self._index[bucket]
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.shield(self._writer)  # the puts already queued are written, not lost
         await self._db.close()
 
 

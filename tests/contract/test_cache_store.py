@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -114,4 +116,46 @@ async def test_sqlite_semantic_index_lets_evicted_entries_go(tmp_path: Path) -> 
     assert await adapter.nearest("sem", spread(3), NOW + 300) is not None
     stored = sum([await adapter.get("sem", f"new{i}", NOW + 300) is not None for i in range(200)])
     assert stored < 100 and await adapter.indexed_rows() <= stored
+    await adapter.close()
+
+
+async def test_sqlite_drops_puts_past_its_queue_instead_of_waiting(tmp_path: Path) -> None:
+    adapter = SqliteCache(tmp_path / "q.db", max_pending=2)
+    await adapter.start()
+    release = threading.Event()
+    blocked = asyncio.ensure_future(adapter._db.run(lambda conn: release.wait(10)))  # the store's thread is busy
+    queued = [asyncio.ensure_future(adapter.put(entry(f"q{i}"))) for i in range(2)]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(adapter.put(entry("dropped")), 1)  # returns at once: no third put waits
+    assert adapter.dropped_puts == 1
+    release.set()
+    await asyncio.gather(blocked, *queued)
+    assert await adapter.get("b1", "q0", NOW) is not None and await adapter.get("b1", "q1", NOW) is not None
+    assert await adapter.get("b1", "dropped", NOW) is None
+    await adapter.close()
+
+
+async def test_sqlite_eviction_deletes_a_batch_per_write_not_everything_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "evict.db"
+    big = SqliteCache(path, max_pending=2000)
+    await asyncio.gather(*(big.put(CacheEntry(f"k{i}", "b", b"x" * 100, NOW + i, NOW + 3600)) for i in range(2000)))
+    await big.close()
+    small = SqliteCache(path, max_bytes=60_000)  # the budget lowered to a tenth of what is stored (300 B a row)
+
+    async def rows() -> int:
+        return int(await small._db.run(lambda conn: conn.execute("SELECT count(*) FROM cache").fetchone()[0]))
+
+    await small.put(CacheEntry("new0", "b", b"x" * 100, NOW + 3000, NOW + 3600))
+    assert 2000 - 256 <= await rows() < 2001  # one batch of the least recently used, not 1,800 rows in one write
+    for i in range(1, 10):
+        await small.put(CacheEntry(f"new{i}", "b", b"x" * 100, NOW + 3000 + i, NOW + 3600))
+    assert await rows() <= 200  # under the budget after a few writes
+    assert await small.get("b", "new9", NOW + 3100) is not None
+    await small.close()
+
+
+async def test_sqlite_caps_the_wal_it_keeps(tmp_path: Path) -> None:
+    adapter = SqliteCache(tmp_path / "wal.db")
+    limit = await adapter._db.run(lambda conn: conn.execute("PRAGMA journal_size_limit").fetchone()[0])
+    assert 0 < limit <= 64 * 1024 * 1024  # cut back after each checkpoint, not kept at its largest
     await adapter.close()

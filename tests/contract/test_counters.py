@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway_core.storage.factory import counter_store
-from gateway_core.storage.ports import CounterStore, StorageError
+from gateway_core.storage.ports import CounterAdd, CounterStore, StorageError
 from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
 
@@ -43,6 +43,28 @@ async def test_concurrent_adds_lose_nothing(store: CounterStore) -> None:
     assert sorted(results) == list(range(3, 301, 3))  # each add saw a distinct total
 
 
+async def test_add_many_returns_each_new_total_in_order(store: CounterStore) -> None:
+    assert await store.add_many([]) == []
+    await store.add("tpm:r:alice", 60, 10, 120)
+    adds = [
+        CounterAdd("tpm:r:alice", 60, 5, 120),
+        CounterAdd("quota:d:contoso", 0, 7, 90_000),
+        CounterAdd("tpm:r:alice", 120, 1, 120),
+        CounterAdd("tpm:r:alice", 60, -3, 120),  # the same counter twice: applied in order
+    ]
+    assert await store.add_many(adds) == [15, 7, 1, 12]
+    assert await store.get("tpm:r:alice", 60) == 12
+    assert await store.get("quota:d:contoso", 0) == 7
+
+
+async def test_concurrent_add_many_lose_nothing_and_each_item_sees_a_distinct_total(store: CounterStore) -> None:
+    batch = [CounterAdd("tpm:r:bob", 0, 2, 60), CounterAdd("quota:d:t", 0, 3, 60)]
+    results = await asyncio.gather(*(store.add_many(batch) for _ in range(50)))
+    assert await store.get("tpm:r:bob", 0) == 100 and await store.get("quota:d:t", 0) == 150
+    assert sorted(r[0] for r in results) == list(range(2, 101, 2))
+    assert sorted(r[1] for r in results) == list(range(3, 151, 3))
+
+
 async def test_keys_with_odd_characters(store: CounterStore) -> None:
     key = "tpm:per-header:x-team:ops/α β?#"
     assert await store.add(key, 5, 2, 60) == 2
@@ -72,3 +94,12 @@ async def test_many_instances_starting_at_once_share_one_cosmos_container(cosmos
     totals = await asyncio.gather(*(a.add("k", 0, 1, 60) for a in adapters))
     assert sorted(totals) == [1, 2, 3, 4, 5, 6]
     await asyncio.gather(*(a.close() for a in adapters))
+
+
+async def test_unwritable_sqlite_add_many_raises_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    adapter = counter_store(f"sqlite:///{blocker}/counters.db")
+    with pytest.raises(StorageError, match="SQLite store"):
+        await adapter.add_many([CounterAdd("k", 0, 1, 60), CounterAdd("j", 0, 1, 60)])
+    await adapter.close()

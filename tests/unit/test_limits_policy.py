@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,12 +12,15 @@ import pytest
 
 from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
+from gateway_core.background import BackgroundTasks
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.policies.settlements import Settlements
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig
 from gateway_core.storage.memory import MemoryCounters
+from gateway_core.storage.sqlite import SqliteCounters
 
 ALICE = {"api-key": "alice-key"}
 BOB = {"api-key": "bob-key"}
@@ -168,11 +173,63 @@ async def test_several_rules_apply_and_headers_show_the_tightest(gateway_factory
     assert response.header("x-ratelimit-limit-tokens") == "300"
     assert response.header("x-ratelimit-remaining-tokens") == "242"
     assert response.header("x-aigw-quota-remaining-tokens") == str(10_000 - 58)
-    # Admission: each rate reads the previous minute (once a minute) and adds; the quota adds. Settling adds again.
-    assert store_of(gateway).round_trips == 2 * 2 + 1
+    # Admission: each rate reads the previous minute (once a minute), then one round trip adds to all three rules.
+    assert store_of(gateway).round_trips == 2 + 1
     await gateway.tasks.drain()
-    assert store_of(gateway).round_trips == 2 * 2 + 1 + 3
+    assert store_of(gateway).round_trips == 2 + 1 + 1  # settling: one round trip for the three rules
+    assert (await call(gateway, ALICE, max_tokens=50)).status == 200
+    assert store_of(gateway).round_trips == 2 + 1 + 1 + 1  # the same minute: admission is one round trip
     assert (await call(gateway, ALICE, model="gpt-4o-mini", max_tokens=50)).status == 429  # mini-only applies
+
+
+async def test_settlements_of_concurrent_requests_are_coalesced_and_exact(gateway_factory: Any) -> None:
+    gateway, _ = await gateway_factory(
+        [
+            {"name": "u-tpm", "key": "user", "tokens_per_minute": 100_000},
+            {"name": "daily", "key": "tenant", "token_quota": 100_000, "quota_period": "daily"},
+        ]
+    )
+    responses = await asyncio.gather(*(call(gateway, ALICE if i % 2 else BOB, max_tokens=50) for i in range(10)))
+    assert [r.status for r in responses] == [200] * 10
+    before = store_of(gateway).round_trips
+    await gateway.tasks.drain()
+    assert store_of(gateway).round_trips - before <= 2  # not 20 (two rules, ten requests); 1 unless the box is slow
+    minute, day = int(START // 60 * 60), int(START // 86400 * 86400)
+    assert await store_of(gateway).get("tpm:u-tpm:alice", minute) == 5 * 18
+    assert await store_of(gateway).get("tpm:u-tpm:bob", minute) == 5 * 18
+    assert await store_of(gateway).get("quota:daily:contoso", day) == 10 * 18
+
+
+async def test_settlements_sum_what_waits_per_counter_and_write_it_in_one_round_trip() -> None:
+    store, tasks = MemoryCounters(), BackgroundTasks()
+    settlements = Settlements(store, tasks, interval_s=0.05)
+    for i in range(100):
+        settlements.add(f"tpm:u:{i % 3}", 60, -2, 180)
+    settlements.add("quota:d:t", 0, 5, 90_000)
+    settlements.add("quota:d:t", 0, -5, 90_000)  # sums to nothing: not written
+    await settlements.flush()  # before the timer: it finds nothing left to write
+    await tasks.drain()
+    assert store.round_trips == 1
+    assert [await store.get(f"tpm:u:{i}", 60) for i in range(3)] == [-68, -66, -66]
+    assert await store.get("quota:d:t", 0) == 0 and store.round_trips == 1 + 4
+
+
+async def test_a_refusal_by_one_rule_takes_back_every_rule_in_one_round_trip(gateway_factory: Any) -> None:
+    gateway, _ = await gateway_factory(
+        [
+            {"name": "roomy", "key": "user", "tokens_per_minute": 5000},
+            {"name": "daily", "key": "tenant", "token_quota": 100, "quota_period": "daily"},
+        ]
+    )
+    assert (await call(gateway, ALICE, max_tokens=40)).status == 200  # 48 reserved in both
+    await gateway.tasks.drain()  # settled to 18
+    before = store_of(gateway).round_trips
+    refused = await call(gateway, ALICE, max_tokens=80)  # 88 more: over the quota (18 + 88 > 100), not the rate
+    assert orjson.loads(refused.body)["error"]["code"] == "quota_exceeded"
+    assert store_of(gateway).round_trips == before + 2  # every rule added at once, then every rule taken back
+    minute, day = int(START // 60 * 60), int(START // 86400 * 86400)
+    assert await store_of(gateway).get("tpm:roomy:alice", minute) == 18
+    assert await store_of(gateway).get("quota:daily:contoso", day) == 18
 
 
 async def test_backend_errors_release_the_reservation(gateway_factory: Any) -> None:
@@ -258,3 +315,20 @@ async def test_store_outage_follows_the_configured_policy(
             assert orjson.loads(response.body)["error"]["code"] == "limits_store_unavailable"
     finally:
         await gateway.close()
+
+
+async def test_settlements_waiting_at_shutdown_are_written_not_lost(
+    sim: tuple[str, SimulatorApp], tmp_path: Path
+) -> None:
+    config = make_config(sim[0], [{"name": "u", "key": "user", "tokens_per_minute": 100_000}])
+    config = config.model_copy(
+        update={"stores": config.stores.model_copy(update={"counters": f"sqlite:///{tmp_path}/counters.db"})}
+    )
+    gateway = Gateway(config, clock=ManualClock(START))
+    await gateway.start()
+    responses = await asyncio.gather(*(call(gateway, ALICE, max_tokens=50) for _ in range(5)))
+    assert [r.status for r in responses] == [200] * 5
+    await gateway.close()  # straight away: the settlements (58 reserved, 18 used, each) still wait
+    store = SqliteCounters(tmp_path / "counters.db")
+    assert await store.get("tpm:u:alice", int(START // 60 * 60)) == 5 * 18
+    await store.close()

@@ -1,0 +1,118 @@
+"""The gateway's CPU per request with every policy on against none, in-process: a measure the neighbours on a
+shared machine disturb far less than req/s.
+
+.venv/bin/python bench/policy_cpu.py [N] [C] [REPEATS]: one process builds two Gateways on uvloop, `plain` (no
+limits, no cache) and `all` (TPM rule + daily quota + exact cache on SQLite, as run.sh's `all`), in front of
+an upstream in another process (aiohttp, the harness's fixed answer), and sends each N requests with unique
+bodies, C at a time (defaults 2,000, 1, 5), alternating; prints the median over REPEATS of this process's CPU
+(all its threads: the event loop and the stores') and wall time per request. Compare code with
+PYTHONPATH=<export of it>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+from gateway_core.app import Gateway
+from gateway_core.config import config_from_dict
+from gateway_core.context import GatewayRequest
+
+PATH = "/openai/deployments/gpt-4o/chat/completions"
+UPSTREAM = """
+import sys
+from pathlib import Path
+from aiohttp import web
+body = Path(sys.argv[1]).read_bytes()
+async def answer(_):
+    return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_post(sys.argv[2], answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[3]), print=lambda *_: print("ready", flush=True))
+"""
+
+
+def config(port: int, directory: Path | None) -> Any:
+    raw: dict[str, Any] = {
+        "backends": [
+            {
+                "name": "upstream",
+                "url": f"http://127.0.0.1:{port}",
+                "auth": {"type": "api_key", "key_env": "BACKEND_KEY"},
+                "deployments": ["gpt-4o"],
+            }
+        ],
+        "keys": [{"name": "bench", "key_env": "CLIENT_KEY", "user": "bench", "tenant": "bench"}],
+        "stores": {"health": "memory://"},
+    }
+    if directory is not None:
+        raw["limits"] = {
+            "rules": [
+                {"name": "tpm", "key": "user", "tokens_per_minute": 10**12},
+                {"name": "daily", "key": "tenant", "token_quota": 10**12, "quota_period": "daily"},
+            ]
+        }
+        raw["cache"] = {"enabled": True}
+        raw["stores"] |= {"counters": f"sqlite:///{directory}/counters.db", "cache": f"sqlite:///{directory}/cache.db"}
+    return config_from_dict(raw)
+
+
+async def measure(gateway: Gateway, n: int, concurrency: int, tag: str) -> tuple[float, float]:
+    async def one(i: int) -> None:
+        message = {"role": "user", "content": f"Why does low overhead matter? ({tag}-{i})"}
+        body = orjson.dumps({"model": "gpt-4o", "messages": [message], "temperature": 0, "max_tokens": 100})
+        headers = {"api-key": "client", "content-type": "application/json"}
+        request = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, body, len(body), "127.0.0.1")
+        response = await gateway.handle(request)
+        if response.status != 200:
+            raise SystemExit(f"request {i}: status {response.status}")
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    for start in range(0, n, concurrency):
+        await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+    await gateway.tasks.drain()  # the background settlements and cache puts are part of the cost
+    return (time.process_time() - cpu) / n * 1000, (time.perf_counter() - wall) / n * 1000
+
+
+async def main(n: int, concurrency: int, repeats: int, port: int, directory: Path) -> None:
+    env = {"BACKEND_KEY": "backend", "CLIENT_KEY": "client"}
+    gateways = {"plain": Gateway(config(port, None), env=env), "all": Gateway(config(port, directory), env=env)}
+    for gateway in gateways.values():
+        await gateway.start()
+        await measure(gateway, 200, concurrency, "warm")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in gateways}
+    for r in range(repeats):
+        for name, gateway in gateways.items():
+            results[name].append(await measure(gateway, n, concurrency, f"{r}"))
+    for name, runs in results.items():
+        cpu = statistics.median(c for c, _ in runs)
+        wall = statistics.median(w for _, w in runs)
+        print(f"{name:5} c{concurrency}: CPU {cpu:.3f} ms/request, wall {wall:.3f} ms/request (median of {repeats})")
+    for gateway in gateways.values():
+        await gateway.close()
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]] + [2000, 1, 5][len(sys.argv) - 1 :]
+    port = 18090
+    body = Path(__file__).parent / "harness" / "chat_body.json"
+    upstream = subprocess.Popen(
+        [sys.executable, "-c", UPSTREAM, str(body), PATH, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        if upstream.stdout is None or not upstream.stdout.readline().startswith("ready"):
+            raise SystemExit("the upstream did not start")
+        with tempfile.TemporaryDirectory() as tmp:
+            uvloop.run(main(args[0], args[1], args[2], port, Path(tmp)))
+    finally:
+        upstream.terminate()
+        upstream.wait()
