@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from gateway_core.storage.ports import CacheEntry
-from gateway_core.storage.sqlite import SqliteCache
+from gateway_core.storage.sqlite_cache import SqliteCache
 
 BODY = (Path(__file__).parent / "harness" / "chat_body.json").read_bytes()[:717].ljust(717, b" ")
 

@@ -44,7 +44,7 @@ def unit_vectors(size: int) -> Any:
 
 async def measure_numpy(size: int, folder: Path) -> tuple[float, float, float, float, float]:
     from gateway_core.storage.ports import CacheEntry
-    from gateway_core.storage.sqlite import SqliteCache
+    from gateway_core.storage.sqlite_cache import SqliteCache
 
     store = SqliteCache(folder / "cache.db", max_bytes=1 << 40)
     vectors = unit_vectors(size)

@@ -13,7 +13,7 @@ from typing import TypeVar
 from ..config import ConfigError
 from ..store_urls import CosmosURL, MemoryURL, Port, SqliteURL, StoreURL, StoreURLError, parse_store_url
 from ..store_urls import default_url as _default_url
-from . import cosmos, memory, sqlite
+from . import cosmos, memory, sqlite, sqlite_cache, sqlite_usage
 from .ports import CacheStore, CounterStore, HealthStore, UsageQueue, UsageStore
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ COUNTERS: dict[str, Callable[..., CounterStore]] = {
 }
 CACHES: dict[str, Callable[..., CacheStore]] = {
     "memory": memory.MemoryCache,
-    "sqlite": sqlite.SqliteCache,
+    "sqlite": sqlite_cache.SqliteCache,
     "cosmos": cosmos.CosmosCache,
 }
 HEALTH: dict[str, Callable[..., HealthStore]] = {
@@ -35,7 +35,7 @@ HEALTH: dict[str, Callable[..., HealthStore]] = {
 
 USAGE: dict[str, Callable[..., UsageStore]] = {
     "memory": memory.MemoryUsage,
-    "sqlite": sqlite.SqliteUsage,
+    "sqlite": sqlite_usage.SqliteUsage,
 }
 # The queue that goes with each usage store: the embedded stores use the in-process queue (one per process; a
 # batch whose message dies with its process is found by the summariser's sweep).

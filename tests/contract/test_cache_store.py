@@ -12,7 +12,7 @@ import pytest
 from gateway_core.cache.vectors import normalise
 from gateway_core.storage.factory import cache_store
 from gateway_core.storage.ports import CacheEntry, CacheStore
-from gateway_core.storage.sqlite import SqliteCache
+from gateway_core.storage.sqlite_cache import SqliteCache
 from tests.contract.conftest import ADAPTERS, store_url
 from tests.servers import COSMOS_KEY_ENV
 
