@@ -24,7 +24,7 @@ def _align_to_a_fresh_minute() -> None:
         time.sleep(60 - into + 0.05)
 
 
-async def _burst(url: str) -> tuple[list[int], list[openai.RateLimitError]]:
+async def _burst(url: str, team: str) -> tuple[list[int], list[openai.RateLimitError]]:
     # 200 connections opened at once by one client on a loaded 2-core CI box can take longer than the SDK's
     # 5 s connect timeout to be scheduled; this test is about admission, not connect latency.
     client = AsyncAzureOpenAI(
@@ -33,6 +33,7 @@ async def _burst(url: str) -> tuple[list[int], list[openai.RateLimitError]]:
         api_version="2024-10-21",
         max_retries=0,
         timeout=openai.Timeout(120.0, connect=60.0),
+        default_headers={"x-team": team},  # the rule's counter: a fresh one per burst
     )
 
     async def one(i: int) -> int | openai.RateLimitError:
@@ -60,17 +61,23 @@ def test_four_workers_never_admit_more_than_the_limit(
         counters = f"sqlite:///{tmp_path}/counters.db"
     else:
         counters = f"cosmos://{request.getfixturevalue('cosmos_address')}/c{uuid.uuid4().hex[:8]}?key_env=AIGW_TEST_COSMOS_KEY&create_if_missing=true"
-    rules = {"rules": [{"name": "team-tpm", "key": "tenant", "tokens_per_minute": LIMIT}]}
+    rules = {"rules": [{"name": "team-tpm", "key": "header:x-team", "tokens_per_minute": LIMIT}]}
     config = write_yaml(tmp_path / "g.yaml", gateway_config(sim_url, limits=rules, stores={"counters": counters}))
     with run_aigw(["serve", "--config", str(config), "--workers", "4"], env={**GATEWAY_ENV, **COSMOS_KEY_ENV}) as gw:
-        _align_to_a_fresh_minute()
-        started_minute = int(time.time() // 60)
-        try:
-            admitted, refused = asyncio.run(_burst(gw.url))
-        except Exception:
-            print("".join(gw.output))
-            raise
-        assert int(time.time() // 60) == started_minute, "the burst crossed a minute boundary; run again"
+        # The rule is per minute, so a burst is judged only if it ran within one minute; on a loaded box one
+        # may not, and then another burst runs on a fresh counter (a new x-team value).
+        for _ in range(3):
+            _align_to_a_fresh_minute()
+            started_minute = int(time.time() // 60)
+            try:
+                admitted, refused = asyncio.run(_burst(gw.url, uuid.uuid4().hex))
+            except Exception:
+                print("".join(gw.output))
+                raise
+            if int(time.time() // 60) == started_minute:
+                break
+        else:
+            pytest.fail("three bursts each crossed a minute boundary: the machine is too loaded to judge")
     estimate = 10 + 40  # a prompt of ~10 tokens plus max_tokens
     overshoot = sum(admitted) - LIMIT
     print(
