@@ -168,12 +168,9 @@ module functionApp 'modules/functionapp.bicep' = {
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
     tags: tags
   }
-  // The host starts as soon as the app exists: its roles must be in place first.
+  // The host starts as soon as the app exists, so its roles come first: those on storage, Cosmos DB, Key Vault
+  // and Application Insights are inside the modules whose outputs it takes; the backends' are not.
   dependsOn: [
-    storage
-    cosmos
-    keyVault
-    monitoring
     openAiRoles
   ]
 }
