@@ -183,5 +183,16 @@ output identityPrincipalId string = identity.outputs.principalId
 output cosmosEndpoint string = cosmos.outputs.endpoint
 output storageAccountName string = storage.outputs.name
 output keyVaultName string = keyVault.outputs.name
-@description('The backends as given, for the gateway config (auth type entra, AIGW_IDENTITY_CLIENT_ID).')
-output openAiBackends array = openAiBackends
+@description('The backends as gateway config entries that call as the identity: the `backends:` of gateway.yaml.')
+output gatewayBackends array = [
+  for backend in openAiBackends: {
+    name: backend.name
+    url: backend.endpoint
+    region: backend.region
+    auth: {
+      type: 'entra'
+      managed_identity_client_id_env: 'AIGW_IDENTITY_CLIENT_ID'
+    }
+    deployments: backend.deployments
+  }
+]

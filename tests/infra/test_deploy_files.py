@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from tests.infra.bicep import INFRA, Template
+from gateway_core.config import load_config
+from tests.infra.bicep import INFRA, Expr, Loop, Template
 from tests.servers import ROOT
 
 MAIN = Template(INFRA / "main.bicep")
@@ -69,3 +70,31 @@ def test_funcignore_keeps_what_the_app_runs() -> None:
         assert not any(fnmatch.fnmatch(needed, pattern) for pattern in patterns), needed
     for heavy in (".venv", "node_modules", "tests", ".venv-checkov"):
         assert any(fnmatch.fnmatch(heavy, pattern) for pattern in patterns), heavy
+
+
+def test_the_gateway_backends_output_is_a_valid_gateway_config(tmp_path) -> None:
+    # The output, computed for the example parameters, loads as the gateway's `backends:`, each calling as the
+    # identity whose client id the app settings carry.
+    (output,) = (d for d in MAIN.declarations if d.kind == "output" and d.name == "gatewayBackends")
+    assert isinstance(output.value, Loop) and output.value.iterable == Expr("openAiBackends")
+    example = json.loads((INFRA / "main.parameters.example.json").read_text())["parameters"]["openAiBackends"]["value"]
+
+    def evaluate(value: Any, backend: dict[str, Any]) -> Any:
+        if isinstance(value, Expr):
+            item, _, field = value.text.partition(".")
+            assert item == output.value.item and field in backend, value
+            return backend[field]
+        if isinstance(value, dict):
+            return {key: evaluate(item, backend) for key, item in value.items()}
+        return value
+
+    entries = [evaluate(output.value.body, backend) for backend in example]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"backends": entries}))
+    config = load_config(path, env={"AIGW_IDENTITY_CLIENT_ID": "00000000-0000-0000-0000-000000000001"})
+    assert [(b.name, b.url, b.region) for b in config.backends] == [
+        (b["name"], b["endpoint"], b["region"]) for b in example
+    ]
+    assert {b.auth.type for b in config.backends} == {"entra"}
+    env_names = {getattr(b.auth, "managed_identity_client_id_env", None) for b in config.backends}
+    assert env_names <= set(FUNCTION_APP.variables()["settings"])
