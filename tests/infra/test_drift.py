@@ -117,16 +117,25 @@ def test_the_account_is_serverless_with_vector_search_and_entra_id_only() -> Non
 
 
 async def test_cache_entries_keep_their_vector_at_the_vector_path(cosmos_address: str) -> None:
-    # On the Cosmos DB API server: the raw document has the embedding where the container's policy looks.
+    # On the Cosmos DB API server, in a container made as the template makes it (the adapter may not create it):
+    # the raw document has the embedding where the container's vector policy looks.
+    from azure.cosmos import PartitionKey
+    from azure.cosmos.aio import CosmosClient
+
     url = parse_store_url(f"cosmos://{cosmos_address}/v{uuid.uuid4().hex[:8]}?key_env=K", "cache")
     assert isinstance(url, CosmosURL)
-    store = cosmos.CosmosCache(cosmos.CosmosTarget(url, COSMOS_KEY_ENV["AIGW_TEST_COSMOS_KEY"]))
-    try:
-        entry = CacheEntry("k1", "bucket", b"{}", created_s=1.0, expires_s=4e9, vector=(0.6, 0.8))
-        await store.put(entry)
-        raw = await store._container.read_item(item="k1", partition_key="bucket")
-    finally:
-        await store.close()
+    key = COSMOS_KEY_ENV["AIGW_TEST_COSMOS_KEY"]
+    async with CosmosClient(url.endpoint, credential=key) as client:
+        database = await client.create_database_if_not_exists(url.database)
+        container = await database.create_container_if_not_exists(
+            id=cosmos.CACHE_CONTAINER, partition_key=PartitionKey(path=cosmos.PARTITION_KEY_PATH), default_ttl=-1
+        )
+        store = cosmos.CosmosCache(cosmos.CosmosTarget(url, key))
+        try:
+            await store.put(CacheEntry("k1", "bucket", b"{}", created_s=1.0, expires_s=4e9, vector=(0.6, 0.8)))
+        finally:
+            await store.close()
+        raw = await container.read_item(item="k1", partition_key="bucket")
     field = cosmos.VECTOR_PATH.removeprefix("/")
     assert "/" not in field
     assert raw[field] == [0.6, 0.8]
@@ -203,8 +212,8 @@ def test_openai_user_is_granted_on_each_backend_in_its_own_resource_group() -> N
 def test_every_app_setting_the_code_reads_is_set() -> None:
     settings = app_settings()
     read: set[str] = set()
-    for path in (ROOT / "function_app.py", ROOT / "aigw" / "functions_host.py"):
-        read |= set(re.findall(r"environ\.get\(\s*\"([A-Za-z_][A-Za-z0-9_]*)\"", path.read_text()))
+    for path in (ROOT / "function_app.py", *sorted((ROOT / "aigw").glob("functions_*.py"))):
+        read |= set(re.findall(r"\b(?:environ|env)\.get\(\s*\"([A-Za-z_][A-Za-z0-9_]*)\"", path.read_text()))
     assert read >= {"AIGW_CONFIG", "AIGW_HEALTH_CRON"}
     assert read <= set(settings), sorted(read - set(settings))
     # The Functions host's storage by identity (shared keys are off, so no connection string at all).
