@@ -14,7 +14,7 @@ from typing import Any
 from gateway_core.storage import cosmos
 from gateway_core.storage.factory import cache_store, counter_store, health_store
 from gateway_core.storage.ports import CacheEntry
-from gateway_core.store_urls import PORTS, CosmosURL, default_url, parse_store_url
+from gateway_core.store_urls import SERVES, CosmosURL, default_url, parse_store_url
 from tests.infra.bicep import INFRA, Expr, Loop, Template
 from tests.servers import COSMOS_KEY_ENV, ROOT
 
@@ -79,12 +79,13 @@ def test_cosmos_containers_have_the_adapters_partition_key_and_per_item_ttl() ->
 
 
 def test_the_database_is_the_one_cosmos_endpoint_leads_to() -> None:
-    # The app sets only COSMOS_ENDPOINT: every port's URL, and so the database name, comes from it.
+    # The app sets only COSMOS_ENDPOINT: every Cosmos DB port's URL, and so the database name, comes from it
+    # (usage is not Cosmos DB's: AIGW_USAGE_URL sends it to Table Storage).
     settings = app_settings()
     assert settings["COSMOS_ENDPOINT"] == Expr("cosmosEndpoint")
     assert function_app_params()["cosmosEndpoint"] == Expr("cosmos.outputs.endpoint")
     databases = set()
-    for port in PORTS:
+    for port in SERVES["cosmos"]:
         url = parse_store_url(default_url(port, {"COSMOS_ENDPOINT": ACCOUNT_ENDPOINT}), port)
         assert isinstance(url, CosmosURL)
         assert url.key_env is None  # managed identity: the account has local auth off
