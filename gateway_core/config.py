@@ -313,11 +313,12 @@ class StoreSettings(_Model):
     counters: str | None = None
     cache: str | None = None
     health: str | None = None
+    usage: str | None = None  # sqlite:///.aigw/usage.db by default (never Cosmos DB: it does not serve usage)
 
-    @field_validator("counters", "cache", "health")
+    @field_validator("counters", "cache", "health", "usage")
     @classmethod
     def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        port = cast(Port, info.field_name)  # this validator runs for the three port fields only
+        port = cast(Port, info.field_name)  # this validator runs for the port fields only
         if value is not None:
             parse_store_url(value, port)  # StoreURLError is a ValueError: reported with the key and line
         return value

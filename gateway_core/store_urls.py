@@ -5,7 +5,8 @@
     cosmos://host[:port]/database[?key_env=VAR][&scheme=http|https]
                                                     Cosmos DB; without key_env, DefaultAzureCredential
 
-Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT``, else SQLite under ./.aigw/.
+Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT`` (for the ports Cosmos DB
+serves: not usage), else SQLite under ./.aigw/.
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-Port = Literal["counters", "cache", "health"]
-PORTS: tuple[Port, ...] = ("counters", "cache", "health")
+Port = Literal["counters", "cache", "health", "usage"]
+PORTS: tuple[Port, ...] = ("counters", "cache", "health", "usage")
 DEFAULT_STATE_DIR = ".aigw"
-ENV_URL: dict[Port, str] = {"counters": "AIGW_COUNTERS_URL", "cache": "AIGW_CACHE_URL", "health": "AIGW_HEALTH_URL"}
+ENV_URL: dict[Port, str] = {
+    "counters": "AIGW_COUNTERS_URL",
+    "cache": "AIGW_CACHE_URL",
+    "health": "AIGW_HEALTH_URL",
+    "usage": "AIGW_USAGE_URL",
+}
 _FORMS = "use memory://, sqlite:///path/file.db or cosmos://host[:port]/database"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COSMOS_OPTIONS = ("key_env", "scheme")
 # The ports each scheme serves; storage/factory.py has one adapter per (port, scheme) pair listed here (a test
 # checks that they agree). A backend for some ports only (a future tables:// for usage) lists just those.
-SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": PORTS}
+# Cosmos DB does not serve usage: records and summaries go to SQLite or Table Storage.
+SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": ("counters", "cache", "health")}
 
 
 class StoreURLError(ValueError):
@@ -115,7 +122,8 @@ def _cosmos(url: str) -> CosmosURL:
 
 
 def default_url(port: Port, env: Mapping[str, str]) -> str:
-    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app); else SQLite under ./.aigw/.
+    """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app) for a port it serves;
+    else SQLite under ./.aigw/.
 
     Raises ``StoreURLError`` naming the environment variable when the URL it gives does not parse.
     """
@@ -125,7 +133,7 @@ def default_url(port: Port, env: Mapping[str, str]) -> str:
         _check(url, port, variable)
         return url
     endpoint = env.get("COSMOS_ENDPOINT")
-    if endpoint:
+    if endpoint and port in SERVES["cosmos"]:
         # An https://host:port/ endpoint as the portal shows it, or a bare host[:port].
         netloc = urlsplit(endpoint).netloc if "://" in endpoint else endpoint.rstrip("/")
         key = "?key_env=COSMOS_KEY" if env.get("COSMOS_KEY") else ""

@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ..config import ConfigError
-from ..store_urls import CosmosURL, Port, SqliteURL, StoreURL, StoreURLError, parse_store_url
+from ..store_urls import CosmosURL, MemoryURL, Port, SqliteURL, StoreURL, StoreURLError, parse_store_url
 from ..store_urls import default_url as _default_url
 from . import cosmos, memory, sqlite
-from .ports import CacheStore, CounterStore, HealthStore
+from .ports import CacheStore, CounterStore, HealthStore, UsageQueue, UsageStore
 
 T = TypeVar("T")
 COUNTERS: dict[str, Callable[..., CounterStore]] = {
@@ -31,6 +31,17 @@ HEALTH: dict[str, Callable[..., HealthStore]] = {
     "memory": memory.MemoryHealth,
     "sqlite": sqlite.SqliteHealth,
     "cosmos": cosmos.CosmosHealth,
+}
+
+USAGE: dict[str, Callable[..., UsageStore]] = {
+    "memory": memory.MemoryUsage,
+    "sqlite": sqlite.SqliteUsage,
+}
+# The queue that goes with each usage store: the embedded stores use the in-process queue (one per process; a
+# batch whose message dies with its process is found by the summariser's sweep).
+USAGE_QUEUES: dict[str, Callable[..., UsageQueue]] = {
+    "memory": memory.MemoryQueue,
+    "sqlite": memory.MemoryQueue,
 }
 
 
@@ -60,6 +71,21 @@ def health_store(url: str, env: Mapping[str, str] | None = None) -> HealthStore:
     """The health adapter for ``url``."""
     parsed = _parse(url, "health")
     return _lookup(HEALTH, parsed, "health")(*_args(parsed, "health", env))
+
+
+def usage_store(url: str, env: Mapping[str, str] | None = None) -> UsageStore:
+    """The usage records and summaries adapter for ``url``: ``memory://``, ``sqlite:///path``."""
+    parsed = _parse(url, "usage")
+    return _lookup(USAGE, parsed, "usage")(*_args(parsed, "usage", env))
+
+
+def usage_queue(url: str, env: Mapping[str, str] | None = None) -> UsageQueue:
+    """The queue that goes with the usage store at ``url`` (in-process for memory:// and sqlite://)."""
+    parsed = _parse(url, "usage")
+    opener = _lookup(USAGE_QUEUES, parsed, "usage")
+    if isinstance(parsed, MemoryURL | SqliteURL):
+        return opener()
+    return opener(*_args(parsed, "usage", env))
 
 
 def _parse(url: str, port: Port) -> StoreURL:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ..cache.vectors import cosine
+from ..usage.record import QueueMessage, RecordQuery, SummaryKey, SummaryQuery, SummaryTotals, UsageBatch, UsageRecord
 from .ports import CacheEntry, SharedHealth
 
 
@@ -76,6 +80,138 @@ class MemoryHealth:
 
     async def close(self) -> None:
         return None
+
+
+class MemoryUsage:
+    """Usage records and summaries in this process. Every method runs without awaiting, so each is atomic."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, str, str], UsageRecord] = {}  # (day, tenant, record_id)
+        self._batches: dict[str, tuple[float, tuple[tuple[str, str, str], ...]]] = {}  # id -> (written_s, keys)
+        self._finished: set[str] = set()
+        self._absorbed: set[tuple[str, str]] = set()  # (batch_id, day)
+        self._summaries: dict[SummaryKey, SummaryTotals] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def write_batch(self, batch: UsageBatch) -> None:
+        keys = tuple((r.day, r.tenant, r.record_id) for r in batch.records)
+        for key, record in zip(keys, batch.records, strict=True):
+            self._records.setdefault(key, record)
+        self._batches.setdefault(batch.batch_id, (time.time(), keys))
+
+    async def batch_records(self, batch_id: str) -> tuple[UsageRecord, ...] | None:
+        batch = self._batches.get(batch_id)
+        return None if batch is None else tuple(self._records[key] for key in batch[1])
+
+    async def absorb(self, batch_id: str, day: str, rows: dict[SummaryKey, SummaryTotals]) -> bool:
+        if (batch_id, day) in self._absorbed:
+            return False
+        self._absorbed.add((batch_id, day))
+        for key, totals in rows.items():
+            self._summaries.setdefault(key, SummaryTotals()).merge(totals)
+        return True
+
+    async def finish_batch(self, batch_id: str) -> None:
+        self._finished.add(batch_id)
+
+    async def pending_batches(self, written_before_s: float) -> list[str]:
+        return [
+            b for b, (written_s, _) in self._batches.items() if written_s < written_before_s and b not in self._finished
+        ]
+
+    async def records(self, query: RecordQuery) -> list[UsageRecord]:
+        found = [
+            r
+            for (day, tenant, _), r in self._records.items()
+            if query.from_day <= day <= query.to_day
+            and (query.tenant is None or tenant == query.tenant)
+            and (query.user is None or r.user == query.user)
+            and (query.request_id is None or r.request_id == query.request_id)
+        ]
+        found.sort(key=lambda r: (r.time_s, r.record_id), reverse=True)
+        return found[: query.limit]
+
+    async def summaries(self, query: SummaryQuery) -> dict[SummaryKey, SummaryTotals]:
+        return {
+            key: _copy(totals)
+            for key, totals in self._summaries.items()
+            if query.from_day <= key.day <= query.to_day
+            and (query.tenant is None or key.tenant == query.tenant)
+            and (query.user is None or key.user == query.user)
+        }
+
+    async def close(self) -> None:
+        return None
+
+
+def _copy(totals: SummaryTotals) -> SummaryTotals:
+    copy = SummaryTotals()
+    copy.merge(totals)
+    return copy
+
+
+@dataclass(slots=True)
+class _Message:
+    body: str
+    visible_s: float = 0.0  # monotonic time from which it may be received again
+    dequeue_count: int = 0
+    receipt: int = 0  # changes at every receive: a stale receipt deletes nothing (as a Storage queue's pop receipt)
+
+
+class MemoryQueue:
+    """The in-process usage queue (``aigw serve`` with SQLite): at-least-once with a visibility timeout, as a
+    Storage queue, for one process. Messages die with the process; the summariser's sweep finds their batches."""
+
+    def __init__(self) -> None:
+        self._messages: dict[int, _Message] = {}
+        self._ids = itertools.count(1)
+        self._receipts = itertools.count(1)
+        self.poisoned: list[tuple[str, str]] = []  # (body, reason), for tests and logs
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, batch_id: str) -> None:
+        self._messages[next(self._ids)] = _Message(batch_id)
+
+    async def receive(self, max_messages: int, visibility_timeout_s: float) -> list[QueueMessage]:
+        now_s = time.monotonic()
+        taken: list[QueueMessage] = []
+        for message_id, message in self._messages.items():
+            if len(taken) >= max_messages:
+                break
+            if message.visible_s > now_s:
+                continue
+            message.visible_s = now_s + visibility_timeout_s
+            message.dequeue_count += 1
+            message.receipt = next(self._receipts)
+            taken.append(QueueMessage(message.body, message.dequeue_count, (message_id, message.receipt)))
+        return taken
+
+    async def delete(self, message: QueueMessage) -> None:
+        message_id, receipt = _receipt(message)
+        held = self._messages.get(message_id)
+        if held is not None and held.receipt == receipt:
+            del self._messages[message_id]
+
+    async def poison(self, message: QueueMessage, reason: str) -> None:
+        self.poisoned.append((message.body, reason))
+        await self.delete(message)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    async def close(self) -> None:
+        return None
+
+
+def _receipt(message: QueueMessage) -> tuple[int, int]:
+    receipt = message.receipt
+    if not (isinstance(receipt, tuple) and len(receipt) == 2):
+        raise ValueError("not a message of this queue")
+    return int(receipt[0]), int(receipt[1])
 
 
 def _best_match(candidates: Iterable[CacheEntry], vector: tuple[float, ...]) -> tuple[CacheEntry, float] | None:

@@ -169,3 +169,16 @@ class QueueMessage:
     body: str  # the batch id
     dequeue_count: int
     receipt: object = field(default=None, compare=False)
+
+
+_RECORD_FIELDS = frozenset(UsageRecord.__dataclass_fields__)
+
+
+def record_to_dict(record: UsageRecord) -> dict[str, object]:
+    """``record`` as JSON-able values (the SQLite store's rows, the writer's spill file)."""
+    return {name: getattr(record, name) for name in UsageRecord.__dataclass_fields__}
+
+
+def record_from_dict(data: dict[str, object]) -> UsageRecord:
+    """The record ``record_to_dict`` gave; fields it does not know (a newer version's) are ignored."""
+    return UsageRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ ADAPTERS: dict[str, list[str]] = {
     "counters": ["memory", "sqlite", "cosmos"],
     "cache": ["memory", "sqlite", "cosmos"],
     "health": ["memory", "sqlite", "cosmos"],
+    "usage": ["memory", "sqlite"],
 }
 # Adapters whose state is shared by every instance opened on one URL (memory is one process's own).
 SHARED = ["sqlite", "cosmos"]

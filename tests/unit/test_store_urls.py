@@ -83,6 +83,14 @@ def test_good_store_urls_from_the_environment_are_used() -> None:
     assert factory.default_url("cache", env) == "memory://"
     assert factory.default_url("counters", env) == "cosmos://acct.documents.azure.com:443/aigw"
     assert factory.default_url("health", {}) == "sqlite:///.aigw/health.db"
+    # Cosmos DB does not serve usage: the Functions app's COSMOS_ENDPOINT leaves usage on its own default.
+    assert factory.default_url("usage", env) == "sqlite:///.aigw/usage.db"
+    assert factory.default_url("usage", {"AIGW_USAGE_URL": "memory://"}) == "memory://"
+
+
+def test_cosmos_does_not_serve_usage() -> None:
+    with pytest.raises(ConfigError, match=r"stores\.usage: .*cosmos:// does not serve the usage store"):
+        config_from_dict({"backends": [BACKEND], "stores": {"usage": "cosmos://h:1/db"}})
 
 
 def test_the_factory_refuses_what_the_config_refuses_with_a_config_error() -> None:
@@ -97,6 +105,7 @@ def test_the_factory_tables_serve_exactly_the_ports_the_grammar_lists() -> None:
         "counters": set(factory.COUNTERS),
         "cache": set(factory.CACHES),
         "health": set(factory.HEALTH),
+        "usage": set(factory.USAGE),
     }
     for port, schemes in tables.items():
         assert schemes == {scheme for scheme, ports in urls.SERVES.items() if port in ports}, port
