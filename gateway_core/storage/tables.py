@@ -62,6 +62,9 @@ _OR_KEYS = 14  # a Table filter holds at most 15 comparisons: the PartitionKey a
 _PARALLEL = 8  # transactions or queries in flight for one call
 _CHUNK_CHARS = 30_000  # a String property holds 64 KiB (UTF-16): long lists are split over several
 _HINTS = typing.get_type_hints(UsageRecord)
+# The SDKs' own retries are short (3, within seconds; Storage's default waits 15 s and more between tries): the
+# usage writer retries whole batches with its own backoff, and a Functions invocation must not hang on one call.
+_TIMEOUTS: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 30}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,22 +77,25 @@ class TablesTarget:
     def table_service(self) -> Any:
         from azure.data.tables.aio import TableServiceClient
 
+        options = {**_TIMEOUTS, "retry_total": 3, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
         if self.connection_string is not None:
-            return TableServiceClient.from_connection_string(self.connection_string)
+            return TableServiceClient.from_connection_string(self.connection_string, **options)
         from azure.identity.aio import DefaultAzureCredential
 
         endpoint = f"https://{self.url.account}.table.core.windows.net"
-        return TableServiceClient(endpoint, credential=DefaultAzureCredential())
+        return TableServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
 
     def queue_service(self) -> Any:
         from azure.storage.queue.aio import QueueServiceClient
 
+        # The SDK's ExponentialRetry waits initial + base**n s (give or take the jitter): here about 2 s each.
+        options = {**_TIMEOUTS, "retry_total": 3, "initial_backoff": 1, "increment_base": 1, "random_jitter_range": 1}
         if self.connection_string is not None:
-            return QueueServiceClient.from_connection_string(self.connection_string)
+            return QueueServiceClient.from_connection_string(self.connection_string, **options)
         from azure.identity.aio import DefaultAzureCredential
 
         endpoint = f"https://{self.url.account}.queue.core.windows.net"
-        return QueueServiceClient(endpoint, credential=DefaultAzureCredential())
+        return QueueServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
 
     @property
     def where(self) -> str:

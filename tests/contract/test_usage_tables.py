@@ -1,0 +1,267 @@
+"""What only the Table Storage adapters promise, against Azurite: the layout (escaped keys, chunked absorbs,
+batches over many partitions), the queue's wire format as the Functions trigger reads it, errors as
+``StorageError``, and exactly-once with Azurite stopped and restarted mid-run.
+
+The shared usage contract (test_usage_store.py) runs against Azurite too (``ADAPTERS["usage"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_core.storage.factory import usage_queue, usage_store
+from gateway_core.storage.ports import StorageError, UsageQueue, UsageStore
+from gateway_core.storage.tables import POISON_QUEUE, QUEUE, record_partition, summary_row
+from gateway_core.usage.record import RecordQuery, SummaryKey, SummaryQuery, UsageBatch, summarise
+from tests.azurite import Azurite, run_azurite
+from tests.contract.test_usage_store import DAY1_S, DAY2_S, absorb_all, all_records, all_summaries, batch, rec
+
+ENV = "AIGW_TEST_AZURITE"
+FORBIDDEN_IN_KEYS = set("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+
+
+def tables_url(create: bool = True) -> tuple[str, str]:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    create_option = "&create_if_missing=true" if create else ""
+    return f"tables://?connection_env={ENV}{create_option}&prefix={prefix}", prefix
+
+
+@pytest.fixture
+async def store(azurite: Azurite) -> AsyncIterator[UsageStore]:
+    adapter = usage_store(tables_url()[0], {ENV: azurite.connection_string})
+    await adapter.start()
+    yield adapter
+    await adapter.close()
+
+
+@pytest.fixture
+async def queue_and_prefix(azurite: Azurite) -> AsyncIterator[tuple[UsageQueue, str]]:
+    url, prefix = tables_url()
+    adapter = usage_queue(url, {ENV: azurite.connection_string})
+    await adapter.start()
+    yield adapter, prefix
+    await adapter.close()
+
+
+async def test_a_batch_of_250_records_over_3_tenants_and_2_days(store: UsageStore) -> None:
+    # 6 partitions of ~42 records, one with 100+ (two transactions): every record back, by batch and by query.
+    records = [
+        rec(DAY1_S + n if n % 2 else DAY2_S + n, tenant=f"tenant-{n % 3}", user=f"u{n % 5}") for n in range(240)
+    ] + [rec(DAY1_S + 500 + n, tenant="tenant-0", user="bulk") for n in range(10)]
+    b = UsageBatch(uuid.uuid4().hex, tuple(records))
+    await store.write_batch(b)
+    got = await store.batch_records(b.batch_id)
+    assert got is not None and sorted(r.record_id for r in got) == sorted(r.record_id for r in records)
+    every = await store.records(RecordQuery("2026-01-01", "2026-01-02", limit=1000))
+    assert [r.record_id for r in every] == [
+        r.record_id for r in sorted(records, key=lambda r: (r.time_s, r.record_id), reverse=True)
+    ]
+    assert await absorb_all(store, b) == [True, True]
+    assert await all_summaries(store) == summarise(records)
+    tenant_1 = await store.records(RecordQuery("2026-01-01", "2026-01-02", tenant="tenant-1", limit=1000))
+    assert len(tenant_1) == 80 and {r.tenant for r in tenant_1} == {"tenant-1"}
+
+
+async def test_more_than_99_summary_rows_of_a_day_are_absorbed_in_chunks_exactly_once(store: UsageStore) -> None:
+    # 250 users on one day: 250 summary rows, more than one transaction holds (100 operations with the marker).
+    b = batch(*(rec(user=f"user-{n:03d}") for n in range(250)))
+    await store.write_batch(b)
+    assert await absorb_all(store, b) == [True]
+    assert await absorb_all(store, b) == [False]
+    rows = await all_summaries(store)
+    assert len(rows) == 250 and rows == summarise(b.records)
+
+
+HOSTILE_NAMES = [
+    "a/b",
+    "a\\b",
+    "a#b",
+    "a?b",
+    "a|b",
+    "a",  # a prefix of the others: its partition is its own
+    "a!7Cb",  # the escape of "a|b", spelled out
+    "~batch",
+    "tab\there\nnewline\x00nul\x7fdel\x9f",
+    "'quoted' \"names\" and spaces",
+    "ünïcödé 租户 🙂",
+    "",
+    "x" * 5000,  # far over the 1 KiB a Table key holds
+    "x" * 5000 + "y",  # differs from the one above only past the cut
+]
+
+
+async def test_hostile_tenant_and_user_names_round_trip_and_stay_apart(store: UsageStore) -> None:
+    records = [rec(DAY1_S + n, tenant=name, user=name) for n, name in enumerate(HOSTILE_NAMES)]
+    b = batch(*records)
+    await store.write_batch(b)
+    await absorb_all(store, b)
+    for record in records:
+        key = record_partition(record.day, record.tenant)
+        assert not FORBIDDEN_IN_KEYS & set(key) and len(key) <= 120
+        assert await store.records(RecordQuery("2026-01-01", "2026-01-01", tenant=record.tenant)) == [record]
+        assert await store.records(RecordQuery("2026-01-01", "2026-01-01", user=record.user)) == [record]
+        only = await store.summaries(SummaryQuery("2026-01-01", "2026-01-01", tenant=record.tenant))
+        assert list(only) == [SummaryKey(record.day, record.tenant, record.user, "gpt-4o", "gpt-4o")]
+        row = summary_row(next(iter(only)))
+        assert not FORBIDDEN_IN_KEYS & set(row) and len(row) <= 420
+    assert await all_summaries(store) == summarise(records)
+
+
+async def test_many_concurrent_absorbs_into_one_row_retry_on_etag_conflicts(store: UsageStore) -> None:
+    batches = [batch(rec()) for _ in range(12)]
+    for b in batches:
+        await store.write_batch(b)
+    results = await asyncio.gather(*(absorb_all(store, b) for b in batches))
+    assert results == [[True]] * 12
+    totals = (await all_summaries(store))[SummaryKey("2026-01-01", "contoso", "alice", "gpt-4o", "gpt-4o")]
+    assert (totals.requests, totals.cost_micro_usd) == (12, 12 * 75)
+
+
+async def test_nothing_is_created_unless_told_and_the_error_is_a_storage_error(azurite: Azurite) -> None:
+    adapter = usage_store(tables_url(create=False)[0], {ENV: azurite.connection_string})
+    await adapter.start()
+    try:
+        with pytest.raises(StorageError, match=r"Table Storage \(\$AIGW_TEST_AZURITE\): write batch") as exc:
+            await adapter.write_batch(batch(rec()))
+        assert "AccountKey" not in str(exc.value) and "Eby8" not in str(exc.value)
+    finally:
+        await adapter.close()
+
+
+async def test_an_unreachable_store_is_a_storage_error(azurite: Azurite) -> None:
+    closed = azurite.connection_string.replace(f":{azurite.ports['Table']}/", ":9/")
+    adapter = usage_store(tables_url()[0], {ENV: closed})
+    with pytest.raises(StorageError, match="create tables"):
+        await adapter.start()
+    await adapter.close()
+
+
+async def raw_queue(azurite: Azurite, name: str) -> Any:
+    from azure.storage.queue.aio import QueueClient
+
+    return QueueClient.from_connection_string(azurite.connection_string, name)
+
+
+async def test_messages_are_base64_as_the_functions_trigger_decodes_them(
+    azurite: Azurite, queue_and_prefix: tuple[UsageQueue, str]
+) -> None:
+    queue, prefix = queue_and_prefix
+    await queue.send("batch-ü/1")
+    async with await raw_queue(azurite, prefix + QUEUE) as raw:
+        [message] = await raw.peek_messages()
+        # The Functions host base64-decodes queue messages (its default messageEncoding) before the trigger.
+        assert base64.b64decode(message.content, validate=True).decode() == "batch-ü/1"
+    [got] = await queue.receive(1, 30)
+    assert (got.body, got.dequeue_count) == ("batch-ü/1", 1)
+
+
+async def test_a_poisoned_message_says_which_batch_and_why(
+    azurite: Azurite, queue_and_prefix: tuple[UsageQueue, str]
+) -> None:
+    queue, prefix = queue_and_prefix
+    await queue.send("batch-7")
+    [got] = await queue.receive(1, 30)
+    await queue.poison(got, "no batch of that id was written")
+    assert await queue.receive(1, 1) == []
+    async with await raw_queue(azurite, prefix + POISON_QUEUE) as raw:
+        [message] = await raw.peek_messages()
+        body = json.loads(base64.b64decode(message.content))
+    assert body == {"batch_id": "batch-7", "reason": "no batch of that id was written", "dequeue_count": 1}
+
+
+async def test_a_message_that_is_not_base64_is_received_as_it_is(
+    azurite: Azurite, queue_and_prefix: tuple[UsageQueue, str]
+) -> None:
+    queue, prefix = queue_and_prefix
+    async with await raw_queue(azurite, prefix + QUEUE) as raw:
+        await raw.send_message("not base64 at all!")
+    [got] = await queue.receive(1, 30)
+    assert got.body == "not base64 at all!"  # the summariser poisons it; later messages still come through
+    await queue.send("batch-8")
+    assert [m.body for m in await queue.receive(5, 30)] == ["batch-8"]
+
+
+# -- exactly once, with Azurite stopped and restarted mid-run (adapter level: see the test's docstring)
+
+
+async def retried(call: Any, failures: list[str], failed: asyncio.Event | None = None) -> Any:
+    """``call()`` until it succeeds: the writer's contract (a failed batch is retried with the same id)."""
+    while True:
+        try:
+            return await call()
+        except StorageError as exc:
+            failures.append(str(exc))
+            if failed is not None:
+                failed.set()
+            await asyncio.sleep(0.05)  # backoff between retries, not synchronisation
+
+
+async def summarise_queue(store: UsageStore, queue: UsageQueue, failures: list[str]) -> None:
+    """The queue consumer's contract: absorb each message's batch per day, finish it, delete the message."""
+    while True:
+        messages = await retried(lambda: queue.receive(16, 30), failures)
+        if not messages:
+            return
+        for message in messages:
+            records = await retried(lambda m=message: store.batch_records(m.body), failures)
+            assert records is not None
+            rows = summarise(records)
+            for day in sorted({r.day for r in records}):
+                day_rows = {k: v for k, v in rows.items() if k.day == day}
+                await retried(lambda d=day, r=day_rows, m=message: store.absorb(m.body, d, r), failures)
+            await retried(lambda m=message: store.finish_batch(m.body), failures)
+            await retried(lambda m=message: queue.delete(m), failures)
+
+
+async def test_exactly_once_with_azurite_restarted_mid_run_adapter_level(tmp_path: Path) -> None:
+    """1,000 records in 40 batches while Azurite (on disk) is stopped and started again: exactly 1,000 records
+    and summaries equal to their sum. The writer and the summariser are emulated by their contracts (retry a
+    failed batch with the same id; absorb per day, finish, delete); swap in the real UsageWriter, Summariser and
+    ``aigw serve`` once they are merged."""
+    records = [
+        rec(DAY1_S + 86_000 + n, tenant=f"t{n % 4}", user=f"u{n % 7}", prompt=n % 50, cost=n) for n in range(1000)
+    ]  # the last 400 seconds of day 1 and the first 600 of day 2
+    batches = [UsageBatch(uuid.uuid4().hex, tuple(records[i : i + 25])) for i in range(0, 1000, 25)]
+    failures: list[str] = []
+    with run_azurite(tmp_path / "azurite") as azurite:
+        env = {ENV: azurite.connection_string}
+        url = tables_url()[0]
+        store, queue = usage_store(url, env), usage_queue(url, env)
+        await store.start()
+        await queue.start()
+        halfway, stopped, failed_while_down = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def write_all() -> None:
+            for n, b in enumerate(batches):
+                if n == len(batches) // 2:
+                    halfway.set()
+                    await stopped.wait()
+                await retried(lambda b=b: store.write_batch(b), failures, failed_while_down)
+                await retried(lambda b=b: queue.send(b.batch_id), failures, failed_while_down)
+
+        async def restart_once() -> None:
+            await halfway.wait()
+            await summarise_queue(store, queue, failures)  # some batches are summarised before the stop
+            await asyncio.to_thread(azurite.stop)
+            stopped.set()
+            await failed_while_down.wait()  # the writer saw the store down and is retrying
+            await asyncio.to_thread(azurite.start)
+
+        await asyncio.gather(write_all(), restart_once())
+        await summarise_queue(store, queue, failures)
+        for batch_id in await store.pending_batches(written_before_s=4_102_444_800):  # the sweep: none left
+            raise AssertionError(f"batch {batch_id} was never finished")
+        stored = await all_records(store)
+        assert len(stored) == 1000 and {r.record_id for r in stored} == {r.record_id for r in records}
+        assert await all_summaries(store) == summarise(records)
+        assert failures, "Azurite was stopped: some calls must have failed and been retried"
+        await store.close()
+        await queue.close()
