@@ -339,21 +339,23 @@ class TablesUsage:
         return tuple(_record_from(e) for e in entities)
 
     async def finish_batch(self, batch_id: str) -> None:
-        from azure.data.tables import UpdateMode
+        from azure.data.tables import TableTransactionError, UpdateMode
 
         await self._ready()
         batch_key = _key(batch_id)
-        done = {"PartitionKey": BATCHES, "RowKey": f"b|{batch_key}", "finished": True}
-        pending = {"PartitionKey": BATCHES, "RowKey": f"p|{batch_key}"}
+        done = (
+            "upsert",
+            {"PartitionKey": BATCHES, "RowKey": f"b|{batch_key}", "finished": True},
+            {"mode": UpdateMode.MERGE},
+        )
+        pending = ("delete", {"PartitionKey": BATCHES, "RowKey": f"p|{batch_key}"})
         with _errors(self._target, f"finish batch {batch_id}"):
-            # Upsert (merge) then delete would fail on a missing pending row: delete it only if it is there.
-            rows = await self._query(
-                self._records, "PartitionKey eq @pk and RowKey eq @rk", pk=BATCHES, rk=pending["RowKey"]
-            )
-            operations: list[Any] = [("upsert", done, {"mode": UpdateMode.MERGE})]
-            if rows:
-                operations.append(("delete", pending))
-            await self._records.submit_transaction(operations)
+            try:
+                await self._records.submit_transaction([done, pending])
+            except TableTransactionError as exc:
+                if getattr(exc, "error_code", None) != "ResourceNotFound":
+                    raise
+                await self._records.submit_transaction([done])  # finished before: no pending row to delete
 
     async def pending_batches(self, written_before_s: float) -> list[str]:
         await self._ready()

@@ -115,6 +115,18 @@ async def test_hostile_tenant_and_user_names_round_trip_and_stay_apart(store: Us
     assert await all_summaries(store) == summarise(records)
 
 
+async def test_a_filter_value_cannot_widen_the_query_to_another_tenant(store: UsageStore) -> None:
+    b = batch(rec(tenant="contoso"), rec(tenant="fabrikam", user="bob", request_id="req-b"))
+    await store.write_batch(b)
+    await absorb_all(store, b)
+    for injected in ("x' or tenant ne 'x", "x' or true or '", "contoso|", "contos", "contoso' or RowKey ge '"):
+        query = RecordQuery("2026-01-01", "2026-01-01", tenant=injected, user=injected, request_id=injected)
+        assert await store.records(query) == []
+        assert await store.summaries(SummaryQuery("2026-01-01", "2026-01-01", tenant=injected)) == {}
+    only = await store.records(RecordQuery("2026-01-01", "2026-01-01", tenant="fabrikam"))
+    assert [r.request_id for r in only] == ["req-b"]
+
+
 async def test_many_concurrent_absorbs_into_one_row_retry_on_etag_conflicts(store: UsageStore) -> None:
     batches = [batch(rec()) for _ in range(12)]
     for b in batches:
