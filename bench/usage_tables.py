@@ -32,12 +32,12 @@ class Counted(tables.TablesTarget):
 
     requests: ClassVar[list[int]] = [0]
 
-    def table_service(self) -> Any:
+    def table_service(self, credential: Any) -> Any:
         from azure.data.tables.aio import TableServiceClient
 
         return TableServiceClient.from_connection_string(self.connection_string, raw_response_hook=self._count)
 
-    def queue_service(self) -> Any:
+    def queue_service(self, credential: Any) -> Any:
         from azure.storage.queue.aio import QueueServiceClient
 
         return QueueServiceClient.from_connection_string(self.connection_string, raw_response_hook=self._count)

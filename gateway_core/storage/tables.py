@@ -61,6 +61,8 @@ _ABSORB_TRIES = 30  # ETag conflicts in a row before absorb gives up (the messag
 _OR_KEYS = 14  # a Table filter holds at most 15 comparisons: the PartitionKey and 14 RowKeys
 _PARALLEL = 8  # transactions or queries in flight for one call
 _CHUNK_CHARS = 30_000  # a String property holds 64 KiB (UTF-16): long lists are split over several
+# A record's strings are cut here: one 40,000-character path (a client's) would fail its whole batch, forever.
+MAX_STRING_CHARS = 16_000
 _HINTS = typing.get_type_hints(UsageRecord)
 # The SDKs' own retries are short (3, within seconds; Storage's default waits 15 s and more between tries): the
 # usage writer retries whole batches with its own backoff, and a Functions invocation must not hang on one call.
@@ -74,28 +76,33 @@ class TablesTarget:
     url: TablesURL
     connection_string: str | None
 
-    def table_service(self) -> Any:
+    def credential(self) -> Any:
+        """DefaultAzureCredential for an account (managed identity in Azure; a user-assigned identity is chosen
+        by ``AZURE_CLIENT_ID``), None with a connection string. Its owner closes it."""
+        if self.connection_string is not None:
+            return None
+        from azure.identity.aio import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    def table_service(self, credential: Any) -> Any:
         from azure.data.tables.aio import TableServiceClient
 
         options = {**_TIMEOUTS, "retry_total": 3, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
         if self.connection_string is not None:
             return TableServiceClient.from_connection_string(self.connection_string, **options)
-        from azure.identity.aio import DefaultAzureCredential
-
         endpoint = f"https://{self.url.account}.table.core.windows.net"
-        return TableServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
+        return TableServiceClient(endpoint, credential=credential, **options)
 
-    def queue_service(self) -> Any:
+    def queue_service(self, credential: Any) -> Any:
         from azure.storage.queue.aio import QueueServiceClient
 
         # The SDK's ExponentialRetry waits initial + base**n s (give or take the jitter): here about 2 s each.
         options = {**_TIMEOUTS, "retry_total": 3, "initial_backoff": 1, "increment_base": 1, "random_jitter_range": 1}
         if self.connection_string is not None:
             return QueueServiceClient.from_connection_string(self.connection_string, **options)
-        from azure.identity.aio import DefaultAzureCredential
-
         endpoint = f"https://{self.url.account}.queue.core.windows.net"
-        return QueueServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
+        return QueueServiceClient(endpoint, credential=credential, **options)
 
     @property
     def where(self) -> str:
@@ -173,6 +180,8 @@ def _record_entity(record: UsageRecord, batch_id: str) -> dict[str, Any]:
         value = getattr(record, f.name)
         if value is None:
             continue  # absent property: None is never confused with 0 or ""
+        if isinstance(value, str):
+            value = value[:MAX_STRING_CHARS]
         money = f.name.endswith("micro_usd")
         if isinstance(value, int) and not isinstance(value, bool) and (money or not -(2**31) <= value < 2**31):
             value = _int64(value)
@@ -232,13 +241,18 @@ def _get_long(entity: dict[str, Any], name: str) -> str:
 
 
 async def _bounded(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Every call's result, ``_PARALLEL`` at a time; the first failure is raised once all have ended."""
     gate = asyncio.Semaphore(_PARALLEL)
 
     async def one(call: Awaitable[Any]) -> Any:
         async with gate:
             return await call
 
-    return list(await asyncio.gather(*(one(c) for c in calls)))
+    results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 class TablesUsage:
@@ -246,6 +260,7 @@ class TablesUsage:
 
     def __init__(self, target: TablesTarget) -> None:
         self._target = target
+        self._credential: Any = None
         self._service: Any = None
         self._records: Any = None
         self._summaries: Any = None
@@ -255,14 +270,17 @@ class TablesUsage:
         async with self._lock:
             if self._records is not None:
                 return
-            service = self._target.table_service()
+            if self._service is None:  # kept for close() even if creating the tables fails
+                with _errors(self._target, "connect"):  # a malformed connection string is a ValueError
+                    self._credential = self._target.credential()
+                    self._service = self._target.table_service(self._credential)
+            service = self._service
             prefix = self._target.url.prefix
             names = (prefix + RECORDS_TABLE, prefix + SUMMARIES_TABLE)
             if self._target.url.create_if_missing:
                 with _errors(self._target, "create tables"):
                     for name in names:
                         await service.create_table_if_not_exists(name)
-            self._service = service
             self._records, self._summaries = (service.get_table_client(name) for name in names)
 
     async def _ready(self) -> None:
@@ -272,7 +290,9 @@ class TablesUsage:
     async def close(self) -> None:
         if self._service is not None:
             await self._service.close()
-        self._service = self._records = self._summaries = None
+        if self._credential is not None:
+            await self._credential.close()
+        self._credential = self._service = self._records = self._summaries = None
 
     async def _query(self, table: Any, query: str, **parameters: Any) -> list[dict[str, Any]]:
         with _errors(self._target, "query"):
@@ -471,6 +491,7 @@ class StorageQueue:
 
     def __init__(self, target: TablesTarget) -> None:
         self._target = target
+        self._credential: Any = None
         self._service: Any = None
         self._queue: Any = None
         self._poison: Any = None
@@ -482,7 +503,11 @@ class StorageQueue:
         async with self._lock:
             if self._queue is not None:
                 return
-            service = self._target.queue_service()
+            if self._service is None:  # kept for close() even if creating the queues fails
+                with _errors(self._target, "connect"):  # a malformed connection string is a ValueError
+                    self._credential = self._target.credential()
+                    self._service = self._target.queue_service(self._credential)
+            service = self._service
             prefix = self._target.url.prefix
             # Received messages are decoded here, not by the SDK: a message that is not base64 (put there by
             # something else) must reach the poison queue, not stop every receive.
@@ -497,7 +522,7 @@ class StorageQueue:
                     for client in (queue, poison):
                         with contextlib.suppress(ResourceExistsError):
                             await client.create_queue()
-            self._service, self._queue, self._poison = service, queue, poison
+            self._queue, self._poison = queue, poison
 
     async def _ready(self) -> Any:
         if self._queue is None:
@@ -507,7 +532,9 @@ class StorageQueue:
     async def close(self) -> None:
         if self._service is not None:
             await self._service.close()
-        self._service = self._queue = self._poison = None
+        if self._credential is not None:
+            await self._credential.close()
+        self._credential = self._service = self._queue = self._poison = None
 
     async def send(self, batch_id: str) -> None:
         queue = await self._ready()

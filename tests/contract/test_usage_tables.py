@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import pytest
 
 from gateway_core.storage.factory import usage_queue, usage_store
 from gateway_core.storage.ports import StorageError, UsageQueue, UsageStore
-from gateway_core.storage.tables import POISON_QUEUE, QUEUE, record_partition, summary_row
+from gateway_core.storage.tables import MAX_STRING_CHARS, POISON_QUEUE, QUEUE, record_partition, summary_row
 from gateway_core.usage.record import RecordQuery, SummaryKey, SummaryQuery, UsageBatch, summarise
 from tests.azurite import Azurite, run_azurite
 from tests.contract.test_usage_store import DAY1_S, DAY2_S, absorb_all, all_records, all_summaries, batch, rec
@@ -154,6 +155,25 @@ async def test_an_unreachable_store_is_a_storage_error(azurite: Azurite) -> None
     with pytest.raises(StorageError, match="create tables"):
         await adapter.start()
     await adapter.close()
+
+
+async def test_a_malformed_connection_string_is_a_storage_error_that_does_not_echo_it() -> None:
+    secret = "AccountName=x;AccountKey=c2VjcmV0LXZhbHVl;Bogus"
+    for adapter in (usage_store(tables_url()[0], {ENV: secret}), usage_queue(tables_url()[0], {ENV: secret})):
+        with pytest.raises(StorageError, match=r"\$AIGW_TEST_AZURITE\): connect") as exc:
+            await adapter.start()
+        assert "c2VjcmV0" not in str(exc.value)
+        await adapter.close()
+
+
+async def test_long_strings_are_cut_so_one_record_never_fails_its_batch(store: UsageStore) -> None:
+    # A String property holds 32K UTF-16 characters: a 40,000-character path would fail the whole transaction.
+    long = dataclasses.replace(rec(), path="/" + "p" * 40_000, request_id="r" * 40_000)
+    b = batch(long, rec())
+    await store.write_batch(b)
+    [back, _] = sorted(await all_records(store), key=lambda r: len(r.path), reverse=True)
+    assert back.path == long.path[:MAX_STRING_CHARS] and back.request_id == long.request_id[:MAX_STRING_CHARS]
+    assert back.record_id == long.record_id
 
 
 async def raw_queue(azurite: Azurite, name: str) -> Any:
