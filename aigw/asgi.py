@@ -77,6 +77,7 @@ class GatewayASGI:
             query=dict(parse_qsl(query_string.decode("latin-1"))) if query_string else {},
             headers=headers,
             client_ip=client_address(peer, headers.get("x-forwarded-for", ""), self._trusted),
+            query_string=query_string.decode("latin-1"),
         )
         # Any answer sent before the body was read in full closes the connection: otherwise the server would
         # keep draining (and discarding) whatever the client goes on sending.

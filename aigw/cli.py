@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from gateway_core.config import ConfigError, GatewayConfig, load_config
 
+from . import usage_cli
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aigw", description="An AI gateway for Azure OpenAI.")
@@ -25,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--no-auth", action="store_true", help="accept every caller as the anonymous user")
     serve.add_argument("--log-level", default="warning")
 
+    usage_cli.add_parser(sub)
+
     simulate = sub.add_parser("simulate", help="run the Azure OpenAI simulator")
     simulate.add_argument("--config", help="simulator YAML (latency, deployments, faults)")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -35,10 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate.add_argument("--log-level", default="warning")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "warning").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "usage":
+            return usage_cli.run(args)
         return _simulate(args)
     except ConfigError as exc:
         print(f"aigw: {exc}", file=sys.stderr)

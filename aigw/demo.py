@@ -80,6 +80,9 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
                 "ttl_s": 3600,
                 "semantic": {"deployments": ["gpt-4o-mini"], "embedding_deployment": "text-embedding-3-small"},
             },
+            # Every request recorded to the embedded store (./.aigw/usage.db) and summarised in-process; the
+            # demo deployments' models are in the built-in price table, so every record has its cost.
+            "usage": {"enabled": True},
         },
         source="demo",
     )
@@ -100,6 +103,7 @@ aigw demo gateway: {url}
           x-aigw-quota-remaining-tokens, x-aigw-tokens-consumed; counters in ./.aigw/counters.db)
   cache:  deterministic requests (temperature 0, a seed, embeddings) are cached per tenant for an hour, and
           gpt-4o-mini also semantically (x-aigw-cache: MISS, HIT, SEMANTIC-HIT or BYPASS; ./.aigw/cache.db)
+  usage:  every request recorded with its cost (./.aigw/usage.db), summarised in the background
 
 Try it:
   curl -si {url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
@@ -113,6 +117,12 @@ r = c.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "conte
 print(r.choices[0].message.content)'
 
   curl -s {url}/status -H 'api-key: {DEMO_ADMIN_KEY}'   # backends and health: admin keys only
+
+Usage and cost (admin keys see everyone's; other keys their own user's):
+  curl -s '{url}/usage/summary?group_by=deployment' -H 'api-key: {DEMO_ADMIN_KEY}'
+  curl -s '{url}/usage/records?limit=5' -H 'api-key: {key}'
+  .venv/bin/aigw usage summary --url {url} --key {DEMO_ADMIN_KEY} --group-by model
+  .venv/bin/aigw usage prices --url {url} --key {DEMO_ADMIN_KEY}
 
 Watch failover: throttle the eastus region (its simulator), send requests, see x-aigw-backend change:
   curl -s -X POST {east}/++/config -d '{{"faults": [{{"kind": "429", "retry_after_s": 30}}]}}'

@@ -109,6 +109,7 @@ class FunctionsHost:
             query=dict(request.query_params),
             headers=headers,
             client_ip=functions_client_ip(headers, request.client.host if request.client else "", server),
+            query_string=request.url.query,
         )
         early = await gateway.check_head(head)  # 401/404 before the body is read
         if early is not None:

@@ -37,12 +37,16 @@ from .routing.forward import Forwarder
 from .routing.health import HealthView
 from .routing.probes import Prober
 from .routing.sync import HealthSync
-from .storage.factory import cache_store, counter_store, default_url, health_store
+from .storage.factory import cache_store, counter_store, default_url, health_store, usage_queue, usage_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
+from .usage.api import usage_response, utc_today
+from .usage.prices import load_prices
+from .usage.runtime import UsageRuntime
 
 log = logging.getLogger("aigw")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON = [("content-type", "application/json")]
+_USAGE_KINDS = (EndpointKind.USAGE_PRICES, EndpointKind.USAGE_RECORDS, EndpointKind.USAGE_SUMMARY)
 
 
 class Gateway:
@@ -89,6 +93,12 @@ class Gateway:
             self.cache = cache_store(
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
+        # Usage: records batched to stores.usage by the writer (the default usage sink), summarised from its queue.
+        self.prices = load_prices(config.usage.prices)
+        self.usage_runtime: UsageRuntime | None = None
+        if config.usage.enabled:
+            usage_url = config.stores.usage or default_url("usage", env)
+            self.usage_runtime = UsageRuntime(usage_store(usage_url, env), usage_queue(usage_url, env), config.usage)
         tokens = TokensPolicy(self.pools, config.limits)
         limits = (
             LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
@@ -134,6 +144,8 @@ class Gateway:
                 await self.cache.start()
             except StorageError as exc:
                 log.error("cache store unreachable at start, caching skipped until it answers: %s", exc)
+        if self.usage_runtime is not None:
+            await self.usage_runtime.start(background=self._background)
         if self.counters is not None:
             try:
                 await self.counters.start()
@@ -152,6 +164,8 @@ class Gateway:
         if self._started:  # a gateway never started (only checked) has learned nothing to publish
             await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
+        if self.usage_runtime is not None:
+            await self.usage_runtime.close()  # the writer flushes before its store closes
         await self.health_store.close()
         await self.client.close()
         if self.counters is not None:
@@ -229,6 +243,9 @@ class Gateway:
             return GatewayResponse(200, list(_JSON), b'{"status":"ok"}')
         if kind is EndpointKind.STATUS:
             return GatewayResponse(200, list(_JSON), orjson.dumps(self.status(ctx.principal)))
+        if kind in _USAGE_KINDS:
+            store = self.usage_runtime.store if self.usage_runtime is not None else None
+            return await usage_response(ctx, store, self.prices, utc_today(self.clock.now_s()))
         return GatewayResponse(200, list(_JSON), orjson.dumps(self._list_deployments(ctx.request.path, ctx.principal)))
 
     def status(self, principal: Principal | None) -> dict[str, object]:

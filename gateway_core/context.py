@@ -29,6 +29,7 @@ class GatewayRequest:
     body: bytes = b""
     body_size: int = 0
     client_ip: str = ""
+    query_string: str = ""  # the raw query, for endpoints that refuse a repeated parameter (/usage/*)
 
 
 @dataclass(slots=True)
@@ -60,6 +61,9 @@ class EndpointKind(enum.Enum):
     HEALTHZ = "healthz"
     STATUS = "status"
     LIST_DEPLOYMENTS = "list_deployments"
+    USAGE_PRICES = "usage_prices"
+    USAGE_RECORDS = "usage_records"
+    USAGE_SUMMARY = "usage_summary"
 
 
 @dataclass(slots=True, frozen=True)

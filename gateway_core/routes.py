@@ -9,6 +9,11 @@ OPERATIONS = ("chat/completions", "completions", "embeddings")
 _HEALTHZ = Endpoint(EndpointKind.HEALTHZ, public=True)
 _STATUS = Endpoint(EndpointKind.STATUS)
 _LIST = Endpoint(EndpointKind.LIST_DEPLOYMENTS)
+_USAGE = {
+    "/usage/prices": Endpoint(EndpointKind.USAGE_PRICES),
+    "/usage/records": Endpoint(EndpointKind.USAGE_RECORDS),
+    "/usage/summary": Endpoint(EndpointKind.USAGE_SUMMARY),
+}
 _OPENAI_OPS = {
     f"{prefix}{op}": Endpoint(EndpointKind.INFERENCE, Surface.OPENAI, op)
     for prefix in ("/v1/", "/openai/v1/")
@@ -36,6 +41,8 @@ def resolve(method: str, path: str) -> Endpoint:
             return _STATUS
         if path in ("/v1/models", "/openai/v1/models", "/openai/deployments", "/openai/models"):
             return _LIST
+        if path in _USAGE:
+            return _USAGE[path]
     raise NotFound(
         f"aigw does not serve {method} {path}: it serves chat/completions, completions and embeddings "
         "under /openai/deployments/{deployment}/, /v1/ and /openai/v1/",

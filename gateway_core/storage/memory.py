@@ -162,9 +162,14 @@ class _Message:
 
 class MemoryQueue:
     """The in-process usage queue (``aigw serve`` with SQLite): at-least-once with a visibility timeout, as a
-    Storage queue, for one process. Messages die with the process; the summariser's sweep finds their batches."""
+    Storage queue, for one process. Messages die with the process; the summariser's sweep finds their batches.
 
-    def __init__(self) -> None:
+    At most ``max_messages`` are held: where nothing consumes it (the Functions app with SQLite, summarised by
+    its timer's sweep), the oldest message is dropped rather than memory growing; its batch stays pending."""
+
+    def __init__(self, max_messages: int = 10_000) -> None:
+        self._max_messages = max_messages
+        self.dropped = 0
         self._messages: dict[int, _Message] = {}
         self._ids = itertools.count(1)
         self._receipts = itertools.count(1)
@@ -174,6 +179,9 @@ class MemoryQueue:
         return None
 
     async def send(self, batch_id: str) -> None:
+        if len(self._messages) >= self._max_messages:
+            del self._messages[next(iter(self._messages))]
+            self.dropped += 1
         self._messages[next(self._ids)] = _Message(batch_id)
 
     async def receive(self, max_messages: int, visibility_timeout_s: float) -> list[QueueMessage]:

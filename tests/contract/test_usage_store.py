@@ -22,7 +22,7 @@ from gateway_core.usage.record import (
     UsageRecord,
     summarise,
 )
-from tests.contract.conftest import ADAPTERS, store_env, store_url
+from tests.contract.conftest import ADAPTERS, SHARED, store_env, store_url
 
 DAY1_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DAY2_S = DAY1_S + 86_400  # 2026-01-02
@@ -170,6 +170,32 @@ async def test_concurrent_absorbs_into_the_same_rows_lose_nothing(store: UsageSt
     expected = summarise([r for b in batches for r in b.records])
     assert await all_summaries(store) == expected
     assert expected[SummaryKey("2026-01-01", "contoso", "bob", "gpt-4o", "gpt-4o")].requests == 20
+
+
+@pytest.mark.parametrize("kind", [a for a in ADAPTERS["usage"] if a in SHARED])
+async def test_two_instances_on_one_store_absorb_each_batch_once(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # As two workers (or two Function instances) handed the same messages at once.
+    url = store_url(kind, "usage2", tmp_path, request)
+    env = store_env(kind, request)
+    first, second = usage_store(url, env), usage_store(url, env)
+    await first.start()
+    await second.start()
+    try:
+        batches = [batch(rec(), rec(DAY2_S, user="bob")) for _ in range(10)]
+        for b in batches:
+            await first.write_batch(b)
+            await second.write_batch(b)
+        runs = [absorb_all(store, b) for b in batches for store in (first, second)]
+        results = await asyncio.gather(*runs)
+        assert sum(r.count(True) for r in results) == 20  # each (batch, day) once, by one of the two
+        expected = summarise([r for b in batches for r in b.records])
+        assert await all_summaries(first) == expected == await all_summaries(second)
+        assert len(await all_records(second)) == 20
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_batches_absorbed_out_of_order_converge(store: UsageStore) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway_core.config import ConfigError
-from gateway_core.storage.factory import cache_store, counter_store, health_store
-from gateway_core.storage.ports import CacheStore, CounterStore, HealthStore
+from gateway_core.storage.factory import cache_store, counter_store, health_store, usage_store
+from gateway_core.storage.ports import CacheStore, CounterStore, HealthStore, UsageStore
 from gateway_core.tokens.encodings import SHIPPED, cache_dir, cached_file, seed_cache
+from gateway_core.usage.record import UsageBatch
 
 
 @pytest.fixture
@@ -31,13 +32,15 @@ async def test_every_sqlite_store_file_and_its_wal_and_shm_are_0600(tmp_path: Pa
     counters = counter_store(f"sqlite:///{tmp_path}/counters.db")
     cache = cache_store(f"sqlite:///{tmp_path}/cache.db")
     health = health_store(f"sqlite:///{tmp_path}/health.db")
-    stores: list[CounterStore | CacheStore | HealthStore] = [counters, cache, health]
+    usage = usage_store(f"sqlite:///{tmp_path}/usage.db")
+    stores: list[CounterStore | CacheStore | HealthStore | UsageStore] = [counters, cache, health, usage]
     for store in stores:
         await store.start()
     try:
         await counters.add("k", 0, 1, 60)
         await health.publish_throttle("east", "gpt-4o", 1.0)
-        for name in ("counters.db", "cache.db", "health.db"):
+        await usage.write_batch(UsageBatch("b1", ()))
+        for name in ("counters.db", "cache.db", "health.db", "usage.db"):
             for suffix in ("", "-wal", "-shm"):
                 path = tmp_path / f"{name}{suffix}"
                 assert path.exists() and mode_of(path) == 0o600, f"{path.name}: {oct(mode_of(path))}"

@@ -1,0 +1,273 @@
+"""The batched usage writer: size and age flushes off the request path, retries, the spill file and its replay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway_core.config import UsageSettings
+from gateway_core.storage.memory import MemoryQueue, MemoryUsage
+from gateway_core.storage.ports import StorageError
+from gateway_core.usage.record import (
+    QueueMessage,
+    RecordQuery,
+    SummaryKey,
+    SummaryQuery,
+    SummaryTotals,
+    UsageBatch,
+    UsageRecord,
+    record_to_dict,
+)
+from gateway_core.usage.writer import UsageWriter
+
+DAY_S = 1_767_225_600.0  # 2026-01-01
+
+
+class FlakyUsage(MemoryUsage):
+    """A usage store that fails (as an unreachable store does) while ``down``; counts its write attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.write_attempts = 0
+
+    async def write_batch(self, batch: UsageBatch) -> None:
+        self.write_attempts += 1
+        if self.down:
+            raise StorageError("usage store: connection refused")
+        await super().write_batch(batch)
+
+    async def batch_records(self, batch_id: str) -> tuple[UsageRecord, ...] | None:
+        if self.down:
+            raise StorageError("usage store: connection refused")
+        return await super().batch_records(batch_id)
+
+    async def absorb(self, batch_id: str, day: str, rows: dict[SummaryKey, SummaryTotals]) -> bool:
+        if self.down:
+            raise StorageError("usage store: connection refused")
+        return await super().absorb(batch_id, day, rows)
+
+
+class DeafQueue(MemoryQueue):
+    """A queue whose sends fail: the enqueue after a write is lost."""
+
+    async def send(self, batch_id: str) -> None:
+        raise StorageError("usage queue: connection refused")
+
+    async def receive(self, max_messages: int, visibility_timeout_s: float) -> list[QueueMessage]:
+        return []
+
+
+def rec(n: int = 0, time_s: float = DAY_S) -> UsageRecord:
+    return UsageRecord(
+        record_id=uuid.uuid4().hex,
+        time_s=time_s + n,
+        request_id=f"req-{n}",
+        tenant="contoso",
+        user="alice",
+        key_id="k",
+        method="POST",
+        path="/v1/chat/completions",
+        status=200,
+        deployment="gpt-4o",
+        model="gpt-4o",
+        prompt_tokens=10,
+        completion_tokens=2,
+        cost_micro_usd=45,
+    )
+
+
+def settings(tmp_path: Path, **overrides: Any) -> UsageSettings:
+    values: dict[str, Any] = {"spill_dir": str(tmp_path / "spill"), "retry_initial_s": 0.01, **overrides}
+    return UsageSettings(**values)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def stored(store: MemoryUsage) -> list[UsageRecord]:
+    return await store.records(RecordQuery("2000-01-01", "2100-01-01", limit=1000))
+
+
+async def test_a_full_buffer_is_written_at_once_in_one_batch(tmp_path: Path) -> None:
+    store, queue = MemoryUsage(), MemoryQueue()
+    writer = UsageWriter(store, queue, settings(tmp_path, flush_max_records=5, flush_interval_s=60))
+    writer.start()
+    for n in range(5):
+        writer.record(rec(n))
+    await until(lambda: writer.written_records == 5)  # long before the 60 s age limit
+    messages = await queue.receive(10, 30)
+    assert len(messages) == 1
+    batch = await store.batch_records(messages[0].body)
+    assert batch is not None and len(batch) == 5
+    await writer.close()
+
+
+async def test_an_old_record_is_written_after_the_flush_interval(tmp_path: Path) -> None:
+    store, queue = MemoryUsage(), MemoryQueue()
+    writer = UsageWriter(store, queue, settings(tmp_path, flush_interval_s=0.2))
+    writer.start()
+    started = time.monotonic()
+    writer.record(rec())
+    await until(lambda: writer.written_records == 1)
+    assert time.monotonic() - started >= 0.2
+    assert len(await stored(store)) == 1
+    await writer.close()
+
+
+async def test_a_record_arriving_while_the_writer_idles_is_written_after_the_interval(tmp_path: Path) -> None:
+    store = MemoryUsage()
+    writer = UsageWriter(store, MemoryQueue(), settings(tmp_path, flush_interval_s=0.1))
+    writer.start()
+    await until(lambda: writer.idle)  # nothing buffered: the writer waits with no deadline
+    writer.record(rec())
+    await until(lambda: writer.written_records == 1)
+    await writer.close()
+
+
+async def test_record_returns_at_once_and_never_raises_even_with_the_store_down(tmp_path: Path) -> None:
+    store = FlakyUsage()
+    store.down = True
+    writer = UsageWriter(store, MemoryQueue(), settings(tmp_path, flush_max_records=1))
+    writer.start()
+    writer.record(rec())  # no await: the request path never waits for the store
+    assert store.write_attempts == 0
+    await writer.close()
+
+
+async def test_a_failed_write_is_retried_with_the_same_batch_and_stored_once(tmp_path: Path) -> None:
+    store, queue = FlakyUsage(), MemoryQueue()
+    store.down = True
+    writer = UsageWriter(store, queue, settings(tmp_path, flush_max_records=3, spill_after_failures=100))
+    writer.start()
+    for n in range(3):
+        writer.record(rec(n))
+    await until(lambda: store.write_attempts >= 2)
+    store.down = False
+    await until(lambda: writer.written_records == 3)
+    assert len(await stored(store)) == 3
+    assert len(queue) == 1  # one batch, one message
+    assert not (tmp_path / "spill").exists()
+    await writer.close()
+
+
+async def test_a_store_that_stays_down_gets_a_spill_file_replayed_when_it_answers(tmp_path: Path) -> None:
+    store, queue = FlakyUsage(), MemoryQueue()
+    store.down = True
+    config = settings(tmp_path, flush_max_records=2, spill_after_failures=2, spill_after_s=0.2)
+    writer = UsageWriter(store, queue, config)
+    writer.start()
+    records = [rec(n) for n in range(4)]
+    for record in records:
+        writer.record(record)
+    await until(lambda: writer.spilled_records == 4)
+    own = writer.spill.own
+    assert stat.S_IMODE(own.stat().st_mode) == 0o600
+    assert stat.S_IMODE(own.parent.stat().st_mode) == 0o700
+    assert len(own.read_bytes().splitlines()) == 2  # two batches of two
+    store.down = False
+    await until(lambda: writer.replayed_records == 4)  # the writer tries again after spill_after_s
+    assert sorted(r.record_id for r in await stored(store)) == sorted(r.record_id for r in records)
+    assert list(own.parent.iterdir()) == []
+    assert len(queue) == 2
+    await writer.close()
+
+
+async def test_close_flushes_and_spills_what_the_store_will_not_take(tmp_path: Path) -> None:
+    store = FlakyUsage()
+    writer = UsageWriter(store, MemoryQueue(), settings(tmp_path, flush_interval_s=60))
+    writer.start()
+    for n in range(3):
+        writer.record(rec(n))
+    await writer.close()
+    assert len(await stored(store)) == 3
+
+    down = FlakyUsage()
+    down.down = True
+    writer = UsageWriter(down, MemoryQueue(), settings(tmp_path, flush_interval_s=60))
+    writer.start()
+    writer.record(rec())
+    await writer.close()
+    assert writer.spilled_records == 1 and down.write_attempts == 1  # one try at close, then the disk
+
+
+async def test_spilled_batches_of_a_dead_process_are_replayed_at_start(tmp_path: Path) -> None:
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await child.wait()  # its pid is now a process that is gone
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    records = [rec(n) for n in range(3)]
+    line = orjson.dumps({"batch_id": "b-dead", "records": [record_to_dict(r) for r in records]})
+    (spill_dir / f"spill-{child.pid}.jsonl").write_bytes(line + b"\n{torn")
+    alive = spill_dir / f"spill-{os.getppid()}.jsonl"  # a live process's own file is left to it
+    alive.write_bytes(line + b"\n")
+    store, queue = MemoryUsage(), MemoryQueue()
+    writer = UsageWriter(store, queue, settings(tmp_path))
+    writer.start()
+    await until(lambda: writer.replayed_records == 3)
+    assert sorted(r.record_id for r in await stored(store)) == sorted(r.record_id for r in records)
+    assert [p.name for p in spill_dir.iterdir()] == [alive.name]
+    await writer.close()
+
+
+async def test_buffered_records_are_bounded_the_rest_spill_at_once(tmp_path: Path) -> None:
+    store = FlakyUsage()
+    store.down = True
+    config = settings(tmp_path, max_buffered_records=10, flush_interval_s=60, spill_after_failures=100)
+    writer = UsageWriter(store, MemoryQueue(), config)
+    for n in range(25):
+        writer.record(rec(n))
+        assert writer.buffered_records <= 10
+    assert writer.spilled_records >= 15
+    await writer.close()
+
+
+async def test_a_full_spill_file_drops_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = FlakyUsage()
+    store.down = True
+    writer = UsageWriter(
+        store, MemoryQueue(), settings(tmp_path, spill_max_bytes=4096, flush_interval_s=60, flush_max_records=2)
+    )
+    with caplog.at_level(logging.ERROR, logger="aigw"):
+        for n in range(20):
+            writer.record(rec(n))
+        await writer.flush()
+    assert 0 < writer.spill.own.stat().st_size <= 4096
+    assert writer.spill.dropped_records > 0
+    assert "USAGE RECORDS LOST" in caplog.text
+    await writer.close()
+
+
+async def test_a_lost_enqueue_leaves_the_batch_stored_and_pending(tmp_path: Path) -> None:
+    store = MemoryUsage()
+    writer = UsageWriter(store, DeafQueue(), settings(tmp_path))
+    writer.record(rec())
+    await writer.flush()
+    assert writer.written_records == 1 and writer.spilled_records == 0
+    assert len(await store.pending_batches(time.time() + 1)) == 1
+    assert await store.summaries(SummaryQuery("2000-01-01", "2100-01-01")) == {}
+    await writer.close()
+
+
+async def test_a_record_taken_after_close_is_spilled_not_lost(tmp_path: Path) -> None:
+    writer = UsageWriter(MemoryUsage(), MemoryQueue(), settings(tmp_path))
+    writer.start()
+    await writer.close()
+    writer.record(rec())  # a straggler (a stream's end) after shutdown began
+    assert writer.spilled_records == 1 and writer.buffered_records == 0
