@@ -13,7 +13,6 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from gateway_core.storage.factory import usage_queue, usage_store
 from gateway_core.storage.ports import StorageError, UsageQueue, UsageStore
 from gateway_core.storage.tables import MAX_STRING_CHARS, POISON_QUEUE, QUEUE, record_partition, summary_row
 from gateway_core.usage.record import RecordQuery, SummaryKey, SummaryQuery, UsageBatch, summarise
-from tests.azurite import Azurite, run_azurite
+from tests.azurite import Azurite
 from tests.contract.test_usage_store import DAY1_S, DAY2_S, absorb_all, all_records, all_summaries, batch, rec
 
 ENV = "AIGW_TEST_AZURITE"
@@ -219,87 +218,3 @@ async def test_a_message_that_is_not_base64_is_received_as_it_is(
     assert got.body == "not base64 at all!"  # the summariser poisons it; later messages still come through
     await queue.send("batch-8")
     assert [m.body for m in await queue.receive(5, 30)] == ["batch-8"]
-
-
-# -- exactly once, with Azurite stopped and restarted mid-run (adapter level: see the test's docstring)
-
-
-async def retried(call: Any, failures: list[str], failed: asyncio.Event) -> Any:
-    """``call()`` until it succeeds: the writer's contract (a failed batch is retried with the same id)."""
-    while True:
-        try:
-            return await call()
-        except StorageError as exc:
-            failures.append(str(exc))
-            failed.set()
-            await asyncio.sleep(0.05)  # backoff between retries, not synchronisation
-
-
-async def summarise_batch(store: UsageStore, batch_id: str, failures: list[str], failed: asyncio.Event) -> None:
-    """The summariser's contract for one batch: absorb it per day, then finish it."""
-    records = await retried(lambda: store.batch_records(batch_id), failures, failed)
-    assert records is not None
-    rows = summarise(records)
-    for day in sorted({r.day for r in records}):
-        day_rows = {k: v for k, v in rows.items() if k.day == day}
-        await retried(lambda d=day, r=day_rows: store.absorb(batch_id, d, r), failures, failed)
-    await retried(lambda: store.finish_batch(batch_id), failures, failed)
-
-
-async def test_exactly_once_with_azurite_restarted_mid_run_adapter_level(tmp_path: Path) -> None:
-    """1,000 records in 40 batches, written and summarised while Azurite (on disk) is stopped and started again
-    with calls in flight: afterwards exactly 1,000 records and summaries equal to their sum. The writer and the
-    summariser are emulated by their contracts (retry a failed call with the same batch id; absorb per day,
-    finish, delete; a final sweep of pending batches for messages lost with Azurite); swap in the real
-    UsageWriter, Summariser and ``aigw serve`` once they are merged."""
-    records = [
-        rec(DAY1_S + 86_000 + n, tenant=f"t{n % 4}", user=f"u{n % 7}", prompt=n % 50, cost=n) for n in range(1000)
-    ]  # the last 400 seconds of day 1 and the first 600 of day 2
-    batches = [UsageBatch(uuid.uuid4().hex, tuple(records[i : i + 25])) for i in range(0, 1000, 25)]
-    failures: list[str] = []
-    with run_azurite(tmp_path / "azurite") as azurite:
-        env = {ENV: azurite.connection_string}
-        url = tables_url()[0]
-        store, queue = usage_store(url, env), usage_queue(url, env)
-        await store.start()
-        await queue.start()
-        halfway, failed, written = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-        async def write_all() -> None:
-            for n, b in enumerate(batches):
-                if n == len(batches) // 2:
-                    halfway.set()
-                await retried(lambda b=b: store.write_batch(b), failures, failed)
-                await retried(lambda b=b: queue.send(b.batch_id), failures, failed)
-            written.set()
-
-        async def consume() -> None:
-            while True:
-                messages = await retried(lambda: queue.receive(8, 30), failures, failed)
-                for message in messages:
-                    await summarise_batch(store, message.body, failures, failed)
-                    await retried(lambda m=message: queue.delete(m), failures, failed)
-                if not messages:
-                    if written.is_set():
-                        return
-                    await asyncio.sleep(0.05)  # an empty queue is polled, as the queue trigger does
-
-        async def restart_once() -> None:
-            await halfway.wait()
-            failed.clear()
-            await asyncio.to_thread(azurite.stop)  # writes, messages and absorbs in flight
-            await failed.wait()  # the writer or the consumer saw the store down and is retrying
-            await asyncio.to_thread(azurite.start)
-
-        await asyncio.gather(write_all(), consume(), restart_once())
-        # A message received just before the stop stays invisible for its visibility timeout: the sweep (the
-        # timer trigger's job) finds its batch still pending.
-        for batch_id in await store.pending_batches(written_before_s=4_102_444_800):
-            await summarise_batch(store, batch_id, failures, failed)
-        assert await store.pending_batches(written_before_s=4_102_444_800) == []
-        stored = await all_records(store)
-        assert len(stored) == 1000 and {r.record_id for r in stored} == {r.record_id for r in records}
-        assert await all_summaries(store) == summarise(records)
-        assert failures, "Azurite was stopped: some calls must have failed and been retried"
-        await store.close()
-        await queue.close()
