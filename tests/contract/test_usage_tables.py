@@ -11,6 +11,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import typing
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from gateway_core.storage.factory import usage_queue, usage_store
 from gateway_core.storage.ports import StorageError, UsageQueue, UsageStore
 from gateway_core.storage.tables import MAX_STRING_CHARS, POISON_QUEUE, QUEUE, record_partition, summary_row
-from gateway_core.usage.record import RecordQuery, SummaryKey, SummaryQuery, UsageBatch, summarise
+from gateway_core.usage.record import RecordQuery, SummaryKey, SummaryQuery, UsageBatch, UsageRecord, summarise
 from tests.azurite import Azurite
 from tests.contract.test_usage_store import DAY1_S, DAY2_S, absorb_all, all_records, all_summaries, batch, rec
 
@@ -49,6 +50,13 @@ async def queue_and_prefix(azurite: Azurite) -> AsyncIterator[tuple[UsageQueue, 
     await adapter.start()
     yield adapter, prefix
     await adapter.close()
+
+
+def test_every_record_field_has_a_type_a_table_property_holds() -> None:
+    # A field of another type (a list, a dict) would fail every batch's transaction, on every retry.
+    allowed = {str, int, float, bool, type(None)}
+    for name, hint in typing.get_type_hints(UsageRecord).items():
+        assert set(typing.get_args(hint) or (hint,)) <= allowed, name
 
 
 async def test_a_batch_of_250_records_over_3_tenants_and_2_days(store: UsageStore) -> None:
