@@ -76,13 +76,14 @@ def health_store(url: str, env: Mapping[str, str] | None = None) -> HealthStore:
 
 
 def usage_store(url: str, env: Mapping[str, str] | None = None) -> UsageStore:
-    """The usage records and summaries adapter for ``url``: ``memory://``, ``sqlite:///path``."""
+    """The usage records and summaries adapter for ``url``: ``memory://``, ``sqlite:///path``, ``tables://...``."""
     parsed = _parse(url, "usage")
     return _lookup(USAGE, parsed, "usage")(*_args(parsed, "usage", env))
 
 
 def usage_queue(url: str, env: Mapping[str, str] | None = None) -> UsageQueue:
-    """The queue that goes with the usage store at ``url`` (in-process for memory:// and sqlite://)."""
+    """The queue that goes with the usage store at ``url`` (in-process for memory:// and sqlite://; the Storage
+    queue ``aigw-usage`` for tables://)."""
     parsed = _parse(url, "usage")
     opener = _lookup(USAGE_QUEUES, parsed, "usage")
     if isinstance(parsed, MemoryURL | SqliteURL):
