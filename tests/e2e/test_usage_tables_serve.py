@@ -43,22 +43,24 @@ def test_serve_keeps_usage_in_table_storage_from_azurewebjobsstorage(sim_url: st
         asyncio.run(write(env, orphaned, enqueue=False))
         config = write_yaml(tmp_path / "gateway.yaml", gateway_config(sim_url))
         with run_aigw(["serve", "--config", str(config)], env={**GATEWAY_ENV, **env}, cwd=tmp_path) as gateway:
-
-            def requests_summed(n: int) -> Any:
+            # (Once requests are recorded, these reads are too: rows of deployment "", never "gpt-4o".)
+            def gpt_4o(requests: int, query: str = "") -> Any:
                 def check() -> dict[str, Any] | None:
-                    body: dict[str, Any] = httpx.get(f"{gateway.url}/usage/summary?group_by=user", headers=ADMIN).json()
-                    return body if body["total"]["requests"] == n else None
+                    body = httpx.get(f"{gateway.url}/usage/summary?group_by=deployment{query}", headers=ADMIN).json()
+                    row = next((r for r in body["data"] if r["deployment"] == "gpt-4o"), None)
+                    return row if row is not None and row["requests"] == requests else None
 
                 return check
 
-            eventually(requests_summed(3))  # the start sweep summarised the batch no message named
+            eventually(gpt_4o(3))  # the start sweep summarised the batch no message named
             queued = [rec("bob", "fabrikam", 100), rec("alice", "contoso", 7)]
             asyncio.run(write(env, queued, enqueue=True))
-            summary = eventually(requests_summed(5))  # the consumer took the message off the Storage queue
-            assert [(row["user"], row["requests"]) for row in summary["data"]] == [("alice", 4), ("bob", 1)]
-            assert summary["total"]["cost_micro_usd"] == sum(r.cost_micro_usd or 0 for r in orphaned + queued)
+            row = eventually(gpt_4o(5))  # the consumer took the message off the Storage queue
+            assert row["cost_micro_usd"] == sum(r.cost_micro_usd or 0 for r in orphaned + queued)
+            assert eventually(gpt_4o(4, "&user=alice")) and eventually(gpt_4o(1, "&user=bob"))
             alices = httpx.get(f"{gateway.url}/usage/records", headers={"api-key": CLIENT_KEY}).json()["data"]
             expected = [r for r in orphaned + queued if r.user == "alice"]
-            assert sorted(r["record_id"] for r in alices) == sorted(r.record_id for r in expected)
+            got = [r["record_id"] for r in alices if r["deployment"] == "gpt-4o"]
+            assert sorted(got) == sorted(r.record_id for r in expected)
         # Nothing of it went to the embedded SQLite store.
         assert not (tmp_path / ".aigw" / "usage.db").exists()
