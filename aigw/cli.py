@@ -91,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:
         run_gateway(gateway, sockets, workers=args.workers, log_level=args.log_level)
+    except KeyboardInterrupt:
+        pass  # Ctrl+C: uvicorn has already shut down gracefully (records flushed); re-raised, it printed a traceback
     finally:
         if servers is not None:
             servers.stop()
