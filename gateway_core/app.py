@@ -96,6 +96,7 @@ class Gateway:
         # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
         self._internal: Handler = build_chain([tokens, *([limits] if limits else [])], self._forward)
         auth = AuthPolicy(config, env)
+        self._validate = ValidatePolicy(config, self.pools)
         # The same first three policies, run on the request head before the body is read (see check_head).
         self._check_head: Handler = build_chain([ErrorsPolicy(), _ResolveEndpoint(), auth], _continue)
         policies: list[Policy] = [
@@ -103,7 +104,7 @@ class Gateway:
             _ResolveEndpoint(),
             # 2 usage: usage records plug in here, so refusals at every later step are recorded
             auth,  # 3 auth
-            ValidatePolicy(config, self.pools),  # 4 validate (request transforms will sit beside it)
+            self._validate,  # 4 validate (request transforms will sit beside it)
             tokens,  # 5 tokens
         ]
         if self.cache is not None:
@@ -152,6 +153,7 @@ class Gateway:
         if self._started:  # a gateway never started (only checked) has learned nothing to publish
             await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
+        await self._validate.close()
         await self.health_store.close()
         await self.client.close()
         if self.counters is not None:
