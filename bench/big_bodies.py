@@ -4,7 +4,9 @@ Starts a tiny upstream (reads the body, answers a fixed chat.completion) and `ai
 it, then `--clients` threads post chat requests whose one message is `--mib` MiB of random words, back to back,
 while one more process asks `/healthz` every 20 ms on a keep-alive connection and records each latency. A
 gateway that parses or counts tokens on its event loop answers /healthz late while it does. Prints the
-/healthz p50/p99/max and how many big requests went through. Everything listens on 127.0.0.1.
+/healthz p50/p99/max, how many big requests went through, and the load average (1 min) before and after: the
+machine is shared, so a run means little without it. `--clients 0` measures the same /healthz with no big body
+at all, the floor that the machine's own load sets. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--mib", type=int, default=16)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     ctx = multiprocessing.get_context("spawn")
     ports: Any = ctx.Queue()
     up = ctx.Process(target=upstream, args=(ports,), daemon=True)
@@ -203,7 +206,7 @@ def main() -> None:
     print(
         f"healthz n={len(latencies)} p50_ms={statistics.median(latencies):.1f} p99_ms={p99:.1f} "
         f"max_ms={latencies[-1]:.1f}; big posts ({args.mib} MiB, {args.clients} clients): {sum(done)} "
-        f"statuses={statuses}; {os.cpu_count()} cores"
+        f"statuses={statuses}; {os.cpu_count()} cores; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
 
 
