@@ -89,7 +89,7 @@ class Gateway:
             self.cache = cache_store(
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
-        tokens = self._tokens = TokensPolicy(self.pools, config.limits)
+        tokens = TokensPolicy(self.pools, config.limits)
         limits = (
             LimitsPolicy(config.limits, self.counters, self.clock, self.tasks) if self.counters is not None else None
         )
@@ -154,7 +154,6 @@ class Gateway:
             await self.sync_health()  # publish what this instance learned last
         await self.tasks.drain()
         await self._validate.close()
-        self._tokens.close()
         await self.health_store.close()
         await self.client.close()
         if self.counters is not None:

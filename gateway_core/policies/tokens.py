@@ -12,7 +12,7 @@ from ..catalogue import PoolTable
 from ..config import LimitsSettings
 from ..context import EndpointKind, GatewayResponse, RequestContext
 from ..pipeline import Handler
-from ..tokens.counting import counting_threads, prompt_tokens
+from ..tokens.counting import prompt_tokens
 from ..tokens.encodings import COMMON, encoding, encoding_name, load
 
 # Azure OpenAI accepts stream_options from this api-version on; older versions answer 400 to it.
@@ -31,7 +31,6 @@ class TokensPolicy:
             names.add(COMMON)
         for name in sorted(names):
             encoding(name)
-        self._counting = counting_threads()
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         endpoint = ctx.endpoint
@@ -42,17 +41,13 @@ class TokensPolicy:
         tokens = ctx.tokens
         tokens.encoding = enc.name
         operation = endpoint.operation
-        tokens.prompt_estimate = await prompt_tokens(operation, body, enc, len(ctx.request.body), self._counting)
+        tokens.prompt_estimate = await prompt_tokens(operation, body, enc, len(ctx.request.body))
         tokens.estimate = tokens.prompt_estimate
         if operation != "embeddings":
             tokens.estimate += self._choices(body) * self._max_completion(body)
             if ctx.stream:
                 self._ask_for_usage(ctx, body)
         return await call_next(ctx)
-
-    def close(self) -> None:
-        """Let the counting threads end (a count under way finishes first)."""
-        self._counting.shutdown(wait=False)
 
     def _encoding_name(self, deployment: str) -> str:
         ref = self._pools.deployment_ref(deployment)

@@ -11,11 +11,6 @@ content type) is counted from its JSON text, so it is never free.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
-import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -37,10 +32,6 @@ _TOOL_FRAMING = {
 
 # Bodies at least this large are counted in a worker thread, so the event loop goes on serving meanwhile.
 OFF_LOOP_BODY_BYTES = 256 * 1024
-# Niceness of those threads (Linux, where a thread has its own): tokenizing 16 MiB takes seconds of CPU with the
-# GIL released, and at the loop's own priority the counting threads took the cores from the loop's thread just
-# when it had a request to answer (loop wake-up p99 29 -> 10 ms with two counting threads, bench/README.md).
-COUNTING_NICENESS = 10
 # Texts at least this long are encoded to a numpy array: ``encode`` releases the GIL while it tokenizes but
 # then builds one Python int per token with the GIL held (hundreds of ms for a 16 MiB prompt).
 _NUMPY_TEXT_CHARS = 64 * 1024
@@ -53,36 +44,15 @@ def text_tokens(text: str, encoding: tiktoken.Encoding) -> int:
     return len(encoding.encode(text, disallowed_special=()))
 
 
-def counting_threads() -> ThreadPoolExecutor:
-    """Threads for ``prompt_tokens`` to count large bodies in, at a lower CPU priority than the event loop's; none
-    is started before the first large body."""
-    return ThreadPoolExecutor(
-        max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="aigw-count", initializer=_lower_priority
-    )
-
-
-def _lower_priority() -> None:
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):  # a sandbox may refuse it: count at the usual priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COUNTING_NICENESS)
-
-
-async def prompt_tokens(
-    operation: str,
-    body: dict[str, Any],
-    encoding: tiktoken.Encoding,
-    body_bytes: int,
-    executor: Executor | None = None,
-) -> int:
-    """Prompt tokens of a request to ``operation``; large bodies are counted off the event loop, in ``executor``
-    (``counting_threads``) or else the loop's default one."""
+async def prompt_tokens(operation: str, body: dict[str, Any], encoding: tiktoken.Encoding, body_bytes: int) -> int:
+    """Prompt tokens of a request to ``operation``; large bodies are counted off the event loop."""
     count = {
         "chat/completions": chat_prompt_tokens,
         "completions": completion_prompt_tokens,
     }.get(operation, embedding_input_tokens)
     if body_bytes < OFF_LOOP_BODY_BYTES:
         return count(body, encoding)
-    return await asyncio.get_running_loop().run_in_executor(executor, count, body, encoding)
+    return await asyncio.to_thread(count, body, encoding)
 
 
 def chat_prompt_tokens(body: dict[str, Any], encoding: tiktoken.Encoding) -> int:

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import sys
-import threading
 
 import orjson
 
-from gateway_core.tokens.counting import (
-    COUNTING_NICENESS,
-    OFF_LOOP_BODY_BYTES,
-    chat_prompt_tokens,
-    counting_threads,
-    prompt_tokens,
-    text_tokens,
-)
+from gateway_core.tokens.counting import OFF_LOOP_BODY_BYTES, chat_prompt_tokens, prompt_tokens, text_tokens
 from gateway_core.tokens.encodings import encoding
 
 
@@ -43,24 +33,3 @@ async def test_large_body_is_counted_while_the_event_loop_goes_on() -> None:
     done, _ = await asyncio.wait({count, other}, return_when=asyncio.FIRST_COMPLETED)
     assert other in done and count not in done
     assert await count == chat_prompt_tokens(body, enc)
-
-
-async def test_large_bodies_are_counted_in_threads_that_yield_the_cpu_to_the_event_loop() -> None:
-    """On a busy machine the counting threads (seconds of CPU for 16 MiB, GIL released) took the cores from the
-    loop's thread; their own lower priority lets the loop answer first. The counts are the same."""
-    enc = encoding("o200k_base")
-    body = {"messages": [{"role": "user", "content": _words(OFF_LOOP_BODY_BYTES)}]}
-    threads = counting_threads()
-    try:
-        count = await prompt_tokens("chat/completions", body, enc, OFF_LOOP_BODY_BYTES, threads)
-        assert count == chat_prompt_tokens(body, enc)
-        niceness = await asyncio.get_running_loop().run_in_executor(threads, _niceness)
-    finally:
-        threads.shutdown()
-    expected = min(19, _niceness() + COUNTING_NICENESS) if sys.platform == "linux" else _niceness()
-    assert niceness == expected
-    assert _niceness() < niceness or sys.platform != "linux"  # the loop's own thread keeps its priority
-
-
-def _niceness() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
