@@ -4,7 +4,7 @@ No JSON parser releases the GIL: ``orjson.loads`` of 16 MiB holds it for 25-90 m
 element caps (``json_body.parse_object``) for about as long again, so a thread would stall the loop just the
 same. A body of at least ``LARGE_BODY_BYTES`` goes over a socket pair to a child that runs the very same
 ``parse_object`` and sends back the object, or the 400's message and code, pickled: unpickling a 16 MiB string
-costs the loop ~3 ms. The child (Python and orjson, ~15 MB) is started on the first large body, one per gateway
+costs the loop ~3 ms. The child (Python and orjson, ~20 MB idle) is started on the first large body, one per gateway
 worker, and exits when its socket closes; if it cannot be started or dies, the body is parsed on the loop as
 before.
 """
