@@ -23,8 +23,9 @@ DEMO_KEY_2 = "aigw-demo-key-2"  # another tenant, to see cache isolation by hand
 _REGIONS = (("sim-eastus", "eastus", 1), ("sim-westeurope", "westeurope", 2))
 
 
-def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
-    """Start the simulated backends and return the gateway config that fronts them."""
+def start_demo_backends(servers: BackgroundServers, stores: dict[str, str] | None = None) -> GatewayConfig:
+    """Start the simulated backends and return the gateway config that fronts them (on ``stores``, a URL per
+    port, when given: the local Azure stack; else the embedded defaults)."""
     # A fresh backend key every run: the demo shows that only the gateway ever holds it.
     backend_key = os.environ.setdefault(_BACKEND_KEY_ENV, secrets.token_hex(16))
     backends: list[dict[str, Any]] = []
@@ -91,6 +92,7 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
             # Every request recorded to the embedded store (./.aigw/usage.db) and summarised in-process; the
             # demo deployments' models are in the built-in price table, so every record has its cost.
             "usage": {"enabled": True},
+            **({"stores": stores} if stores else {}),
         },
         source="demo",
     )

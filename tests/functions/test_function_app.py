@@ -76,7 +76,7 @@ async def body_of(response: Response) -> bytes:
 
 
 def test_bindings_and_host_json(functions: dict[str, Any]) -> None:
-    assert set(functions) == {"gateway", "health"}
+    assert set(functions) == {"gateway", "health", "usage_sweep", "usage_summary"}
     timer = orjson.loads(functions["health"].get_raw_bindings()[0])
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "*/30 * * * * *"
     bindings = orjson.loads(functions["gateway"].get_raw_bindings()[0])
