@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -313,3 +314,37 @@ async def test_cosmos_app_settings_hold_limits_cache_and_health(
             await store.start()
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_invocation_writes_its_usage_record_before_it_ends(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stream: bool,
+) -> None:
+    from gateway_core.usage.api import utc_today
+    from gateway_core.usage.record import RecordQuery
+
+    config = gateway_config(sim_url, usage={"enabled": True})
+    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    gateway = await app_host.host.gateway()
+    runtime = gateway.usage_runtime
+    assert runtime is not None and runtime._consumer is None  # no background work on Functions
+    body = orjson.dumps({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+    response = await functions["gateway"].get_user_function()(
+        starlette_request("POST", "/v1/chat/completions", body, {"api-key": CLIENT_KEY})
+    )
+    await body_of(response)  # a stream's relay ends here, inside the invocation
+    assert response.status_code == 200
+    # Written, not buffered: a worker frozen or recycled right after the invocation loses nothing.
+    assert runtime.writer.buffered_records == 0
+    day = utc_today(time.time())
+    (record,) = await runtime.store.records(RecordQuery(day, day, request_id=response.headers["x-request-id"]))
+    assert record.stream is stream and record.status == 200
+    # Its batch is on the queue for the queue trigger.
+    (message,) = await runtime.queue.receive(10, 30.0)
+    assert await runtime.store.batch_records(message.body) == (record,)
