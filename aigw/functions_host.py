@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -168,7 +169,9 @@ async def _flushed_at_end(stream: AsyncIterator[bytes], flush: Callable[[], Awai
         async for chunk in stream:
             yield chunk
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        await flush()
+        # Shielded: a reader that went away cancels this relay, and the record must still be written.
+        with anyio.CancelScope(shield=True):
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await flush()

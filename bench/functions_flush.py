@@ -3,7 +3,8 @@
 On Functions the writer has no background task: each invocation flushes its record (a one-record batch and a
 queue message) before it ends. This runs the Functions host in-process (as tests/functions do) in front of
 `aigw simulate` (no latency), one invocation at a time, and times the flush alone and the whole invocation,
-with the usage store on SQLite and on Table Storage (Azurite, started here). Usage: .venv/bin/python bench/functions_flush.py [N]
+with the usage store on SQLite and on Table Storage (Azurite, started here).
+Usage: .venv/bin/python bench/functions_flush.py [N]
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.azurite import run_azurite  # noqa: E402
+
 from aigw.functions_host import FunctionsHost  # noqa: E402
 from gateway_core.app import Gateway  # noqa: E402
-from tests.azurite import run_azurite  # noqa: E402
 from tests.functions.test_function_app import body_of, starlette_request  # noqa: E402
 from tests.servers import CLIENT_KEY, GATEWAY_ENV, gateway_config, run_aigw, write_yaml  # noqa: E402
 

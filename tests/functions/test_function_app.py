@@ -348,3 +348,23 @@ async def test_each_invocation_writes_its_usage_record_before_it_ends(
     # Its batch is on the queue for the queue trigger.
     (message,) = await runtime.queue.receive(10, 30.0)
     assert await runtime.store.batch_records(message.body) == (record,)
+
+
+async def test_a_stream_its_reader_leaves_is_recorded_before_the_invocation_ends(
+    functions: dict[str, Any], app_host: Any, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = gateway_config(sim_url, usage={"enabled": True})
+    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    gateway = await app_host.host.gateway()
+    body = orjson.dumps({"model": "slow-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    response = await functions["gateway"].get_user_function()(
+        starlette_request("POST", "/v1/chat/completions", body, {"api-key": CLIENT_KEY})
+    )
+    iterator: Any = response.body_iterator
+    await iterator.__anext__()
+    await iterator.aclose()  # the reader went away after the first chunk
+    assert gateway.usage_runtime is not None and gateway.usage_runtime.writer.buffered_records == 0
+    (message,) = await gateway.usage_runtime.queue.receive(10, 30.0)
+    (record,) = await gateway.usage_runtime.store.batch_records(message.body) or ()
+    assert record.error_code == "client_disconnected" and record.stream
