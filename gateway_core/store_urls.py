@@ -6,11 +6,16 @@
                                                     Cosmos DB; without key_env, DefaultAzureCredential;
                                                     without create_if_missing, the database and its
                                                     containers must exist (infra/main.bicep creates them)
+    tables://account[?create_if_missing=true][&prefix=p]
+    tables://?connection_env=VAR[&create_if_missing=true][&prefix=p]
+                                                    Table Storage + Storage queue (usage only): the account
+                                                    with DefaultAzureCredential, or a connection string
+                                                    from VAR (e.g. AzureWebJobsStorage)
 
 Unset, a port's URL is ``AIGW_<PORT>_URL``, else Cosmos DB at ``COSMOS_ENDPOINT`` (for the ports Cosmos DB
-serves: not usage), else SQLite under ./.aigw/. From ``COSMOS_ENDPOINT``: database ``COSMOS_DATABASE`` (default
-``aigw``), managed identity unless ``COSMOS_KEY`` is set, and ``create_if_missing`` from
-``COSMOS_CREATE_IF_MISSING`` (default false; true for an emulator).
+serves: not usage), else (usage) Table Storage at ``AzureWebJobsStorage``, else SQLite under ./.aigw/. From
+``COSMOS_ENDPOINT``: database ``COSMOS_DATABASE`` (default ``aigw``), managed identity unless ``COSMOS_KEY`` is
+set, and ``create_if_missing`` from ``COSMOS_CREATE_IF_MISSING`` (default false; true for an emulator).
 """
 
 from __future__ import annotations
@@ -31,14 +36,22 @@ ENV_URL: dict[Port, str] = {
     "health": "AIGW_HEALTH_URL",
     "usage": "AIGW_USAGE_URL",
 }
-_FORMS = "use memory://, sqlite:///path/file.db or cosmos://host[:port]/database"
+_FORMS = "use memory://, sqlite:///path/file.db, cosmos://host[:port]/database or tables://account"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DATABASE_NAME = re.compile(r"^[^/\\#?%\s]{1,255}$")  # Cosmos DB forbids / \ # ? in ids; % and spaces break the URL
 _COSMOS_OPTIONS = ("key_env", "scheme", "create_if_missing")
+_TABLES_OPTIONS = ("connection_env", "create_if_missing", "prefix")
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")  # a storage account name, as Azure allows it
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,19}$")  # starts table and queue names, which both accept it
 # The ports each scheme serves; storage/factory.py has one adapter per (port, scheme) pair listed here (a test
-# checks that they agree). A backend for some ports only (a future tables:// for usage) lists just those.
+# checks that they agree). A backend for some ports only (tables:// for usage) lists just those.
 # Cosmos DB does not serve usage: records and summaries go to SQLite or Table Storage.
-SERVES: dict[str, tuple[Port, ...]] = {"memory": PORTS, "sqlite": PORTS, "cosmos": ("counters", "cache", "health")}
+SERVES: dict[str, tuple[Port, ...]] = {
+    "memory": PORTS,
+    "sqlite": PORTS,
+    "cosmos": ("counters", "cache", "health"),
+    "tables": ("usage",),
+}
 
 
 class StoreURLError(ValueError):
@@ -67,7 +80,16 @@ class CosmosURL:
     scheme: Literal["cosmos"] = "cosmos"
 
 
-StoreURL = MemoryURL | SqliteURL | CosmosURL
+@dataclass(frozen=True, slots=True)
+class TablesURL:
+    account: str | None  # DefaultAzureCredential at https://<account>.table|queue.core.windows.net
+    connection_env: str | None  # or: the variable holding a connection string (exactly one of the two)
+    create_if_missing: bool = False  # on for emulators only: in Azure the identity has data-plane roles only
+    prefix: str = ""  # before every table and queue name (two gateways sharing one account; tests)
+    scheme: Literal["tables"] = "tables"
+
+
+StoreURL = MemoryURL | SqliteURL | CosmosURL | TablesURL
 
 
 def parse_store_url(url: str, port: Port) -> StoreURL:
@@ -86,6 +108,8 @@ def parse_store_url(url: str, port: Port) -> StoreURL:
         return _sqlite(url, rest)
     if scheme == "cosmos":
         return _cosmos(url)
+    if scheme == "tables":
+        return _tables(url)
     raise StoreURLError(f"unknown store scheme {scheme!r} in {url!r}: {_FORMS}")
 
 
@@ -134,9 +158,58 @@ def _cosmos(url: str) -> CosmosURL:
     )
 
 
+def _tables(url: str) -> TablesURL:
+    parts = urlsplit(url)
+    bad = f"bad Table Storage URL {url!r}"
+    if parts.path or parts.fragment:
+        raise StoreURLError(f"{bad}: use tables://account or tables://?connection_env=VAR")
+    try:
+        options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise StoreURLError(f"{bad}: the query is not name=value pairs") from None
+    unknown = sorted(set(options) - set(_TABLES_OPTIONS))
+    if unknown:
+        raise StoreURLError(f"{bad}: unknown option {', '.join(unknown)} (known: {', '.join(_TABLES_OPTIONS)})")
+    account = parts.netloc or None
+    connection_env = options["connection_env"][-1] if "connection_env" in options else None
+    if (account is None) == (connection_env is None):
+        raise StoreURLError(f"{bad}: name an account (tables://account) or connection_env=VAR, not both")
+    if account is not None and not _ACCOUNT.match(account):
+        raise StoreURLError(f"{bad}: the account name is 3 to 24 lowercase letters and digits")
+    if connection_env is not None and not _ENV_NAME.match(connection_env):
+        raise StoreURLError(f"{bad}: connection_env must name an environment variable")
+    create = options["create_if_missing"][-1] if "create_if_missing" in options else "false"
+    if create not in ("true", "false"):
+        raise StoreURLError(f"{bad}: create_if_missing must be true or false")
+    prefix = options["prefix"][-1] if "prefix" in options else ""
+    if prefix and not _PREFIX.match(prefix):
+        raise StoreURLError(f"{bad}: prefix is a lowercase letter and up to 19 lowercase letters or digits")
+    return TablesURL(account, connection_env, create == "true", prefix)
+
+
+def tables_default(env: Mapping[str, str]) -> str | None:
+    """The usage store the Functions app's own storage account gives: ``AzureWebJobsStorage`` (a connection
+    string; an emulator's gets ``create_if_missing``), else ``AzureWebJobsStorage__accountName`` (managed
+    identity); None if neither is set. Raises ``StoreURLError`` naming the variable when it is unusable."""
+    connection = env.get("AzureWebJobsStorage")
+    if connection:
+        emulator = "usedevelopmentstorage=true" in connection.lower() or "devstoreaccount1" in connection
+        return "tables://?connection_env=AzureWebJobsStorage" + ("&create_if_missing=true" if emulator else "")
+    account = env.get("AzureWebJobsStorage__accountName")
+    if account:
+        if not _ACCOUNT.match(account):
+            raise StoreURLError(
+                "environment variable AzureWebJobsStorage__accountName: "
+                f"{account!r} is not a storage account name (3 to 24 lowercase letters and digits)"
+            )
+        return f"tables://{account}"
+    return None
+
+
 def default_url(port: Port, env: Mapping[str, str]) -> str:
     """``AIGW_<PORT>_URL``; else Cosmos DB at ``COSMOS_ENDPOINT`` (the Functions app) for a port it serves;
-    else SQLite under ./.aigw/.
+    else, for usage, Table Storage in the Functions app's storage account (``tables_default``); else SQLite
+    under ./.aigw/.
 
     Raises ``StoreURLError`` naming the environment variable when the URL it gives does not parse.
     """
@@ -148,6 +221,9 @@ def default_url(port: Port, env: Mapping[str, str]) -> str:
     endpoint = env.get("COSMOS_ENDPOINT")
     if endpoint and port in SERVES["cosmos"]:
         return _from_cosmos_settings(endpoint, port, env)
+    tables = tables_default(env) if port == "usage" else None
+    if tables is not None:
+        return tables
     return f"sqlite:///{DEFAULT_STATE_DIR}/{port}.db"
 
 

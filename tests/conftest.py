@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.azurite import Azurite, run_azurite
 from tests.servers import BACKEND_KEY, GATEWAY_ENV, gateway_config, run_aigw, write_yaml
 
 SIM_CONFIG = {
@@ -45,3 +46,10 @@ def cosmos_address() -> Iterator[str]:
 
     with run_cosmos() as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite for the session; each test keeps to its own tables and queues (a URL ``prefix``)."""
+    with run_azurite(tmp_path_factory.mktemp("azurite")) as running:
+        yield running

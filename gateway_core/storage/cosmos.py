@@ -23,6 +23,12 @@ from ..store_urls import CosmosURL
 from .ports import CacheEntry, CounterAdd, SharedHealth, StorageError
 
 _MERGE_TRIES = 20  # conditional writes of one health document before giving up
+# What the adapters expect to find; infra/modules/cosmos.bicep creates the same (tests/infra checks the two agree).
+COUNTERS_CONTAINER = "counters"
+CACHE_CONTAINER = "cache"
+HEALTH_CONTAINER = "health"
+PARTITION_KEY_PATH = "/pk"
+VECTOR_PATH = "/vector"  # where a cache entry keeps its embedding (the container's vector policy indexes it)
 
 
 class CosmosTarget:
@@ -116,7 +122,7 @@ class _Container:
         database = await self._client.create_database_if_not_exists(self._target.database)
         # default_ttl=-1: TTL on, each document sets its own.
         return await database.create_container_if_not_exists(
-            id=self._container_name, partition_key=PartitionKey(path="/pk"), default_ttl=-1
+            id=self._container_name, partition_key=PartitionKey(path=PARTITION_KEY_PATH), default_ttl=-1
         )
 
     async def _ready(self) -> Any:
@@ -138,7 +144,7 @@ class _Container:
 
 
 class CosmosCounters(_Container):
-    def __init__(self, target: CosmosTarget, container: str = "counters") -> None:
+    def __init__(self, target: CosmosTarget, container: str = COUNTERS_CONTAINER) -> None:
         super().__init__(target, container)
 
     async def add(self, key: str, window: int, amount: int, ttl_s: int) -> int:
@@ -194,7 +200,7 @@ class CosmosCache(_Container):
     vectors and ranking them here. The fallback is what the tests exercise.
     """
 
-    def __init__(self, target: CosmosTarget, container: str = "cache") -> None:
+    def __init__(self, target: CosmosTarget, container: str = CACHE_CONTAINER) -> None:
         super().__init__(target, container)
         self._vector_search = True  # until the server shows it cannot
 
@@ -293,7 +299,7 @@ class CosmosHealth(_Container):
     (backend, deployment) (``t:<sha256>``), each its own partition. Writes are conditional on the document's
     ETag and retried on a race, so concurrent publishes never put an earlier event over a later one."""
 
-    def __init__(self, target: CosmosTarget, container: str = "health") -> None:
+    def __init__(self, target: CosmosTarget, container: str = HEALTH_CONTAINER) -> None:
         super().__init__(target, container)
 
     async def publish_breaker(self, backend: str, open_until_s: float, event_s: float) -> None:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ..config import ConfigError
-from ..store_urls import CosmosURL, MemoryURL, Port, SqliteURL, StoreURL, StoreURLError, parse_store_url
+from ..store_urls import CosmosURL, MemoryURL, Port, SqliteURL, StoreURL, StoreURLError, TablesURL, parse_store_url
 from ..store_urls import default_url as _default_url
-from . import cosmos, memory, sqlite, sqlite_cache, sqlite_usage
+from . import cosmos, memory, sqlite, sqlite_cache, sqlite_usage, tables
 from .ports import CacheStore, CounterStore, HealthStore, UsageQueue, UsageStore
 
 T = TypeVar("T")
@@ -36,12 +36,14 @@ HEALTH: dict[str, Callable[..., HealthStore]] = {
 USAGE: dict[str, Callable[..., UsageStore]] = {
     "memory": memory.MemoryUsage,
     "sqlite": sqlite_usage.SqliteUsage,
+    "tables": tables.TablesUsage,
 }
 # The queue that goes with each usage store: the embedded stores use the in-process queue (one per process; a
 # batch whose message dies with its process is found by the summariser's sweep).
 USAGE_QUEUES: dict[str, Callable[..., UsageQueue]] = {
     "memory": memory.MemoryQueue,
     "sqlite": memory.MemoryQueue,
+    "tables": tables.StorageQueue,  # aigw-usage, read by the Functions queue trigger too
 }
 
 
@@ -74,13 +76,14 @@ def health_store(url: str, env: Mapping[str, str] | None = None) -> HealthStore:
 
 
 def usage_store(url: str, env: Mapping[str, str] | None = None) -> UsageStore:
-    """The usage records and summaries adapter for ``url``: ``memory://``, ``sqlite:///path``."""
+    """The usage records and summaries adapter for ``url``: ``memory://``, ``sqlite:///path``, ``tables://...``."""
     parsed = _parse(url, "usage")
     return _lookup(USAGE, parsed, "usage")(*_args(parsed, "usage", env))
 
 
 def usage_queue(url: str, env: Mapping[str, str] | None = None) -> UsageQueue:
-    """The queue that goes with the usage store at ``url`` (in-process for memory:// and sqlite://)."""
+    """The queue that goes with the usage store at ``url`` (in-process for memory:// and sqlite://; the Storage
+    queue ``aigw-usage`` for tables://)."""
     parsed = _parse(url, "usage")
     opener = _lookup(USAGE_QUEUES, parsed, "usage")
     if isinstance(parsed, MemoryURL | SqliteURL):
@@ -108,6 +111,8 @@ def _args(url: StoreURL, port: Port, env: Mapping[str, str] | None) -> tuple[obj
         return (url.path,)
     if isinstance(url, CosmosURL):
         return (cosmos.CosmosTarget(url, _cosmos_key(url, port, os.environ if env is None else env)),)
+    if isinstance(url, TablesURL):
+        return (tables.TablesTarget(url, _connection_string(url, port, os.environ if env is None else env)),)
     return ()
 
 
@@ -118,3 +123,14 @@ def _cosmos_key(url: CosmosURL, port: Port, env: Mapping[str, str]) -> str | Non
     if not key:
         raise ConfigError(f"stores.{port}: Cosmos DB key_env: environment variable {url.key_env} is not set")
     return key
+
+
+def _connection_string(url: TablesURL, port: Port, env: Mapping[str, str]) -> str | None:
+    if url.connection_env is None:
+        return None
+    value = env.get(url.connection_env)
+    if not value:
+        raise ConfigError(
+            f"stores.{port}: Table Storage connection_env: environment variable {url.connection_env} is not set"
+        )
+    return value

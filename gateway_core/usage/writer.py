@@ -92,6 +92,8 @@ class UsageWriter:
                 await self._task
             self._task = None
         self._closed = True  # from here on a late record goes straight to the spill file
+        # A replay the cancel cut short left its claimed file on disk: the last flush takes it again.
+        self._replay_due = True
         await self.flush()
 
     @property

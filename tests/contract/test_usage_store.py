@@ -22,8 +22,7 @@ from gateway_core.usage.record import (
     UsageRecord,
     summarise,
 )
-from tests.contract.conftest import ADAPTERS, SHARED, store_url
-from tests.servers import COSMOS_KEY_ENV
+from tests.contract.conftest import ADAPTERS, SHARED, store_env, store_url
 
 DAY1_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DAY2_S = DAY1_S + 86_400  # 2026-01-02
@@ -31,7 +30,7 @@ DAY2_S = DAY1_S + 86_400  # 2026-01-02
 
 @pytest.fixture(params=ADAPTERS["usage"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UsageStore]:
-    adapter = usage_store(store_url(request.param, "usage", tmp_path, request), COSMOS_KEY_ENV)
+    adapter = usage_store(store_url(request.param, "usage", tmp_path, request), store_env(request.param, request))
     await adapter.start()
     yield adapter
     await adapter.close()
@@ -39,7 +38,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture(params=ADAPTERS["usage"])
 async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UsageQueue]:
-    adapter = usage_queue(store_url(request.param, "usage", tmp_path, request), COSMOS_KEY_ENV)
+    adapter = usage_queue(store_url(request.param, "usage", tmp_path, request), store_env(request.param, request))
     await adapter.start()
     yield adapter
     await adapter.close()
@@ -179,7 +178,8 @@ async def test_two_instances_on_one_store_absorb_each_batch_once(
 ) -> None:
     # As two workers (or two Function instances) handed the same messages at once.
     url = store_url(kind, "usage2", tmp_path, request)
-    first, second = usage_store(url, COSMOS_KEY_ENV), usage_store(url, COSMOS_KEY_ENV)
+    env = store_env(kind, request)
+    first, second = usage_store(url, env), usage_store(url, env)
     await first.start()
     await second.start()
     try:
