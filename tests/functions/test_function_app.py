@@ -20,14 +20,6 @@ from tests.upstream import serve_recorders
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def functions() -> dict[str, Any]:
-    """The app's functions by name; ``get_functions`` indexes the app and may be called only once."""
-    import function_app
-
-    return {str(f.get_function_name()): f for f in function_app.app.get_functions()}
-
-
 @pytest.fixture
 async def trigger(
     functions: dict[str, Any], sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -342,7 +334,7 @@ async def test_each_invocation_writes_its_usage_record_before_it_ends(
     assert response.status_code == 200
     # Written, not buffered: a worker frozen or recycled right after the invocation loses nothing.
     assert runtime.writer.buffered_records == 0
-    day = utc_today(time.time())
+    day = utc_today(time.time()).isoformat()
     (record,) = await runtime.store.records(RecordQuery(day, day, request_id=response.headers["x-request-id"]))
     assert record.stream is stream and record.status == 200
     # Its batch is on the queue for the queue trigger.
@@ -366,5 +358,7 @@ async def test_a_stream_its_reader_leaves_is_recorded_before_the_invocation_ends
     await iterator.aclose()  # the reader went away after the first chunk
     assert gateway.usage_runtime is not None and gateway.usage_runtime.writer.buffered_records == 0
     (message,) = await gateway.usage_runtime.queue.receive(10, 30.0)
-    (record,) = await gateway.usage_runtime.store.batch_records(message.body) or ()
+    records = await gateway.usage_runtime.store.batch_records(message.body)
+    assert records is not None and len(records) == 1
+    record = records[0]
     assert record.error_code == "client_disconnected" and record.stream
