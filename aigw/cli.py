@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aigw: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C: everything started was stopped on the way out; no traceback
+        return 130
 
 
 def _positive(value: str) -> int:
@@ -118,11 +120,9 @@ def _serve_with(args: argparse.Namespace, emulators: AzureEmulators | None) -> i
         return 2
     url = f"http://{args.host}:{sockets[0].getsockname()[1]}"
     if args.demo:
-        print(banner(url, config), flush=True)
-        if emulators is not None:
-            from .emulators import banner_lines
+        from .emulators import banner_lines
 
-            print(banner_lines(emulators), flush=True)
+        print(banner(url, config, banner_lines(emulators) if emulators else ""), flush=True)
     else:
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:

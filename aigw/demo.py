@@ -102,7 +102,21 @@ def _model_of(deployment: str) -> str:
     return {"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}.get(deployment, deployment)
 
 
-def banner(url: str, config: GatewayConfig) -> str:
+def banner(url: str, config: GatewayConfig, emulators: str = "") -> str:
+    """The demo's banner; ``emulators``: the local Azure stack's details (where the state lives instead)."""
+    text = _banner(url, config)
+    if not emulators:
+        return text
+    for embedded, azure in (
+        ("counters in ./.aigw/counters.db", "counters in Cosmos DB"),
+        ("; ./.aigw/cache.db)", "; in Cosmos DB)"),
+        ("(./.aigw/usage.db)", "(Azurite table aigwusage)"),
+    ):
+        text = text.replace(embedded, azure)
+    return text.replace("Press Ctrl+C to stop.", emulators.strip("\n") + "\n\nPress Ctrl+C to stop.")
+
+
+def _banner(url: str, config: GatewayConfig) -> str:
     key = os.environ.get("AIGW_DEMO_KEY") or DEMO_KEY
     east = next(b.url for b in config.backends if b.region == "eastus")
     return f"""
