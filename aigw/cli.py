@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aigw: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl+C: everything started was stopped on the way out; no traceback
+    except KeyboardInterrupt:  # Ctrl+C while the emulators start: they were stopped on the way out
         return 130
 
 
@@ -127,6 +127,8 @@ def _serve_with(args: argparse.Namespace, emulators: AzureEmulators | None) -> i
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:
         run_gateway(gateway, sockets, workers=args.workers, log_level=args.log_level)
+    except KeyboardInterrupt:
+        pass  # Ctrl+C: uvicorn has already shut down gracefully (records flushed); re-raised, it printed a traceback
     finally:
         if servers is not None:
             servers.stop()

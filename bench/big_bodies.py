@@ -2,9 +2,13 @@
 
 Starts a tiny upstream (reads the body, answers a fixed chat.completion) and `aigw serve --workers 2` in front of
 it, then `--clients` threads post chat requests whose one message is `--mib` MiB of random words, back to back,
-while one more process asks `/healthz` every 20 ms on a keep-alive connection and records each latency. A
+while one more process asks `/healthz` every 20 ms, in turn on `--probe-connections` keep-alive connections (each
+worker gets its own share of connections from the kernel, so with one connection a run measured one worker, which
+had by chance all, some or none of the big bodies), and records each latency. A
 gateway that parses or counts tokens on its event loop answers /healthz late while it does. Prints the
-/healthz p50/p99/max and how many big requests went through. Everything listens on 127.0.0.1.
+/healthz p50/p99/max, how many big requests went through, and the load average (1 min) before and after: the
+machine is shared, so a run means little without it. `--clients 0` measures the same /healthz with no big body
+at all, the floor that the machine's own load sets. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -63,11 +67,13 @@ def upstream(port_out: Any) -> None:
     asyncio.run(main())
 
 
-def healthz(port: int, until: float, out: Any) -> None:
-    """Latency of GET /healthz every 20 ms until ``until`` (runs in its own process, so it never waits on ours)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def healthz(port: int, until: float, connections: int, out: Any) -> None:
+    """Latency of GET /healthz every 20 ms until ``until``, on each of ``connections`` in turn (runs in its own
+    process, so it never waits on ours)."""
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(connections)]
     latencies = []
     while time.time() < until:
+        conn = conns[len(latencies) % len(conns)]
         started = time.perf_counter()
         conn.request("GET", "/healthz")
         conn.getresponse().read()
@@ -110,7 +116,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--mib", type=int, default=16)
+    parser.add_argument("--probe-connections", type=int, default=4)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     ctx = multiprocessing.get_context("spawn")
     ports: Any = ctx.Queue()
     up = ctx.Process(target=upstream, args=(ports,), daemon=True)
@@ -171,7 +179,7 @@ def main() -> None:
             wait_until_serving(port)
             until = time.time() + args.duration
             results: Any = ctx.Queue()
-            prober = ctx.Process(target=healthz, args=(port, until, results))
+            prober = ctx.Process(target=healthz, args=(port, until, args.probe_connections, results))
             prober.start()
             done = [0] * args.clients
             statuses: dict[int, int] = {}
@@ -203,7 +211,7 @@ def main() -> None:
     print(
         f"healthz n={len(latencies)} p50_ms={statistics.median(latencies):.1f} p99_ms={p99:.1f} "
         f"max_ms={latencies[-1]:.1f}; big posts ({args.mib} MiB, {args.clients} clients): {sum(done)} "
-        f"statuses={statuses}; {os.cpu_count()} cores"
+        f"statuses={statuses}; {os.cpu_count()} cores; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -122,6 +122,7 @@ class Gateway:
         # The gateway's own calls (the semantic cache's embeddings) are counted and limited as the caller's.
         self._internal: Handler = build_chain([*internal_usage, tokens, *([limits] if limits else [])], self._forward)
         auth = self._auth = AuthPolicy(config, env)
+        self._validate = ValidatePolicy(config, self.pools)
         # The same first policies, run on the request head before the body is read (see check_head).
         self._check_head: Handler = build_chain([ErrorsPolicy(), *usage, _ResolveEndpoint(), auth], _continue)
         policies: list[Policy] = [
@@ -129,7 +130,7 @@ class Gateway:
             *usage,  # 2 usage: records every request that gets this far, refusals at every later step included
             _ResolveEndpoint(),
             auth,  # 3 auth
-            ValidatePolicy(config, self.pools),  # 4 validate (request transforms will sit beside it)
+            self._validate,  # 4 validate (request transforms will sit beside it)
             tokens,  # 5 tokens
         ]
         if self.cache is not None:
@@ -184,6 +185,7 @@ class Gateway:
             await self.usage.close()  # after the drain: streams and settlements have ended
         if self.usage_runtime is not None:
             await self.usage_runtime.close()  # the writer flushes before its store closes
+        await self._validate.close()
         await self.health_store.close()
         await self.client.close()
         if self.counters is not None:

@@ -2,8 +2,8 @@
 
 Everything later in the chain may rely on what passed here: the deployment name and api-version have the
 shapes in ``names.py`` (they become part of an upstream URL), token and choice counts are positive integers
-within bounds, and the body nests at most ``MAX_NESTING_DEPTH`` levels (so code that walks it recursively,
-or ``orjson.dumps`` with its own recursion limit, never fails on it).
+within bounds, and the body nests at most ``json_body.MAX_NESTING_DEPTH`` levels (so code that walks it
+recursively, or ``orjson.dumps`` with its own recursion limit, never fails on it).
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
 from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
+from .json_body import parse_object
+from .parser_process import LARGE_BODY_BYTES, ParserProcess
 
-MAX_NESTING_DEPTH = 64  # objects and arrays, the body itself included; real requests stay under ~20
-# Objects and arrays in a body, counted as '[' and '{' bytes before parsing (those inside strings too: an
-# over-estimate); parsing and walking millions of them stalls the event loop for seconds.
-MAX_CONTAINERS = 100_000
-# Elements of arrays and members of objects, counted the same way as ',' bytes: millions of numbers or empty
-# strings in one array cost hundreds of MB and seconds to parse. An embeddings input of token ids is at most
-# 300,000 tokens; prose has a comma every ~60 bytes (about 280,000 in 16 MiB).
-MAX_ELEMENTS = 1_000_000
 MAX_MESSAGES = 10_000
 MAX_TOKENS_FIELD = 1_000_000  # no model's context window is larger today
 MAX_CHOICES = 128  # OpenAI's own cap on n (best_of is capped lower upstream)
@@ -38,6 +32,7 @@ class ValidatePolicy:
     def __init__(self, config: GatewayConfig, pools: PoolTable) -> None:
         self._max_body_bytes = config.server.max_body_bytes
         self._pools = pools
+        self._parser = ParserProcess()
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         endpoint = ctx.require_endpoint()
@@ -47,7 +42,9 @@ class ValidatePolicy:
         request = ctx.request
         if request.body_size > self._max_body_bytes or len(request.body) > self._max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body_bytes} bytes.")
-        body = _parse_object(request.body)
+        # A large body is parsed in a child process: no parser releases the GIL, so a thread would not do.
+        raw = request.body
+        body = parse_object(raw) if len(raw) < LARGE_BODY_BYTES else await self._parser.parse(raw)
         if endpoint.surface is Surface.OPENAI:
             model = body.get("model")
             if not isinstance(model, str) or not model:
@@ -92,51 +89,9 @@ class ValidatePolicy:
             raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
 
-
-def _parse_object(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise BadRequest("The request body is empty; send a JSON object.")
-    containers = raw.count(b"[") + raw.count(b"{")
-    if containers > MAX_CONTAINERS:
-        raise BadRequest(
-            f"The request body has more than {MAX_CONTAINERS:,} JSON arrays and objects "
-            "(counted as '[' and '{' characters).",
-            code="too_many_elements",
-        )
-    if raw.count(b",") > MAX_ELEMENTS:
-        raise BadRequest(
-            f"The request body has more than {MAX_ELEMENTS:,} JSON elements (counted as ',' characters).",
-            code="too_many_elements",
-        )
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    # A body with no more brackets than the limit cannot nest past it: most bodies skip the walk.
-    if containers > MAX_NESTING_DEPTH and _depth_exceeds(body, MAX_NESTING_DEPTH):
-        raise BadRequest(
-            f"The request body nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep.",
-            code="nesting_too_deep",
-        )
-    return body
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests more than ``limit`` objects and arrays deep; level by level, not recursive, so any
-    depth the parser accepted is fine (about 0.5 s for a body of a million empty arrays)."""
-    level = [value]
-    for _ in range(limit):
-        below = []
-        for item in level:
-            for child in item.values() if type(item) is dict else item:
-                if type(child) is dict or type(child) is list:
-                    below.append(child)
-        if not below:
-            return False
-        level = below
-    return True
+    async def close(self) -> None:
+        """Stop the parser process, if a large body started one."""
+        await self._parser.close()
 
 
 def _check_counts(body: dict[str, Any]) -> None:

@@ -83,3 +83,15 @@ def test_serve_with_no_config_at_all_says_what_to_do() -> None:
     )
     assert result.returncode == 2
     assert "--config" in result.stderr and "--demo" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_the_gateway_quietly(workers: str, sim_url: str) -> None:
+    import signal
+
+    env = {"AZURE_OPENAI_ENDPOINT": sim_url, "AZURE_OPENAI_API_KEY": BACKEND_KEY, "AIGW_API_KEYS": "k1"}
+    with run_aigw(["serve", "--workers", workers], env=env) as gw:
+        assert httpx.get(f"{gw.url}/healthz", timeout=30).status_code == 200
+        gw.process.send_signal(signal.SIGINT)
+        assert gw.process.wait(timeout=60) == 0
+    assert "Traceback" not in "".join(gw.output), "".join(gw.output)

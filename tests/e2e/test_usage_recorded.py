@@ -4,9 +4,6 @@ store that stays down spills to the local file, replayed once it answers; a hard
 flush interval of records.
 
 Waits poll for a condition with a generous deadline; nothing asserts how fast it happened.
-
-MERGE NOTE (u12b): this file needs the recording policy (branch u12a) with the writer as the Gateway's default
-sink; it passed on a scratch merge of u12a into u12b. Rename it to test_usage_recorded.py when both are merged.
 """
 
 from __future__ import annotations

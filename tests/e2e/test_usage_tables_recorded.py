@@ -1,11 +1,6 @@
 """The issue's exactly-once proof: 1,000 requests through `aigw serve` with Table Storage as its usage store,
 Azurite (on disk) stopped and restarted mid-run: afterwards exactly 1,000 records, and summaries equal to the
-sum of the records.
-
-MERGE NOTE (u12c): this file needs the recording policy (branch u12a) wired to the writer (u12b), as
-usage_recorded_after_merge.py does; it was NOT run (u12a is not merged into u12c). Rename it to
-test_usage_tables_recorded.py when both are merged. The same proof at the writer level runs now:
-tests/contract/test_usage_exactly_once.py.
+sum of the records. The same proof at the writer level, without the gateway: tests/contract/test_usage_exactly_once.py.
 """
 
 from __future__ import annotations

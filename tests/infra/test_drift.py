@@ -14,6 +14,7 @@ from typing import Any
 from gateway_core.storage import cosmos
 from gateway_core.storage.factory import cache_store, counter_store, health_store
 from gateway_core.storage.ports import CacheEntry
+from gateway_core.storage.tables import POISON_QUEUE, QUEUE, RECORDS_TABLE, SUMMARIES_TABLE
 from gateway_core.store_urls import SERVES, CosmosURL, default_url, parse_store_url
 from tests.infra.bicep import INFRA, Expr, Loop, Template
 from tests.servers import COSMOS_KEY_ENV, ROOT
@@ -23,10 +24,9 @@ COSMOS = Template(INFRA / "modules/cosmos.bicep")
 STORAGE = Template(INFRA / "modules/storage.bicep")
 FUNCTION_APP = Template(INFRA / "modules/functionapp.bicep")
 
-# The usage store (tables://, AIGW_USAGE_URL) is being built alongside this: these are its names. When its module
-# lands, import them from there instead.
-USAGE_TABLES = {"aigwusage", "aigwsummaries"}
-USAGE_QUEUES = {"aigw-usage", "aigw-usage-poison"}
+# The usage store's names (tables://, AIGW_USAGE_URL), as its adapter opens them.
+USAGE_TABLES = {RECORDS_TABLE, SUMMARIES_TABLE}
+USAGE_QUEUES = {QUEUE, POISON_QUEUE}
 
 ROLES = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",

@@ -9,9 +9,13 @@ of ',' bytes. A large body of plain text still passes.
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from gateway_core.app import Gateway
-from gateway_core.policies.validate import MAX_CONTAINERS, MAX_ELEMENTS, MAX_MESSAGES
+from gateway_core.errors import BadRequest
+from gateway_core.policies.json_body import MAX_CONTAINERS, MAX_ELEMENTS, parse_object
+from gateway_core.policies.parser_process import LARGE_BODY_BYTES
+from gateway_core.policies.validate import MAX_MESSAGES
 from tests.unit.test_validate import HELLO, error_of, gateway, post, sim
 
 __all__ = ["gateway", "sim"]  # the fixtures, shared with test_validate.py
@@ -59,6 +63,17 @@ async def test_sixteen_mebibytes_of_words_in_one_message_still_pass(gateway: Gat
     text = "lorem ipsum dolor sit amet " * (15 * 1024 * 1024 // 27)
     response = await post(gateway, CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
     assert response.status == 200, response.body[:300]
+
+
+async def test_a_large_body_parsed_in_the_child_process_gets_the_400_an_inline_parse_gives(gateway: Gateway) -> None:
+    """Bodies of LARGE_BODY_BYTES or more are parsed in a child process (the loop keeps serving meanwhile)."""
+    text = "lorem ipsum dolor sit amet " * (LARGE_BODY_BYTES // 27 + 1)
+    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+    for bad in (raw[:-1], raw[:-2] + b"\xff}", b"[" + raw + b"]"):
+        with pytest.raises(BadRequest) as inline:
+            parse_object(bad)
+        assert error_of(await post(gateway, CHAT, bad))["message"] == inline.value.message
+    assert (await post(gateway, CHAT, raw)).status == 200
 
 
 async def test_an_unknown_deployment_is_named_by_the_field_it_came_from(gateway: Gateway) -> None:

@@ -1,0 +1,188 @@
+"""Large request bodies are parsed in a child process, so the event loop goes on serving while they are.
+
+No JSON parser releases the GIL: ``orjson.loads`` of 16 MiB holds it for 25-90 ms, and the byte counts of the
+element caps (``json_body.parse_object``) for about as long again, so a thread would stall the loop just the
+same. A body of at least ``LARGE_BODY_BYTES`` goes over a socket pair to a child that runs the very same
+``parse_object`` and sends back the object, or the 400's message and code, pickled: unpickling a 16 MiB string
+costs the loop ~3 ms. The child (Python and orjson, ~20 MB idle) is started on the first large body, one per gateway
+worker, and exits when its socket closes; if it cannot be started or dies, the body is parsed on the loop as
+before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadRequest
+from .json_body import parse_object
+
+LARGE_BODY_BYTES = 1024 * 1024
+_HEAD = struct.Struct("!Q")  # each message is its length, then its bytes
+_SOCKET_BUFFER_BYTES = 1024 * 1024  # fewer wake-ups of the loop per body than the default ~200 KiB
+_CHILD_NICENESS = 10  # on a busy machine the event loop, not the parse, gets the CPU first
+_ROOT = str(Path(__file__).resolve().parents[2])  # holds gateway_core, whatever the host's working directory
+log = logging.getLogger("aigw")
+
+
+class ParserProcess:
+    """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order."""
+
+    def __init__(self) -> None:
+        self._child: asyncio.subprocess.Process | None = None
+        self._socket: socket.socket | None = None
+        self._lock: asyncio.Lock | None = None
+        self._unavailable = False
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._child.pid if self._child is not None and self._child.returncode is None else None
+
+    async def parse(self, raw: bytes) -> dict[str, Any]:
+        if self._unavailable:
+            return parse_object(raw)
+        exchange = asyncio.ensure_future(self._exchange(raw))
+        try:
+            reply = await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            # The client left: the child still answers, so the socket stays in step; that answer is dropped.
+            exchange.add_done_callback(_drop)
+            raise
+        if reply is None:
+            return parse_object(raw)  # the child could not answer: the same rules, on the loop
+        return _result(reply)
+
+    async def close(self) -> None:
+        child, sock = self._child, self._socket
+        self._child = self._socket = None
+        if sock is not None:
+            sock.close()  # the child exits when it reads the end of its input
+        if child is None or child.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(child.wait(), 5)
+        except TimeoutError:
+            child.kill()
+            await child.wait()
+
+    async def _exchange(self, raw: bytes) -> bytearray | None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            sock = await self._running()
+            if sock is None:
+                return None
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.sock_sendall(sock, _HEAD.pack(len(raw)))
+                await loop.sock_sendall(sock, raw)
+                (size,) = _HEAD.unpack(await _receive(loop, sock, _HEAD.size))
+                return await _receive(loop, sock, size)
+            except (OSError, EOFError) as exc:
+                log.warning("the parser process failed (%r); this body is parsed on the event loop", exc)
+                await self.close()
+                return None
+
+    async def _running(self) -> socket.socket | None:
+        if self._child is not None and self._child.returncode is None and self._socket is not None:
+            return self._socket
+        await self.close()
+        path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+        # glibc would otherwise keep each freed 16 MiB buffer in the heap, and the child's RSS with it.
+        env = {**os.environ, "PYTHONPATH": path, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+        ours, theirs = socket.socketpair()
+        for sock in (ours, theirs):
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
+        ours.setblocking(False)
+        try:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__, str(theirs.fileno()), pass_fds=(theirs.fileno(),), env=env
+            )
+        except OSError as exc:
+            log.warning("the parser process cannot start (%r); large bodies are parsed on the event loop", exc)
+            self._unavailable = True
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        self._child, self._socket = child, ours
+        return ours
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytearray:
+    """Exactly ``size`` bytes, read straight into one buffer (no copies of a growing one)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        n = await loop.sock_recv_into(sock, view[received:])
+        if n == 0:
+            raise EOFError("the parser process closed its socket")
+        received += n
+    return buffer
+
+
+def _result(data: bytearray) -> dict[str, Any]:
+    # Only the child below wrote these bytes, pickling what orjson parsed: dicts, lists, strings and numbers.
+    reply = pickle.loads(data)
+    if reply[0] == "error":
+        _, message, code, param = reply
+        raise BadRequest(message, code=code, param=param)
+    body: dict[str, Any] = reply[1]
+    return body
+
+
+def _drop(exchange: asyncio.Future[bytearray | None]) -> None:
+    if not exchange.cancelled():
+        exchange.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def main() -> None:
+    """The child: read a body, answer its parse, until the gateway closes the socket (argv[1] is its fd)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the gateway, whose exit closes the socket
+    with contextlib.suppress(OSError):
+        os.nice(_CHILD_NICENESS)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    while True:
+        head = _read(sock, _HEAD.size)
+        if head is None:
+            return
+        raw = _read(sock, _HEAD.unpack(head)[0])
+        if raw is None:
+            return
+        try:
+            reply: tuple[Any, ...] = ("ok", parse_object(raw))
+        except BadRequest as exc:
+            reply = ("error", exc.message, exc.code, exc.param)
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        sock.sendall(_HEAD.pack(len(data)))
+        sock.sendall(data)
+        del raw, reply, data  # not kept while waiting for the next body: the child idles at ~20 MB
+
+
+def _read(sock: socket.socket, size: int) -> bytearray | None:
+    """Exactly ``size`` bytes; None at the end of the input (the gateway is gone)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        n = sock.recv_into(view[received:])
+        if n == 0:
+            return None
+        received += n
+    return buffer
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Large bodies are parsed in a child process (``policies/parser_process.py``), with exactly the outcome of
+parsing them on the event loop: the same object (so the same token counts), the same 400s."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from gateway_core.errors import BadRequest
+from gateway_core.policies.json_body import MAX_CONTAINERS, MAX_ELEMENTS, MAX_NESTING_DEPTH, parse_object
+from gateway_core.policies.parser_process import LARGE_BODY_BYTES, ParserProcess
+from gateway_core.tokens.counting import chat_prompt_tokens
+from gateway_core.tokens.encodings import encoding
+
+PAD = "lorem ipsum dolor sit amet, é ü 中文 🎉 " * (LARGE_BODY_BYTES // 40)  # past the threshold on its own
+
+
+@pytest.fixture
+async def parser() -> AsyncIterator[ParserProcess]:
+    process = ParserProcess()
+    yield process
+    await process.close()
+
+
+def _bad_bodies() -> dict[str, bytes]:
+    padded = orjson.dumps({"model": "gpt-4o", "pad": PAD})
+    deep = MAX_NESTING_DEPTH + 1
+    return {
+        "truncated": padded[:-1],
+        "an array": orjson.dumps([PAD]),
+        "a string": orjson.dumps(PAD),
+        "invalid UTF-8": padded[:-2] + b'\xff"}',
+        "a lone surrogate escape": padded[:-2] + b'\\ud800"}',
+        "too many arrays": padded[:-1] + b',"x":[' + b"[]," * (MAX_CONTAINERS + 1) + b"[]]}",
+        "too many elements": padded[:-1] + b',"x":[' + b"1," * (MAX_ELEMENTS + 1) + b"1]}",
+        "nested too deep": padded[:-1] + b',"x":' + b"[" * deep + b"]" * deep + b"}",
+        "an empty key after a comma": padded[:-1] + b",}",
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_bodies()))
+async def test_a_large_bad_body_gets_the_same_400_from_the_child(parser: ParserProcess, name: str) -> None:
+    raw = _bad_bodies()[name]
+    assert len(raw) >= LARGE_BODY_BYTES
+    with pytest.raises(BadRequest) as inline:
+        parse_object(raw)
+    with pytest.raises(BadRequest) as child:
+        await parser.parse(raw)
+    assert parser.pid is not None and parser.pid != os.getpid()  # it was the child that answered
+    got, expected = child.value, inline.value
+    assert (type(got), got.message, got.code, got.param) == (type(expected), expected.message, expected.code, None)
+
+
+async def test_a_large_body_comes_back_as_the_same_object_and_counts_the_same_tokens(parser: ParserProcess) -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse. ünïcødé \u2028 🎉"},
+            {"role": "user", "content": [{"type": "text", "text": PAD}], "name": "x"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "numbers": [0, -0.0, 1.5e-300, 1.7976931348623157e308, 2**63 - 1, -(2**63), 0.1],
+        "nested": {"a": {"b": [None, True, False, {}, []]}},
+    }
+    raw = orjson.dumps(body).replace(b'"model":"gpt-4o"', b'"model":"ignored","model":"gpt-4o"')  # last one wins
+    parsed = await parser.parse(raw)
+    assert parser.pid is not None
+    assert orjson.dumps(parsed) == orjson.dumps(parse_object(raw)) == orjson.dumps(body)
+    enc = encoding("o200k_base")
+    assert chat_prompt_tokens(parsed, enc) == chat_prompt_tokens(body, enc)
+
+
+async def test_a_parse_cancelled_midway_leaves_the_child_in_step(parser: ParserProcess) -> None:
+    first = orjson.dumps({"n": 1, "pad": PAD})
+    second = orjson.dumps({"n": 2, "pad": PAD})
+    for yields in range(4):  # cancelled at different points of the exchange
+        task = asyncio.ensure_future(parser.parse(first))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await parser.parse(second))["n"] == 2
+
+
+async def test_a_killed_child_is_replaced_and_no_body_is_lost(parser: ParserProcess) -> None:
+    raw = orjson.dumps({"n": 1, "pad": PAD})
+    await parser.parse(raw)
+    first = parser.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert (await parser.parse(raw))["n"] == 1  # parsed on the loop if the child was found dead mid-exchange
+    assert (await parser.parse(raw))["n"] == 1
+    assert parser.pid not in (None, first)
+
+
+async def test_close_stops_the_child() -> None:
+    parser = ParserProcess()
+    await parser.parse(orjson.dumps({"pad": PAD}))
+    pid = parser.pid
+    assert pid is not None
+    await parser.close()
+    assert parser.pid is None
+    with pytest.raises(ProcessLookupError):  # exited and reaped
+        os.kill(pid, 0)
