@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway_core.config import ConfigError, GatewayConfig, load_config
 
 from . import usage_cli
+
+if TYPE_CHECKING:
+    from .emulators import AzureEmulators
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=7071)
     serve.add_argument("--workers", type=_positive, default=1)
     serve.add_argument("--demo", action="store_true", help="front two simulated regional backends, with demo keys")
+    serve.add_argument(
+        "--azure-emulators",
+        action="store_true",
+        help="with --demo: start Azurite and the Cosmos DB API server and keep the demo's state in them",
+    )
     serve.add_argument("--no-auth", action="store_true", help="accept every caller as the anonymous user")
     serve.add_argument("--log-level", default="warning")
 
@@ -51,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aigw: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C while the emulators start: they were stopped on the way out
+        return 130
 
 
 def _positive(value: str) -> int:
@@ -61,6 +73,28 @@ def _positive(value: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if not args.azure_emulators:
+        return _serve_with(args, None)
+    from .emulators import AzureEmulators, EmulatorError
+
+    if not args.demo:
+        print("aigw: --azure-emulators goes with --demo", file=sys.stderr)
+        return 2
+    # SIGTERM while the emulators start (or before uvicorn takes the signal over) still stops them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        emulators = AzureEmulators()
+        emulators.start()
+    except EmulatorError as exc:
+        print(f"aigw: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _serve_with(args, emulators)
+    finally:
+        emulators.stop()  # after the gateway closed: its last usage records are in Azurite
+
+
+def _serve_with(args: argparse.Namespace, emulators: AzureEmulators | None) -> int:
     from gateway_core.app import Gateway
 
     from .serve import BackgroundServers, bind_workers, run_gateway
@@ -70,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         from .demo import banner, start_demo_backends
 
         servers = BackgroundServers()
-        config: GatewayConfig = start_demo_backends(servers)
+        config: GatewayConfig = start_demo_backends(servers, emulators.store_urls() if emulators else None)
     else:
         config = load_config(args.config or os.environ.get("AIGW_CONFIG") or None)
     if args.no_auth:
@@ -86,7 +120,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     url = f"http://{args.host}:{sockets[0].getsockname()[1]}"
     if args.demo:
-        print(banner(url, config), flush=True)
+        from .emulators import banner_lines
+
+        print(banner(url, config, banner_lines(emulators) if emulators else ""), flush=True)
     else:
         print(f"aigw gateway listening on {url} ({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
     try:

@@ -23,8 +23,9 @@ DEMO_KEY_2 = "aigw-demo-key-2"  # another tenant, to see cache isolation by hand
 _REGIONS = (("sim-eastus", "eastus", 1), ("sim-westeurope", "westeurope", 2))
 
 
-def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
-    """Start the simulated backends and return the gateway config that fronts them."""
+def start_demo_backends(servers: BackgroundServers, stores: dict[str, str] | None = None) -> GatewayConfig:
+    """Start the simulated backends and return the gateway config that fronts them (on ``stores``, a URL per
+    port, when given: the local Azure stack; else the embedded defaults)."""
     # A fresh backend key every run: the demo shows that only the gateway ever holds it.
     backend_key = os.environ.setdefault(_BACKEND_KEY_ENV, secrets.token_hex(16))
     backends: list[dict[str, Any]] = []
@@ -91,6 +92,7 @@ def start_demo_backends(servers: BackgroundServers) -> GatewayConfig:
             # Every request recorded to the embedded store (./.aigw/usage.db) and summarised in-process; the
             # demo deployments' models are in the built-in price table, so every record has its cost.
             "usage": {"enabled": True},
+            **({"stores": stores} if stores else {}),
         },
         source="demo",
     )
@@ -100,7 +102,21 @@ def _model_of(deployment: str) -> str:
     return {"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}.get(deployment, deployment)
 
 
-def banner(url: str, config: GatewayConfig) -> str:
+def banner(url: str, config: GatewayConfig, emulators: str = "") -> str:
+    """The demo's banner; ``emulators``: the local Azure stack's details (where the state lives instead)."""
+    text = _banner(url, config)
+    if not emulators:
+        return text
+    for embedded, azure in (
+        ("counters in ./.aigw/counters.db", "counters in Cosmos DB"),
+        ("; ./.aigw/cache.db)", "; in Cosmos DB)"),
+        ("(./.aigw/usage.db)", "(Azurite table aigwusage)"),
+    ):
+        text = text.replace(embedded, azure)
+    return text.replace("Press Ctrl+C to stop.", emulators.strip("\n") + "\n\nPress Ctrl+C to stop.")
+
+
+def _banner(url: str, config: GatewayConfig) -> str:
     key = os.environ.get("AIGW_DEMO_KEY") or DEMO_KEY
     east = next(b.url for b in config.backends if b.region == "eastus")
     return f"""

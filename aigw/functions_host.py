@@ -13,9 +13,10 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -25,6 +26,7 @@ from aigw.functions_settings import config_from_app_settings
 from gateway_core.app import Gateway
 from gateway_core.config import ServerSettings
 from gateway_core.context import GatewayRequest
+from gateway_core.usage.summariser import is_batch_id
 
 log = logging.getLogger("aigw")
 
@@ -111,10 +113,65 @@ class FunctionsHost:
         )
         early = await gateway.check_head(head)  # 401/404 before the body is read
         if early is not None:
+            await self._flush_usage(gateway)
             return Response(early.body, status_code=early.status, headers=dict(early.headers))
-        body, size = await read_limited(request.stream(), headers.get("content-length", ""), server.max_body_bytes)
-        result = await gateway.handle(dataclasses.replace(head, body=body, body_size=size))
+        try:
+            body, size = await read_limited(request.stream(), headers.get("content-length", ""), server.max_body_bytes)
+            result = await gateway.handle(dataclasses.replace(head, body=body, body_size=size))
+        except Exception:
+            await self._flush_usage(gateway)
+            raise
         out_headers = dict(result.headers)
         if result.stream is not None:
-            return StreamingResponse(result.stream, status_code=result.status, headers=out_headers)
+            stream = _flushed_at_end(result.stream, lambda: self._flush_usage(gateway))
+            return StreamingResponse(stream, status_code=result.status, headers=out_headers)
+        await self._flush_usage(gateway)
         return Response(result.body, status_code=result.status, headers=out_headers)
+
+    async def _flush_usage(self, gateway: Gateway) -> None:
+        """Write this invocation's usage record before the invocation ends: between invocations the host may
+        freeze the worker (no background task runs) or recycle it (a buffered record would be lost)."""
+        try:
+            await gateway.flush_usage()
+        except Exception:  # a failed flush spills to disk inside the writer; never fail the answer over it
+            log.exception("usage flush at the end of an invocation failed")
+
+    async def sweep_usage(self) -> int:
+        """The usage timer trigger's work: summarise the batches still pending after
+        ``usage.sweep_older_than_s`` (a queue message that was lost or poisoned). Returns how many."""
+        gateway = await self.gateway()
+        runtime = gateway.usage_runtime
+        if runtime is None:
+            return 0
+        await gateway.flush_usage()
+        return await runtime.summariser.sweep(gateway.config.usage.sweep_older_than_s)
+
+    async def summarise_batch(self, body: str) -> bool:
+        """The queue trigger's work: absorb the batch a message names. False (logged) for a body that is no
+        batch id: retrying it cannot help. Raises ``BatchNotFound`` or ``StorageError`` when it should be
+        delivered again (the Functions runtime redelivers, then moves it to ``aigw-usage-poison``)."""
+        gateway = await self.gateway()
+        runtime = gateway.usage_runtime
+        if runtime is None:
+            log.warning("usage queue message ignored: usage is not enabled in this app's config")
+            return False
+        if not is_batch_id(body):
+            log.error("usage queue: a message that is not a usage batch id (%d characters) was dropped", len(body))
+            return False
+        await runtime.summariser.process(body)
+        return True
+
+
+async def _flushed_at_end(stream: AsyncIterator[bytes], flush: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+    """Relay ``stream``, then flush: the usage policy records a stream when it ends (inside this relay), and
+    the flush runs before the invocation that streams it is over, however the stream ended."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        # Shielded: a reader that went away cancels this relay, and the record must still be written.
+        with anyio.CancelScope(shield=True):
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await flush()

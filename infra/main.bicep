@@ -34,6 +34,9 @@ param gatewayConfig string = 'gateway.yaml'
 @description('AIGW_HEALTH_CRON: when the timer trigger probes the backends (NCRONTAB with seconds).')
 param healthCron string = '*/30 * * * * *'
 
+@description('AIGW_USAGE_SWEEP_CRON: when the timer trigger summarises usage batches whose queue message was lost.')
+param usageSweepCron string = '0 */5 * * * *'
+
 @description('App setting name -> Key Vault secret name, for backend and client keys (set the secrets after deploying).')
 param keyVaultSecrets object = {}
 
@@ -161,6 +164,7 @@ module functionApp 'modules/functionapp.bicep' = {
     usageUrl: 'tables://${storage.outputs.name}'
     gatewayConfig: gatewayConfig
     healthCron: healthCron
+    usageSweepCron: usageSweepCron
     keyVaultName: keyVault.outputs.name
     keyVaultSecrets: keyVaultSecrets
     maximumInstanceCount: maximumInstanceCount

@@ -25,6 +25,11 @@ _IDLE_MIN_S = 0.05
 _IDLE_MAX_S = 1.0  # an empty queue is polled at most this far apart (an in-process receive costs nothing)
 
 
+def is_batch_id(body: str) -> bool:
+    """Whether a queue message's body can name a batch (the writer's ids are 32 hex characters)."""
+    return _BATCH_ID.fullmatch(body) is not None
+
+
 class BatchNotFound(LookupError):
     """A message named a batch the store does not hold (yet): retry the message later."""
 
@@ -57,7 +62,7 @@ class Summariser:
         """Process one message: delete it when done; leave it for redelivery when its batch is missing or the
         store failed; after ``max_dequeues`` deliveries (or a body that is no batch id), poison it with why."""
         batch_id = message.body
-        if not _BATCH_ID.match(batch_id):
+        if not is_batch_id(batch_id):
             await self._queue.poison(message, "the message is not a usage batch id")
             log.error("usage queue: poisoned a message that is not a batch id")
             return

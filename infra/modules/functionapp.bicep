@@ -13,6 +13,7 @@ param cosmosEndpoint string
 param usageUrl string
 param gatewayConfig string
 param healthCron string
+param usageSweepCron string
 param keyVaultName string
 @description('App setting name -> Key Vault secret name, e.g. {"AOAI_EASTUS_KEY": "aoai-eastus-key"}.')
 param keyVaultSecrets object
@@ -36,6 +37,7 @@ var settings = {
   AIGW_USAGE_URL: usageUrl
   AIGW_CONFIG: gatewayConfig
   AIGW_HEALTH_CRON: healthCron
+  AIGW_USAGE_SWEEP_CRON: usageSweepCron
   // HTTP streaming (azurefunctions-extensions-http-fastapi) needs the worker to index functions at start.
   PYTHON_ENABLE_INIT_INDEXING: '1'
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,14 +18,6 @@ from tests.servers import BACKEND_KEY, CLIENT_KEY, COSMOS_KEY_ENV, GATEWAY_ENV, 
 from tests.upstream import serve_recorders
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def functions() -> dict[str, Any]:
-    """The app's functions by name; ``get_functions`` indexes the app and may be called only once."""
-    import function_app
-
-    return {str(f.get_function_name()): f for f in function_app.app.get_functions()}
 
 
 @pytest.fixture
@@ -76,7 +69,7 @@ async def body_of(response: Response) -> bytes:
 
 
 def test_bindings_and_host_json(functions: dict[str, Any]) -> None:
-    assert set(functions) == {"gateway", "health"}
+    assert set(functions) == {"gateway", "health", "usage_sweep", "usage_summary"}
     timer = orjson.loads(functions["health"].get_raw_bindings()[0])
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "*/30 * * * * *"
     bindings = orjson.loads(functions["gateway"].get_raw_bindings()[0])
@@ -313,3 +306,59 @@ async def test_cosmos_app_settings_hold_limits_cache_and_health(
             await store.start()
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_invocation_writes_its_usage_record_before_it_ends(
+    functions: dict[str, Any],
+    app_host: Any,
+    sim_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stream: bool,
+) -> None:
+    from gateway_core.usage.api import utc_today
+    from gateway_core.usage.record import RecordQuery
+
+    config = gateway_config(sim_url, usage={"enabled": True})
+    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    gateway = await app_host.host.gateway()
+    runtime = gateway.usage_runtime
+    assert runtime is not None and runtime._consumer is None  # no background work on Functions
+    body = orjson.dumps({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+    response = await functions["gateway"].get_user_function()(
+        starlette_request("POST", "/v1/chat/completions", body, {"api-key": CLIENT_KEY})
+    )
+    await body_of(response)  # a stream's relay ends here, inside the invocation
+    assert response.status_code == 200
+    # Written, not buffered: a worker frozen or recycled right after the invocation loses nothing.
+    assert runtime.writer.buffered_records == 0
+    day = utc_today(time.time()).isoformat()
+    (record,) = await runtime.store.records(RecordQuery(day, day, request_id=response.headers["x-request-id"]))
+    assert record.stream is stream and record.status == 200
+    # Its batch is on the queue for the queue trigger.
+    (message,) = await runtime.queue.receive(10, 30.0)
+    assert await runtime.store.batch_records(message.body) == (record,)
+
+
+async def test_a_stream_its_reader_leaves_is_recorded_before_the_invocation_ends(
+    functions: dict[str, Any], app_host: Any, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = gateway_config(sim_url, usage={"enabled": True})
+    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    gateway = await app_host.host.gateway()
+    body = orjson.dumps({"model": "slow-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    response = await functions["gateway"].get_user_function()(
+        starlette_request("POST", "/v1/chat/completions", body, {"api-key": CLIENT_KEY})
+    )
+    iterator: Any = response.body_iterator
+    await iterator.__anext__()
+    await iterator.aclose()  # the reader went away after the first chunk
+    assert gateway.usage_runtime is not None and gateway.usage_runtime.writer.buffered_records == 0
+    (message,) = await gateway.usage_runtime.queue.receive(10, 30.0)
+    records = await gateway.usage_runtime.store.batch_records(message.body)
+    assert records is not None and len(records) == 1
+    record = records[0]
+    assert record.error_code == "client_disconnected" and record.stream
