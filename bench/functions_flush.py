@@ -22,10 +22,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.azurite import run_azurite  # noqa: E402
-
 from aigw.functions_host import FunctionsHost  # noqa: E402
 from gateway_core.app import Gateway  # noqa: E402
+from tests.azurite import run_azurite  # noqa: E402
 from tests.functions.test_function_app import body_of, starlette_request  # noqa: E402
 from tests.servers import CLIENT_KEY, GATEWAY_ENV, gateway_config, run_aigw, write_yaml  # noqa: E402
 
