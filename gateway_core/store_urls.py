@@ -135,27 +135,36 @@ def _cosmos(url: str) -> CosmosURL:
     database = parts.path.strip("/")
     if not database or "/" in database or parts.fragment:
         raise StoreURLError(f"bad Cosmos DB URL {url!r}: name one database (cosmos://host[:port]/database)")
-    try:
-        options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise StoreURLError(f"bad Cosmos DB URL {url!r}: the query is not name=value pairs") from None
-    unknown = sorted(set(options) - set(_COSMOS_OPTIONS))
-    if unknown:
-        raise StoreURLError(
-            f"bad Cosmos DB URL {url!r}: unknown option {', '.join(unknown)} (known: {', '.join(_COSMOS_OPTIONS)})"
-        )
+    options = _options(parts.query, f"bad Cosmos DB URL {url!r}", _COSMOS_OPTIONS)
     key_env = options["key_env"][-1] if "key_env" in options else None
     if key_env is not None and not _ENV_NAME.match(key_env):
         raise StoreURLError(f"bad Cosmos DB URL {url!r}: key_env must name an environment variable")
     scheme = options["scheme"][-1] if "scheme" in options else "https"
     if scheme not in ("http", "https"):
         raise StoreURLError(f"bad Cosmos DB URL {url!r}: scheme must be http or https")
-    create = options["create_if_missing"][-1] if "create_if_missing" in options else "false"
-    if create not in ("true", "false"):
-        raise StoreURLError(f"bad Cosmos DB URL {url!r}: create_if_missing must be true or false")
+    create = _flag(options, "create_if_missing", f"bad Cosmos DB URL {url!r}")
     return CosmosURL(
-        endpoint=f"{scheme}://{parts.netloc}/", database=database, key_env=key_env, create_if_missing=create == "true"
+        endpoint=f"{scheme}://{parts.netloc}/", database=database, key_env=key_env, create_if_missing=create
     )
+
+
+def _options(query: str, bad: str, known: tuple[str, ...]) -> dict[str, list[str]]:
+    """A store URL's query as name -> values; ``StoreURLError`` (starting with ``bad``) if malformed or unknown."""
+    try:
+        options = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise StoreURLError(f"{bad}: the query is not name=value pairs") from None
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise StoreURLError(f"{bad}: unknown option {', '.join(unknown)} (known: {', '.join(known)})")
+    return options
+
+
+def _flag(options: dict[str, list[str]], name: str, bad: str) -> bool:
+    value = options[name][-1] if name in options else "false"
+    if value not in ("true", "false"):
+        raise StoreURLError(f"{bad}: {name} must be true or false")
+    return value == "true"
 
 
 def _tables(url: str) -> TablesURL:
@@ -163,13 +172,7 @@ def _tables(url: str) -> TablesURL:
     bad = f"bad Table Storage URL {url!r}"
     if parts.path or parts.fragment:
         raise StoreURLError(f"{bad}: use tables://account or tables://?connection_env=VAR")
-    try:
-        options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise StoreURLError(f"{bad}: the query is not name=value pairs") from None
-    unknown = sorted(set(options) - set(_TABLES_OPTIONS))
-    if unknown:
-        raise StoreURLError(f"{bad}: unknown option {', '.join(unknown)} (known: {', '.join(_TABLES_OPTIONS)})")
+    options = _options(parts.query, bad, _TABLES_OPTIONS)
     account = parts.netloc or None
     connection_env = options["connection_env"][-1] if "connection_env" in options else None
     if (account is None) == (connection_env is None):
@@ -178,13 +181,11 @@ def _tables(url: str) -> TablesURL:
         raise StoreURLError(f"{bad}: the account name is 3 to 24 lowercase letters and digits")
     if connection_env is not None and not _ENV_NAME.match(connection_env):
         raise StoreURLError(f"{bad}: connection_env must name an environment variable")
-    create = options["create_if_missing"][-1] if "create_if_missing" in options else "false"
-    if create not in ("true", "false"):
-        raise StoreURLError(f"{bad}: create_if_missing must be true or false")
+    create = _flag(options, "create_if_missing", bad)
     prefix = options["prefix"][-1] if "prefix" in options else ""
     if prefix and not _PREFIX.match(prefix):
         raise StoreURLError(f"{bad}: prefix is a lowercase letter and up to 19 lowercase letters or digits")
-    return TablesURL(account, connection_env, create == "true", prefix)
+    return TablesURL(account, connection_env, create, prefix)
 
 
 def tables_default(env: Mapping[str, str]) -> str | None:
