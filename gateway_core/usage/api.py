@@ -117,7 +117,10 @@ def _params(ctx: RequestContext, allowed: tuple[str, ...]) -> dict[str, str]:
 
 def _days(params: dict[str, str], today: date) -> tuple[str, str]:
     to_day = _date(params, "to") or today
-    from_day = _date(params, "from") or to_day - timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        from_day = _date(params, "from") or to_day - timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError:  # ``to`` within six days of 0001-01-01: no default ``from`` exists
+        raise BadRequest("from: give it when to is this early", param="from") from None
     if from_day > to_day:
         raise BadRequest("from: is after to", param="from")
     if (to_day - from_day).days + 1 > MAX_DAYS:
