@@ -21,6 +21,7 @@ from ..clock import Clock
 from ..config import GatewayConfig
 from ..context import GatewayResponse, RequestContext, UsageSource
 from ..errors import TokenLimitExceeded, error_payload
+from ..names import is_deployment_name
 from ..pipeline import Handler
 from ..usage.costs import Costs
 from ..usage.prices import PriceTable
@@ -78,8 +79,8 @@ class UsageRecorder:
 
     def build(self, ctx: RequestContext, end: _End) -> UsageRecord:
         principal = ctx.require_principal()
-        deployment = ctx.deployment or (ctx.endpoint.deployment if ctx.endpoint is not None else None)
-        model = self._pools.model_of(deployment, ctx.backend) if deployment else None
+        deployment = self._known(ctx.deployment or (ctx.endpoint.deployment if ctx.endpoint is not None else None))
+        model = self._pools.model_of(deployment, ctx.backend) if deployment else None  # from config, not the client
         tokens = ctx.tokens
         prompt, completion = tokens.prompt or 0, tokens.completion or 0
         saved_tokens, saved_cost = 0, None
@@ -125,6 +126,14 @@ class UsageRecorder:
 
     def now_s(self) -> float:
         return self._clock.monotonic_s()
+
+    def _known(self, deployment: str | None) -> str | None:
+        """``deployment`` if it is a valid name the gateway serves, else None: a client's invalid or unknown name
+        (control characters, 8 KB, a new summary row per name) never reaches the records; the error code says
+        why it was refused."""
+        if deployment is None or not is_deployment_name(deployment) or not self._pools.serves(deployment):
+            return None
+        return deployment
 
 
 class _End:

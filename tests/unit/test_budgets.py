@@ -138,6 +138,24 @@ async def test_a_cent_a_month_admits_several_then_refuses_and_says_when_it_renew
         assert (await call(gateway, ALICE)).status == 200
 
 
+async def test_alice_of_contoso_does_not_use_alice_of_fabrikams_budget(sim: str) -> None:
+    """A ``key: user`` budget counts each (tenant, user): two tenants' users of one name have a budget each."""
+    keys = [
+        {"name": "ka", "sha256": sha256_hex("alice-key"), "user": "alice", "tenant": "contoso"},
+        {"name": "kf", "sha256": sha256_hex("other-alice-key"), "user": "alice", "tenant": "fabrikam"},
+    ]
+    rule = {**CENT_A_MONTH, "name": "user-budget", "key": "user"}
+    async with running(make_config(sim, [rule], keys=keys), ManualClock(START)) as gateway:
+        for _ in range(100):
+            response = await call(gateway, {"api-key": "other-alice-key"})
+            await gateway.tasks.drain()
+            if response.status != 200:
+                break
+        assert response.status == 403, "fabrikam's alice spent her budget"
+        assert (await call(gateway, ALICE)).status == 200, "contoso's alice has her own"
+        assert await spent(gateway, "user-budget", "fabrikam/alice") <= 10_000
+
+
 async def test_quota_exceeded_status_429_applies_to_budgets(sim: str) -> None:
     config = make_config(sim, [{**CENT_A_MONTH, "cost_quota_usd": "0.0001"}], limits={"quota_exceeded_status": 429})
     async with running(config, ManualClock(START)) as gateway:
