@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -33,6 +34,7 @@ log = logging.getLogger("aigw")
 CLIENT_CLOSED = 499  # the client left before the response head (nginx's code; no client ever sees it)
 _CLIENT_GONE = "client_disconnected"
 _PATH_MAX = 512  # a record keeps at most this much of the path
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # decoded from %XX in a client's path; kept escaped, not raw
 _CHECKED_HEAD = 100  # Gateway.check_head's "go on and read the body": the request is recorded later
 
 
@@ -97,7 +99,7 @@ class UsageRecorder:
             user=principal.user,
             key_id=principal.key_id,
             method=ctx.request.method,
-            path=ctx.request.path[:_PATH_MAX],
+            path=_CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", ctx.request.path)[:_PATH_MAX],
             status=end.status,
             deployment=deployment,
             model=model,

@@ -241,6 +241,7 @@ async def test_a_client_chosen_invalid_deployment_name_never_reaches_the_records
         code = orjson.loads(response.body)["error"]["code"]
     record = only(sink)
     assert record.deployment is None and record.model is None and record.error_code == code
+    assert not _CONTROL.search(record.path) and len(record.path) <= 512  # the path keeps them %-encoded
     row = _with_usd(record_to_dict(record), record.cost_micro_usd, record.saved_micro_usd)
     assert not _CONTROL.search(render("records", {"data": [row]}, "table"))
     assert [key.deployment for key in summarise([record])] == [""]
