@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -38,6 +39,11 @@ _SUMMARY_COLUMNS = (
     "cache_hits",
     "saved_usd",
 )
+
+
+# C0, DEL and C1: names come from keys (and JWTs) and a client's request; a terminal would act on them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell as a formula
 
 
 def add_parser(sub: Any) -> None:
@@ -105,17 +111,20 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
 
 
 def render(command: str, data: dict[str, Any], fmt: str) -> str:
-    """The API's answer as ``fmt``: json as it came, or rows as CSV or an aligned table."""
+    """The API's answer as ``fmt``: json as it came (control characters escaped by JSON), rows as CSV (a cell that
+    starts with ``= + - @`` prefixed with ``'``, so a spreadsheet shows it as text instead of running it), or an
+    aligned table (control characters shown escaped, e.g. ``\\x1b``, never sent to the terminal)."""
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     header, rows = _rows(command, data)
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        # CRLF (RFC 4180): a cell with a CR or LF is then quoted, never read as the start of a row of its own.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([_csv_cell(cell) for cell in row] for row in rows)
         return out.getvalue()
-    return _table(header, rows)
+    return _table(header, [[_visible(cell) for cell in row] for row in rows])
 
 
 def _rows(command: str, data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -136,13 +145,23 @@ def _rows(command: str, data: dict[str, Any]) -> tuple[list[str], list[list[str]
             rows.append([when, *(_cell(record.get(c)) for c in _RECORD_COLUMNS[1:])])
         return list(_RECORD_COLUMNS), rows
     group = data["group_by"]
-    rows = [[_cell(row[group]), *(_cell(row[c]) for c in _SUMMARY_COLUMNS)] for row in data["data"]]
-    rows.append(["TOTAL", *(_cell(data["total"][c]) for c in _SUMMARY_COLUMNS)])
-    return [group, *_SUMMARY_COLUMNS], rows
+    names = ["tenant", "user"] if group == "user" else [group]  # a user name is unique only within its tenant
+    rows = [[*(_cell(row.get(n)) for n in names), *(_cell(row[c]) for c in _SUMMARY_COLUMNS)] for row in data["data"]]
+    rows.append(["TOTAL", *([""] * (len(names) - 1)), *(_cell(data["total"][c]) for c in _SUMMARY_COLUMNS)])
+    return [*names, *_SUMMARY_COLUMNS], rows
 
 
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _visible(cell: str) -> str:
+    """``cell`` with each control character as a ``\\xNN`` escape (a backslash doubled so none is ambiguous)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", cell.replace("\\", "\\\\"))
+
+
+def _csv_cell(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

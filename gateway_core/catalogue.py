@@ -36,6 +36,10 @@ class PoolTable:
         if deployment not in self._pools and not self._wildcard:
             raise DeploymentNotFound(f"The deployment '{deployment}' does not exist on this gateway.", param="model")
 
+    def serves(self, deployment: str) -> bool:
+        """Whether some backend serves ``deployment`` (by name, or as a wildcard backend passing it through)."""
+        return deployment in self._pools or bool(self._wildcard)
+
     def targets(self, deployment: str) -> list[Target]:
         """Every target that serves ``deployment``, unordered; wildcard backends pass the name through."""
         named = self._pools.get(deployment)

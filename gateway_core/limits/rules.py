@@ -60,11 +60,14 @@ def applies(rule: LimitRule, ctx: RequestContext) -> bool:
 
 
 def counter_value(rule: LimitRule, ctx: RequestContext) -> str:
-    """The value the rule counts by for this request (the user's name, the header's value, ...)."""
+    """The value the rule counts by for this request (the user's name within its tenant, the header's value,
+    ...)."""
     principal = ctx.principal
     key = rule.key
     if key == "user":
-        value = principal.user if principal else None
+        # A user name is unique only within its tenant: ``<tenant>/<user>``, the tenant escaped so that no
+        # other (tenant, user) pair gives the same value.
+        value = f"{_escaped(principal.tenant)}/{principal.user}" if principal and principal.user else None
     elif key == "tenant":
         value = principal.tenant if principal else None
     elif key == "key":
@@ -76,3 +79,7 @@ def counter_value(rule: LimitRule, ctx: RequestContext) -> str:
     else:
         value = ctx.request.headers.get(key[len("header:") :])
     return value or ABSENT
+
+
+def _escaped(tenant: str) -> str:
+    return tenant.replace("%", "%25").replace("/", "%2F")

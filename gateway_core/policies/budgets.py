@@ -3,13 +3,17 @@
 A budget is counted like a token quota, in integer micro-dollars: admission reserves the estimate's price (the
 prompt estimate at the input price, the rest of the estimate, the max completion, at the output price), and
 settlement replaces it with the price of the actual tokens (cached prompt tokens at the cached-input price). The
-price is the deployment's model's in the price table: a deployment without one cannot be used under a budget
-(403 ``budget_unpriced_model``), never counted as free.
+price is the model's in the price table of the backend that answered (a failover answer from a dearer model costs
+that model's price); admission reserves at the dearest model among the backends that serve the deployment, so it
+never underestimates. A deployment one of whose models has no price cannot be used under a budget (403
+``budget_unpriced_model``), never counted as free.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -23,23 +27,52 @@ from ..usage.prices import Price, PriceTable
 REMAINING_HEADER = "x-aigw-budget-remaining-usd"
 
 
+@dataclass(slots=True, frozen=True)
+class Pricing:
+    """One request's prices under a budget: each serving backend's model's, and the dearest for its estimate,
+    which admission reserves at and a try on a backend without a price of its own is charged at."""
+
+    by_backend: Mapping[str, Price]
+    dearest: Price
+
+    @classmethod
+    def flat(cls, price: Price) -> Pricing:
+        return cls({}, price)
+
+    def of(self, backend: str | None) -> Price:
+        return self.by_backend.get(backend, self.dearest) if backend is not None else self.dearest
+
+
 class DeploymentPrices:
-    """The price of each gateway deployment's model (as the tokens policy picks its model: the first backend's)."""
+    """The prices of the models behind each gateway deployment, by the backend that serves it."""
 
     def __init__(self, pools: PoolTable, prices: PriceTable) -> None:
         self._pools = pools
         self._prices = prices
 
-    def model_of(self, deployment: str) -> str:
-        ref = self._pools.deployment_ref(deployment)
-        return deployment if ref is None else ref.model or ref.name
+    def unpriced_model(self, deployment: str) -> str | None:
+        """A model behind ``deployment`` without a price (None: all are priced)."""
+        for target in self._pools.targets(deployment):
+            if self._prices.price_of(target.model) is None:
+                return target.model
+        return None if self._pools.targets(deployment) else deployment
 
-    def price_of(self, deployment: str) -> Price | None:
-        return self._prices.price_of(self.model_of(deployment))
+    def pricing(self, deployment: str, tokens: TokenUsage) -> Pricing | None:
+        """The prices of ``deployment``'s models (None if one has none), the dearest for ``tokens``'s estimate."""
+        by_backend: dict[str, Price] = {}
+        for target in self._pools.targets(deployment):
+            price = self._prices.price_of(target.model)
+            if price is None:
+                return None
+            by_backend.setdefault(target.backend.name, price)
+        if not by_backend:
+            return None
+        dearest = max(by_backend.values(), key=lambda price: estimate_micro_usd(price, tokens))
+        return Pricing(by_backend, dearest)
 
     def unpriced_deployments(self) -> list[str]:
-        """The deployments named in config whose model has no price."""
-        return [d for d in self._pools.named_deployments() if self.price_of(d) is None]
+        """The deployments named in config one of whose models has no price."""
+        return [d for d in self._pools.named_deployments() if self.unpriced_model(d) is not None]
 
 
 def estimate_micro_usd(price: Price, tokens: TokenUsage) -> int:
@@ -47,19 +80,22 @@ def estimate_micro_usd(price: Price, tokens: TokenUsage) -> int:
     return price.cost_micro_usd(tokens.prompt_estimate, tokens.estimate - tokens.prompt_estimate)
 
 
-def billed_micro_usd(price: Price | None, ctx: RequestContext) -> int:
-    """The estimate's price once for each try that reached a backend and then timed out or was cut (Azure may bill
-    it); 0 without a price (no budget applies)."""
-    if price is None:
+def billed_micro_usd(pricing: Pricing | None, ctx: RequestContext) -> int:
+    """The estimate's price (at the price of the try's backend) once for each try that reached a backend and then
+    timed out or was cut (Azure may bill it); 0 without a price (no budget applies)."""
+    if pricing is None:
         return 0
-    return estimate_micro_usd(price, ctx.tokens) * sum(1 for attempt in ctx.attempts if attempt.maybe_billed)
+    return sum(
+        estimate_micro_usd(pricing.of(attempt.backend), ctx.tokens) for attempt in ctx.attempts if attempt.maybe_billed
+    )
 
 
-def answer_micro_usd(price: Price | None, ctx: RequestContext, status: int) -> int:
-    """What a complete answer costs, cut tries included: nothing for a refusal, its usage's price, or the
-    estimate's if it had none; 0 without a price."""
-    if price is None:
+def answer_micro_usd(pricing: Pricing | None, ctx: RequestContext, status: int) -> int:
+    """What a complete answer costs at the price of the backend that answered, cut tries included: nothing for a
+    refusal, its usage's price, or the estimate's if it had none; 0 without a price."""
+    if pricing is None:
         return 0
+    price = pricing.of(ctx.backend)
     tokens = ctx.tokens
     if status >= 400:
         answer = 0
@@ -67,15 +103,16 @@ def answer_micro_usd(price: Price | None, ctx: RequestContext, status: int) -> i
         answer = estimate_micro_usd(price, tokens)
     else:
         answer = _actual_micro_usd(price, tokens)
-    return answer + billed_micro_usd(price, ctx)
+    return answer + billed_micro_usd(pricing, ctx)
 
 
-def stream_micro_usd(price: Price | None, ctx: RequestContext, error: BaseException | None) -> int:
+def stream_micro_usd(pricing: Pricing | None, ctx: RequestContext, error: BaseException | None) -> int:
     """What a stream costs, cut tries included: its usage's price, or the estimate's if none came; at least the
     estimate's if the backend cut it and the usage was only counted from what passed (it may have generated, and
     bill, more); 0 without a price."""
-    if price is None:
+    if pricing is None:
         return 0
+    price = pricing.of(ctx.backend)
     tokens = ctx.tokens
     if tokens.actual_total is None:
         stream = estimate_micro_usd(price, tokens)
@@ -83,7 +120,7 @@ def stream_micro_usd(price: Price | None, ctx: RequestContext, error: BaseExcept
         stream = _actual_micro_usd(price, tokens)
         if error is not None and maybe_billed(error) and tokens.source is not UsageSource.BACKEND:
             stream = max(stream, estimate_micro_usd(price, tokens))
-    return stream + billed_micro_usd(price, ctx)
+    return stream + billed_micro_usd(pricing, ctx)
 
 
 def _actual_micro_usd(price: Price, tokens: TokenUsage) -> int:

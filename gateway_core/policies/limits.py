@@ -27,9 +27,9 @@ from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used
 from ..pipeline import Handler
 from ..providers.client import maybe_billed
 from ..storage.ports import CounterAdd, CounterStore, StorageError
-from ..usage.prices import Price
 from .budgets import (
     DeploymentPrices,
+    Pricing,
     answer_micro_usd,
     billed_micro_usd,
     budget_refusal,
@@ -127,16 +127,18 @@ class LimitsPolicy:
             response.stream = self._settle_after_stream(ctx, response.stream, reservations, price)
         return response
 
-    def _priced(self, ctx: RequestContext, limits: list[Limit]) -> tuple[Price | None, int]:
-        """The deployment's price and the estimate's cost in micro-dollars, if a budget applies (else None, 0)."""
+    def _priced(self, ctx: RequestContext, limits: list[Limit]) -> tuple[Pricing | None, int]:
+        """The deployment's prices and the estimate's cost in micro-dollars at the dearest of them, if a budget
+        applies (else None, 0)."""
         budget = next((limit for limit in limits if limit.kind is LimitKind.COST), None)
         if budget is None:
             return None, 0
         deployment = ctx.require_deployment()
-        price = self._prices.price_of(deployment) if self._prices else None
-        if price is None:
-            raise unpriced(budget, deployment, self._prices.model_of(deployment) if self._prices else deployment)
-        return price, estimate_micro_usd(price, ctx.tokens)
+        pricing = self._prices.pricing(deployment, ctx.tokens) if self._prices else None
+        if pricing is None:
+            model = self._prices.unpriced_model(deployment) if self._prices else None
+            raise unpriced(budget, deployment, model or deployment)
+        return pricing, estimate_micro_usd(pricing.dearest, ctx.tokens)
 
     def _warn_unpriced(self) -> None:
         # Named deployments are checked at config load; a rule for every deployment is checked per request.
@@ -292,7 +294,7 @@ class LimitsPolicy:
         return ctx.tokens.estimate if total is None else total
 
     def _settle_after_stream(
-        self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation], price: Price | None
+        self, ctx: RequestContext, stream: AsyncIterator[bytes], reservations: list[Reservation], price: Pricing | None
     ) -> AsyncIterator[bytes]:
         def settle(error: BaseException | None) -> None:
             self._settle_later(
@@ -309,7 +311,7 @@ class LimitsPolicy:
             )
 
     async def _unchecked(
-        self, ctx: RequestContext, call_next: Handler, limits: list[Limit], price: Price | None
+        self, ctx: RequestContext, call_next: Handler, limits: list[Limit], price: Pricing | None
     ) -> GatewayResponse:
         """fail_open: admit without reservations and add the actual usage after the response; if the store is
         still down then, that count is lost (logged by the background task), not retried."""

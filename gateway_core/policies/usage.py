@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -21,6 +22,7 @@ from ..clock import Clock
 from ..config import GatewayConfig
 from ..context import GatewayResponse, RequestContext, UsageSource
 from ..errors import TokenLimitExceeded, error_payload
+from ..names import is_deployment_name
 from ..pipeline import Handler
 from ..usage.costs import Costs
 from ..usage.prices import PriceTable
@@ -32,6 +34,7 @@ log = logging.getLogger("aigw")
 CLIENT_CLOSED = 499  # the client left before the response head (nginx's code; no client ever sees it)
 _CLIENT_GONE = "client_disconnected"
 _PATH_MAX = 512  # a record keeps at most this much of the path
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # decoded from %XX in a client's path; kept escaped, not raw
 _CHECKED_HEAD = 100  # Gateway.check_head's "go on and read the body": the request is recorded later
 
 
@@ -78,8 +81,8 @@ class UsageRecorder:
 
     def build(self, ctx: RequestContext, end: _End) -> UsageRecord:
         principal = ctx.require_principal()
-        deployment = ctx.deployment or (ctx.endpoint.deployment if ctx.endpoint is not None else None)
-        model = self._pools.model_of(deployment, ctx.backend) if deployment else None
+        deployment = self._known(ctx.deployment or (ctx.endpoint.deployment if ctx.endpoint is not None else None))
+        model = self._pools.model_of(deployment, ctx.backend) if deployment else None  # from config, not the client
         tokens = ctx.tokens
         prompt, completion = tokens.prompt or 0, tokens.completion or 0
         saved_tokens, saved_cost = 0, None
@@ -96,7 +99,7 @@ class UsageRecorder:
             user=principal.user,
             key_id=principal.key_id,
             method=ctx.request.method,
-            path=ctx.request.path[:_PATH_MAX],
+            path=_CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", ctx.request.path)[:_PATH_MAX],
             status=end.status,
             deployment=deployment,
             model=model,
@@ -125,6 +128,14 @@ class UsageRecorder:
 
     def now_s(self) -> float:
         return self._clock.monotonic_s()
+
+    def _known(self, deployment: str | None) -> str | None:
+        """``deployment`` if it is a valid name the gateway serves, else None: a client's invalid or unknown name
+        (control characters, 8 KB, a new summary row per name) never reaches the records; the error code says
+        why it was refused."""
+        if deployment is None or not is_deployment_name(deployment) or not self._pools.serves(deployment):
+            return None
+        return deployment
 
 
 class _End:

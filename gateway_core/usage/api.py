@@ -35,6 +35,7 @@ _PARAMS = {
     EndpointKind.USAGE_SUMMARY: ("from", "to", "group_by", "user", "tenant"),
 }
 _MAX_QUERY_CHARS = 2048
+_ADMIN_ONLY_FIELDS = ("backend", "region")
 
 
 async def usage_response(
@@ -59,6 +60,10 @@ async def usage_response(
         limit = _limit(params.get("limit"))
         records = await store.records(RecordQuery(from_day, to_day, request_id, tenant, user, limit))
         data = [_with_usd(record_to_dict(r), r.cost_micro_usd, r.saved_micro_usd) for r in records]
+        if not principal.admin:
+            for row in data:  # backends and their regions are operators' business, as on /status
+                for name in _ADMIN_ONLY_FIELDS:
+                    row.pop(name, None)
         return _json({"object": "list", "from": from_day, "to": to_day, "data": data})
     group_by = params.get("group_by", "day")
     if group_by not in GROUP_BY:
@@ -68,13 +73,16 @@ async def usage_response(
 
 
 def summary_body(rows: dict[SummaryKey, SummaryTotals], group_by: str, from_day: str, to_day: str) -> dict[str, Any]:
-    """Summary rows summed per ``group_by`` value, sorted by it, with the grand total."""
-    groups: dict[str, SummaryTotals] = {}
+    """Summary rows summed per ``group_by`` value, sorted by it, with the grand total. Users are grouped by
+    (tenant, user): a user name is unique only within its tenant, so each row also names the tenant."""
+    groups: dict[tuple[str, ...], SummaryTotals] = {}
     total = SummaryTotals()
+    fields = ("tenant", "user") if group_by == "user" else (group_by,)
     for key, totals in rows.items():
-        groups.setdefault(getattr(key, group_by), SummaryTotals()).merge(totals)
+        group = tuple(getattr(key, name) or "" for name in fields)
+        groups.setdefault(group, SummaryTotals()).merge(totals)
         total.merge(totals)
-    data = [{group_by: name, **_totals(totals)} for name, totals in sorted(groups.items())]
+    data = [{**dict(zip(fields, group, strict=True)), **_totals(totals)} for group, totals in sorted(groups.items())]
     return {
         "object": "usage.summary",
         "from": from_day,
@@ -117,7 +125,10 @@ def _params(ctx: RequestContext, allowed: tuple[str, ...]) -> dict[str, str]:
 
 def _days(params: dict[str, str], today: date) -> tuple[str, str]:
     to_day = _date(params, "to") or today
-    from_day = _date(params, "from") or to_day - timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        from_day = _date(params, "from") or to_day - timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError:  # ``to`` within six days of 0001-01-01: no default ``from`` exists
+        raise BadRequest("from: give it when to is this early", param="from") from None
     if from_day > to_day:
         raise BadRequest("from: is after to", param="from")
     if (to_day - from_day).days + 1 > MAX_DAYS:

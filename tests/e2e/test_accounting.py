@@ -77,7 +77,7 @@ def test_forced_tool_calls_streamed_without_usage_are_charged_for_their_argument
     prompt = chat_prompt_tokens(body, enc)
     generated = text_tokens(name, enc) + text_tokens(arguments, enc)
     # Neither the estimate (prompt + 500) nor the prompt alone (what was charged when arguments counted as zero).
-    assert charged(tmp_path, "tpm:alice-tpm:alice") == prompt + generated
+    assert charged(tmp_path, "tpm:alice-tpm:contoso/alice") == prompt + generated
 
 
 def test_the_semantic_caches_embedding_is_charged_to_the_caller_and_skipped_when_over_its_limit(
@@ -112,7 +112,7 @@ def test_the_semantic_caches_embedding_is_charged_to_the_caller_and_skipped_when
         # Over its embeddings budget: answered all the same, exact-only, without calling the embeddings backend.
         assert ask(second) == ("MISS", ["completions"])
         assert ask(second)[0] == "HIT"  # the exact entry was stored
-    assert charged(tmp_path, "tpm:embed-tpm:alice") == embedded
+    assert charged(tmp_path, "tpm:embed-tpm:contoso/alice") == embedded
 
 
 def test_a_client_that_disconnects_while_the_backend_generates_is_charged_the_estimate(
@@ -140,7 +140,7 @@ def test_a_client_that_disconnects_while_the_backend_generates_is_charged_the_es
         wait_for(lambda: outcome() == "client_disconnected", "the upstream call to be cancelled")
     # The backend got the request (Azure may bill it): the estimate stays charged. It was 0.
     assert (
-        charged(tmp_path, "tpm:alice-tpm:alice")
+        charged(tmp_path, "tpm:alice-tpm:contoso/alice")
         == chat_prompt_tokens({"messages": messages}, encoding("o200k_base")) + 700
     )
 

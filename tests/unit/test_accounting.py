@@ -107,7 +107,7 @@ async def call(gateway: Gateway, headers: dict[str, str] | None = None, **body: 
 async def charged(gateway: Gateway) -> int:
     await gateway.tasks.drain()
     assert isinstance(gateway.counters, MemoryCounters)
-    return await gateway.counters.get("tpm:tpm:u", int(START))
+    return await gateway.counters.get("tpm:tpm:default/u", int(START))
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ async def test_gateway_embed_is_admitted_and_settled_under_the_callers_rules(mak
     gateway = await make("healthy", tpm=5)
     raw = orjson.dumps({"model": "gpt-4o", "messages": HELLO})
     caller = RequestContext(GatewayRequest("POST", "/v1/chat/completions", {}, KEY, raw, len(raw)), "req-1", START)
-    caller.principal = Principal(user="u", tenant="t")
+    caller.principal = Principal(user="u", tenant="default")
     assert len(await gateway.embed("gpt-4o", "three little words", caller)) > 0
     assert await charged(gateway) == 3  # the backend's usage for the embedded text, charged to user u
     seen = requests_seen(sims["healthy"])

@@ -16,16 +16,18 @@ import pytest
 from aigw.demo import DEMO_KEY, DEMO_KEY_2, start_demo_backends
 from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
+from gateway_core.catalogue import PoolTable
 from gateway_core.clock import ManualClock
 from gateway_core.config import ConfigError, StoreSettings, config_from_dict, sha256_hex
-from gateway_core.context import GatewayRequest, GatewayResponse, RequestContext, TokenUsage
+from gateway_core.context import Attempt, GatewayRequest, GatewayResponse, RequestContext, TokenUsage
 from gateway_core.limits.windows import quota_period
-from gateway_core.policies.budgets import answer_micro_usd, usd
+from gateway_core.policies.budgets import DeploymentPrices, Pricing, answer_micro_usd, billed_micro_usd, usd
 from gateway_core.simulator.app import SimulatorApp
-from gateway_core.simulator.settings import Fault, SimConfig
+from gateway_core.simulator.settings import Fault, SimConfig, SimDeployment
 from gateway_core.tokens.usage import record_json_usage
 from gateway_core.usage.prices import load_prices
 from tests.inprocess import running
+from tests.usage_sink import ListSink
 
 ALICE = {"api-key": "alice-key"}
 BOB = {"api-key": "bob-key"}  # alice's tenant, contoso
@@ -34,6 +36,7 @@ START = 1_795_000_040.0  # 2026-11-18T11:07:20Z: the month renews 2026-12-01T00:
 MONTH_START, MONTH_END = quota_period(START, "monthly")
 MINI = load_prices().prices["gpt-4o-mini-2024-07-18"]  # gpt-4o-mini's entry (an alias of it)
 # About 4,000 prompt tokens: some 600 micro-dollars a request on gpt-4o-mini, so $0.01 pays for about 16.
+MONTHLY_100 = {"cost_quota_usd": "100", "quota_period": "monthly"}
 LONG = [{"role": "user", "content": "word " * 4000}]
 
 
@@ -133,6 +136,24 @@ async def test_a_cent_a_month_admits_several_then_refuses_and_says_when_it_renew
         assert isinstance(gateway.clock, ManualClock)
         gateway.clock.advance(MONTH_END - START)
         assert (await call(gateway, ALICE)).status == 200
+
+
+async def test_alice_of_contoso_does_not_use_alice_of_fabrikams_budget(sim: str) -> None:
+    """A ``key: user`` budget counts each (tenant, user): two tenants' users of one name have a budget each."""
+    keys = [
+        {"name": "ka", "sha256": sha256_hex("alice-key"), "user": "alice", "tenant": "contoso"},
+        {"name": "kf", "sha256": sha256_hex("other-alice-key"), "user": "alice", "tenant": "fabrikam"},
+    ]
+    rule = {**CENT_A_MONTH, "name": "user-budget", "key": "user"}
+    async with running(make_config(sim, [rule], keys=keys), ManualClock(START)) as gateway:
+        for _ in range(100):
+            response = await call(gateway, {"api-key": "other-alice-key"})
+            await gateway.tasks.drain()
+            if response.status != 200:
+                break
+        assert response.status == 403, "fabrikam's alice spent her budget"
+        assert (await call(gateway, ALICE)).status == 200, "contoso's alice has her own"
+        assert await spent(gateway, "user-budget", "fabrikam/alice") <= 10_000
 
 
 async def test_quota_exceeded_status_429_applies_to_budgets(sim: str) -> None:
@@ -267,6 +288,78 @@ async def test_a_rule_with_tokens_and_money_shares_its_period(sim: str) -> None:
         assert await spent(gateway) == cost_of(response)
 
 
+async def test_a_budget_counts_the_model_that_answered_not_the_first_backends(sim: str) -> None:
+    """One deployment on two backends with different models: the cheap first one fails, the dear second one
+    answers. The budget settles at the price of the model that answered (as the usage record does), not the
+    first backend's (a 100x undercount here); admission reserved at the dearer."""
+    servers = BackgroundServers()
+    try:
+        failing = servers.serve(
+            SimulatorApp(SimConfig(deployments=(SimDeployment(name="chat", faults=(Fault(kind="500"),)),)))
+        )
+        backends = [
+            {"name": "cheap", "url": f"http://127.0.0.1:{failing}", "priority": 1, "model": "gpt-4o-mini"},
+            {"name": "dear", "url": sim, "priority": 2, "model": "o1"},
+        ]
+        config = config_from_dict(
+            {
+                "backends": [
+                    {
+                        "name": b["name"],
+                        "url": b["url"],
+                        "auth": {"type": "none"},
+                        "simulator": True,
+                        "priority": b["priority"],
+                        "deployments": [{"name": "chat", "model": b["model"]}],
+                    }
+                    for b in backends
+                ],
+                "keys": [{"name": "ka", "sha256": sha256_hex("alice-key"), "user": "alice", "tenant": "contoso"}],
+                "limits": {"rules": [{"name": "contoso-budget", "key": "tenant", **MONTHLY_100}]},
+                "stores": {"counters": "memory://", "health": "memory://"},
+            }
+        )
+        sink = ListSink()
+        async with running(config, ManualClock(START), usage_sink=sink) as gw:
+            raw = orjson.dumps({"messages": [{"role": "user", "content": "word " * 2000}], "max_tokens": 16})
+            request = GatewayRequest(
+                "POST", "/openai/deployments/chat/chat/completions", {"api-version": "2024-10-21"}, ALICE, raw, len(raw)
+            )
+            response = await gw.handle(request)
+            assert response.status == 200
+            await gw.tasks.drain()
+            counted = await spent(gw)
+    finally:
+        servers.stop()
+    (record,) = [r for r in sink.records if r.status == 200]
+    assert record.backend == "dear" and record.model == "o1" and record.cost_micro_usd
+    assert counted == record.cost_micro_usd
+
+
+def test_admission_reserves_at_the_dearest_model_and_a_cut_try_costs_its_backends_price() -> None:
+    prices = load_prices()
+    mini, o1 = prices.price_of("gpt-4o-mini"), prices.price_of("o1")
+    assert mini is not None and o1 is not None
+    config = config_from_dict(
+        {
+            "backends": [
+                {
+                    "name": "cheap",
+                    "url": "http://127.0.0.1:1",
+                    "deployments": [{"name": "chat", "model": "gpt-4o-mini"}],
+                },
+                {"name": "dear", "url": "http://127.0.0.1:1", "deployments": [{"name": "chat", "model": "o1"}]},
+            ]
+        }
+    )
+    tokens = TokenUsage(estimate=1100, prompt_estimate=1000)
+    pricing = DeploymentPrices(PoolTable(config), prices).pricing("chat", tokens)
+    assert pricing is not None and pricing.dearest == o1
+    ctx = RequestContext(GatewayRequest("POST", "/", {}, {}, b"", 0), "r", 0.0, tokens=tokens)
+    ctx.attempts = [Attempt("cheap", maybe_billed=True), Attempt("gone", maybe_billed=True)]
+    assert billed_micro_usd(pricing, ctx) == mini.cost_micro_usd(1000, 100) + o1.cost_micro_usd(1000, 100)
+
+
 def test_cached_prompt_tokens_cost_the_cached_input_price() -> None:
     tokens = TokenUsage()
     body = {"usage": {"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1024}}}
@@ -274,7 +367,7 @@ def test_cached_prompt_tokens_cost_the_cached_input_price() -> None:
     assert tokens.cached_prompt == 1024
     ctx = RequestContext(GatewayRequest("POST", "/", {}, {}, b"", 0), "r", 0.0, tokens=tokens)
     # 976 x 0.15 + 1024 x 0.075 + 10 x 0.60 = 146.4 + 76.8 + 6 = 229.2
-    assert answer_micro_usd(MINI, ctx, 200) == 229
+    assert answer_micro_usd(Pricing.flat(MINI), ctx, 200) == 229
 
 
 # -- config

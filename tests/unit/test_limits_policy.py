@@ -14,8 +14,9 @@ from aigw.serve import BackgroundServers
 from gateway_core.app import Gateway
 from gateway_core.background import BackgroundTasks
 from gateway_core.clock import ManualClock
-from gateway_core.config import config_from_dict, sha256_hex
-from gateway_core.context import GatewayRequest, GatewayResponse
+from gateway_core.config import LimitRule, config_from_dict, sha256_hex
+from gateway_core.context import GatewayRequest, GatewayResponse, Principal, RequestContext
+from gateway_core.limits.rules import counter_value
 from gateway_core.policies.settlements import Settlements
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig
@@ -101,7 +102,7 @@ async def test_admits_reserves_and_settles_to_the_backends_usage(gateway_factory
     assert response.header("x-ratelimit-limit-tokens") == "1000"
     assert response.header("x-ratelimit-remaining-tokens") == str(1000 - (8 + 50))  # the reservation, pre-settle
     await gateway.tasks.drain()
-    assert await store_of(gateway).get("tpm:u-tpm:alice", 1_795_000_020) == 18
+    assert await store_of(gateway).get("tpm:u-tpm:contoso/alice", 1_795_000_020) == 18
     second = await call(gateway, ALICE, max_tokens=50)
     assert second.header("x-ratelimit-remaining-tokens") == str(1000 - 18 - 58)
 
@@ -195,8 +196,8 @@ async def test_settlements_of_concurrent_requests_are_coalesced_and_exact(gatewa
     await gateway.tasks.drain()
     assert store_of(gateway).round_trips - before <= 2  # not 20 (two rules, ten requests); 1 unless the box is slow
     minute, day = int(START // 60 * 60), int(START // 86400 * 86400)
-    assert await store_of(gateway).get("tpm:u-tpm:alice", minute) == 5 * 18
-    assert await store_of(gateway).get("tpm:u-tpm:bob", minute) == 5 * 18
+    assert await store_of(gateway).get("tpm:u-tpm:contoso/alice", minute) == 5 * 18
+    assert await store_of(gateway).get("tpm:u-tpm:contoso/bob", minute) == 5 * 18
     assert await store_of(gateway).get("quota:daily:contoso", day) == 10 * 18
 
 
@@ -228,7 +229,7 @@ async def test_a_refusal_by_one_rule_takes_back_every_rule_in_one_round_trip(gat
     assert orjson.loads(refused.body)["error"]["code"] == "quota_exceeded"
     assert store_of(gateway).round_trips == before + 2  # every rule added at once, then every rule taken back
     minute, day = int(START // 60 * 60), int(START // 86400 * 86400)
-    assert await store_of(gateway).get("tpm:roomy:alice", minute) == 18
+    assert await store_of(gateway).get("tpm:roomy:contoso/alice", minute) == 18
     assert await store_of(gateway).get("quota:daily:contoso", day) == 18
 
 
@@ -238,7 +239,7 @@ async def test_backend_errors_release_the_reservation(gateway_factory: Any) -> N
     assert failed.status == 500
     assert failed.header("x-aigw-tokens-consumed") == "0"
     await gateway.tasks.drain()
-    assert await store_of(gateway).get("tpm:u:alice", int(START // 60 * 60)) == 0
+    assert await store_of(gateway).get("tpm:u:contoso/alice", int(START // 60 * 60)) == 0
 
 
 async def test_backend_ratelimit_headers_are_replaced(gateway_factory: Any) -> None:
@@ -260,7 +261,7 @@ async def test_stream_settles_to_the_reported_usage_and_hides_the_chunk_it_asked
     assert received and all(e["choices"] for e in received)  # no usage chunk: the client did not ask
     assert all("usage" not in e or e["usage"] is None for e in received)
     await gateway.tasks.drain()
-    assert await store_of(gateway).get("tpm:u:alice", 1_795_000_020) == 18  # the simulator's usage: 8 + 10
+    assert await store_of(gateway).get("tpm:u:contoso/alice", 1_795_000_020) == 18  # the simulator's usage: 8 + 10
 
     asked = events(
         await drain(await call(gateway, ALICE, stream=True, max_tokens=50, stream_options={"include_usage": True}))
@@ -275,7 +276,7 @@ async def test_stream_cut_short_is_counted_from_the_text_that_passed(gateway_fac
     first = await response.stream.__anext__()  # the role chunk and perhaps more: then the client hangs up
     await response.stream.aclose()  # type: ignore[attr-defined]
     await gateway.tasks.drain()
-    counted = await store_of(gateway).get("tpm:u:alice", 1_795_000_020)
+    counted = await store_of(gateway).get("tpm:u:contoso/alice", 1_795_000_020)
     passed = sum(len((c["choices"][0]["delta"].get("content") or "").split()) for c in events([first]))
     assert counted == 8 + passed  # prompt counted before the call, completion from the text that passed
 
@@ -293,7 +294,7 @@ async def test_old_api_versions_get_no_stream_options_and_are_counted_from_text(
     assert sim[1].requests[-1]["query"]["api-version"] == "2024-06-01"
     await drain(response)
     await gateway.tasks.drain()
-    assert await store_of(gateway).get("tpm:u:alice", 1_795_000_020) == 18
+    assert await store_of(gateway).get("tpm:u:contoso/alice", 1_795_000_020) == 18
 
 
 @pytest.mark.parametrize(("policy", "status"), [("fail_closed", 503), ("fail_open", 200)])
@@ -330,5 +331,23 @@ async def test_settlements_waiting_at_shutdown_are_written_not_lost(
     assert [r.status for r in responses] == [200] * 5
     await gateway.close()  # straight away: the settlements (58 reserved, 18 used, each) still wait
     store = SqliteCounters(tmp_path / "counters.db")
-    assert await store.get("tpm:u:alice", int(START // 60 * 60)) == 5 * 18
+    assert await store.get("tpm:u:contoso/alice", int(START // 60 * 60)) == 5 * 18
     await store.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(("contoso", "alice"), ("fabrikam", "alice")), (("a/b", "c"), ("a", "b/c")), (("a%2Fb", "c"), ("a/b", "c"))],
+)
+def test_a_user_counter_is_its_tenants_so_same_named_users_never_share_one(
+    first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    rule = LimitRule(name="u", key="user", tokens_per_minute=10)
+
+    def value(tenant: str, user: str) -> str:
+        ctx = RequestContext(GatewayRequest("POST", "/", {}, {}, b"", 0), "r", 0.0)
+        ctx.principal = Principal(tenant=tenant, user=user, key_id="k")
+        return counter_value(rule, ctx)
+
+    assert value(*first) != value(*second)
+    assert value("contoso", "alice") == "contoso/alice"

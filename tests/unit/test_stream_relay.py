@@ -111,7 +111,7 @@ def stream_request() -> GatewayRequest:
 async def charged(gateway: Gateway) -> int:
     await gateway.tasks.drain()
     assert isinstance(gateway.counters, MemoryCounters)
-    return await gateway.counters.get("tpm:tpm:u", int(START))
+    return await gateway.counters.get("tpm:tpm:default/u", int(START))
 
 
 async def test_a_stream_without_an_event_stream_content_type_is_relayed_incrementally_and_counted(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,7 +15,8 @@ from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse
-from gateway_core.usage.record import UsageBatch, UsageRecord, summarise
+from gateway_core.usage.api import summary_body
+from gateway_core.usage.record import SummaryKey, SummaryTotals, UsageBatch, UsageRecord, summarise
 from gateway_core.usage.summariser import Summariser
 from tests.inprocess import running
 
@@ -190,3 +192,32 @@ async def test_with_usage_off_records_are_not_found_but_prices_answer() -> None:
         response = await get(gw, "/usage/records", "admin-key")
         assert response.status == 404 and body(response)["error"]["code"] == "usage_disabled"
         assert (await get(gw, "/usage/prices", "admin-key")).status == 200
+
+
+async def test_a_user_key_reading_its_records_learns_no_backend_or_region() -> None:
+    """A non-admin key's /status shows no backends or regions; /usage/records must not either (an admin's does)."""
+    backend = {"name": "b", "url": "http://127.0.0.1:9", "auth": {"type": "none"}, "deployments": ["gpt-4o"]}
+    config = config_from_dict(
+        {"backends": [backend], "keys": KEYS, "stores": {"health": "memory://", "usage": "memory://"}}
+    )
+    async with running(config, clock=ManualClock(NOW_S + 3600)) as gw:
+        assert gw.usage_runtime is not None
+        record = replace(RECORDS[0], backend="prod-swedencentral-ptu", region="swedencentral", attempts=2)
+        await gw.usage_runtime.store.write_batch(UsageBatch("b1", (record,)))
+        (own,) = body(await get(gw, "/usage/records", "alice-key"))["data"]
+        (admins,) = body(await get(gw, "/usage/records", "admin-key"))["data"]
+    assert "backend" not in own and "region" not in own and own["attempts"] == 2
+    assert (admins["backend"], admins["region"]) == ("prod-swedencentral-ptu", "swedencentral")
+
+
+def test_summary_by_user_keeps_same_named_users_of_different_tenants_apart() -> None:
+    """User names are unique only within a tenant: group_by=user groups by (tenant, user) and shows both."""
+    rows = {
+        SummaryKey("2026-01-02", "contoso", "alice", "gpt-4o", "gpt-4o"): SummaryTotals(requests=1, cost_micro_usd=5),
+        SummaryKey("2026-01-02", "fabrikam", "alice", "gpt-4o", "gpt-4o"): SummaryTotals(requests=9, cost_micro_usd=95),
+    }
+    data = summary_body(rows, "user", "2026-01-02", "2026-01-02")["data"]
+    assert [(row["tenant"], row["user"], row["requests"]) for row in data] == [
+        ("contoso", "alice", 1),
+        ("fabrikam", "alice", 9),
+    ]

@@ -4,6 +4,7 @@ one record per request, whatever the outcome, with tokens, cost and the refusal'
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from aigw.serve import BackgroundServers
+from aigw.usage_cli import render
 from gateway_core.app import Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import GatewayConfig, config_from_dict, sha256_hex
@@ -19,7 +21,8 @@ from gateway_core.context import GatewayRequest, GatewayResponse, TokenUsage
 from gateway_core.simulator.app import SimulatorApp
 from gateway_core.simulator.settings import SimConfig, SimDeployment
 from gateway_core.tokens.usage import record_json_usage
-from gateway_core.usage.record import UNAUTHENTICATED, UsageRecord
+from gateway_core.usage.api import _with_usd
+from gateway_core.usage.record import UNAUTHENTICATED, UsageRecord, record_to_dict, summarise
 from gateway_core.usage.refusals import OTHER, RefusalAggregator
 from tests.inprocess import running
 from tests.usage_sink import ListSink
@@ -191,7 +194,7 @@ async def test_a_client_that_leaves_mid_stream_is_recorded_once_with_what_passed
     [
         (chat(body=b"{not json"), 400, None, "gpt-4o"),
         (chat("mini", headers=NARROW), 403, "permission_denied", "mini"),
-        (chat("no-such"), 404, "DeploymentNotFound", "no-such"),
+        (chat("no-such"), 404, "DeploymentNotFound", None),  # a name the gateway does not know is not kept
         (
             GatewayRequest(
                 "POST", "/openai/deployments/gpt-4o/chat/completions", {}, ALICE, b"{}", 10**10, "203.0.113.9"
@@ -217,6 +220,31 @@ async def test_an_authenticated_refusal_is_one_record_with_its_code(
         assert body_code == code
     assert record.deployment == deployment and record.attempts == 0 and record.cost_micro_usd == 0
     assert record.tenant != UNAUTHENTICATED and record.backend is None
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["\x1b]0;owned\x07\x1b[2J\x1b[1;1Hfake-row" + "A" * 4000, "a" * 65, "unknown-1", "gpt-4o\u200b"],
+    ids=["escapes", "too-long", "unknown", "look-alike"],
+)
+async def test_a_client_chosen_invalid_deployment_name_never_reaches_the_records_raw(sim: str, name: str) -> None:
+    """A deployment name in the path (uvicorn decodes %1B) that is invalid or unknown: the refusal is recorded
+    with no deployment or model (its error code says why), so terminal escapes, 8 KB names and a new summary row
+    per name never reach the records, ``aigw usage`` or the summaries."""
+    sink = ListSink()
+    async with running(make_config(sim), usage_sink=sink) as gateway:
+        response = await gateway.handle(chat(name))
+        assert response.status in (400, 404)
+        code = orjson.loads(response.body)["error"]["code"]
+    record = only(sink)
+    assert record.deployment is None and record.model is None and record.error_code == code
+    assert not _CONTROL.search(record.path) and len(record.path) <= 512  # the path keeps them %-encoded
+    row = _with_usd(record_to_dict(record), record.cost_micro_usd, record.saved_micro_usd)
+    assert not _CONTROL.search(render("records", {"data": [row]}, "table"))
+    assert [key.deployment for key in summarise([record])] == [""]
 
 
 async def test_a_limit_refusal_names_the_rule(sim: str) -> None:
