@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,7 +45,19 @@ def config_from_app_settings(app_root: Path, env: Mapping[str, str] | None = Non
         if path and not Path(path).is_absolute():
             path = str(app_root / path)
         config = load_config(path or None, env)
-    return within_front_end_timeout(config)
+    return writable_spill_dir(within_front_end_timeout(config))
+
+
+def writable_spill_dir(config: GatewayConfig, temp_dir: str | None = None) -> GatewayConfig:
+    """``config`` with a relative ``usage.spill_dir`` moved under the temp directory: on Flex Consumption the
+    app's own directory is the read-only deployment package, so the default ``.aigw/usage-spill`` could not be
+    created and records the store refused would be lost rather than spilled. (Files there live as long as the
+    instance; the store's retries come first.)"""
+    spill = Path(config.usage.spill_dir)
+    if spill.is_absolute():
+        return config
+    moved = Path(temp_dir or tempfile.gettempdir()) / "aigw" / spill
+    return config.model_copy(update={"usage": config.usage.model_copy(update={"spill_dir": str(moved)})})
 
 
 def within_front_end_timeout(config: GatewayConfig) -> GatewayConfig:

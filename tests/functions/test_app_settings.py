@@ -71,6 +71,17 @@ def test_a_relative_path_is_read_from_the_app_root(tmp_path: Path) -> None:
     assert config_from_app_settings(tmp_path, {"AIGW_CONFIG": "gateway.yaml"}).backends[0].name == "b1"
 
 
+def test_on_functions_the_default_spill_dir_is_under_the_temp_dir_not_the_read_only_app(tmp_path: Path) -> None:
+    import tempfile
+
+    write_yaml(tmp_path / "gateway.yaml", {"backends": [BACKEND]})
+    config = config_from_app_settings(tmp_path, {"AIGW_CONFIG": "gateway.yaml"})
+    assert Path(config.usage.spill_dir) == Path(tempfile.gettempdir()) / "aigw" / ".aigw" / "usage-spill"
+    absolute = str(tmp_path / "spill")
+    write_yaml(tmp_path / "gateway.yaml", {"backends": [BACKEND], "usage": {"spill_dir": absolute}})
+    assert config_from_app_settings(tmp_path, {"AIGW_CONFIG": "gateway.yaml"}).usage.spill_dir == absolute
+
+
 async def test_changed_inline_yaml_builds_a_new_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIGW_CONFIG", yaml.safe_dump({"backends": [BACKEND], "stores": MEMORY}))
     host = FunctionsHost(tmp_path)
