@@ -8,7 +8,8 @@ batch replayed twice is stored once). Files of processes that are still alive ar
 What is replayed goes into the store as the gateway's own records, so the directory is trusted only as the
 tokenizer cache is: one of another user (or not a directory) is refused; one of ours that others could write is
 closed (0700) and the files found in it are set aside as ``*.untrusted``, as anyone may have put them there.
-Only regular files of this user with mode 0600 are replayed, and each record is checked (types, ranges) first.
+Only regular files of this user with mode 0600 are replayed (others are set aside too), and each record is
+checked (types, ranges) first.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class SpillFile:
 
     def claim(self) -> list[Path]:
         """Take this process's file and those of processes that are gone, each renamed to a name of its own.
-        Files that are not regular files of this user with mode 0600 are logged and left where they are."""
+        Files that are not regular files of this user with mode 0600 are logged and set aside (``.untrusted``)."""
         try:
             if not self.directory.exists():
                 return []
@@ -190,8 +191,9 @@ class SpillFile:
             owner = _owner(path)
             if owner is None or (owner != os.getpid() and _alive(owner)):
                 continue
-            if not _ours(path):
-                log.error("usage spill file %s is not a 0600 file of this user: left, not replayed", path)
+            if not _ours(path):  # set aside for an operator (logged once, not at every replay)
+                log.error("usage spill file %s is not a 0600 file of this user: set aside as .untrusted", path)
+                path.rename(path.with_name(path.name + ".untrusted"))
                 continue
             target = self.directory / f"replay-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
             try:
