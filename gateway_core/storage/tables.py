@@ -401,8 +401,9 @@ class TablesUsage:
         only, but a RowKey starts with the record's time (ms), so time windows are read from the newest back:
         the last second (and any later part of the range), then windows four times wider each, until ``limit``
         records are found (a wide range that is mostly empty costs a few queries). A window holding more than
-        it may return (the records still needed, at least ``_MIN_READ``) is not read to its end: it is halved
-        and its newer half read first; a single millisecond that holds more gives what one read of it holds."""
+        it may return (the records still needed, at least ``_MIN_READ``) is not read to its end: it is tried
+        again narrower (at least halved, as narrow as what was read suggests); a single millisecond that holds
+        more gives what one read of it holds."""
         await self._ready()
         conditions = ["PartitionKey ge @low", "PartitionKey lt @high", "RowKey ge @first", "RowKey lt @after"]
         parameters: dict[str, Any] = {}
@@ -414,21 +415,27 @@ class TablesUsage:
         days = _days(query.from_day, query.to_day)
         if not days or query.limit <= 0:
             return found
-        start_ms, end_ms = _day_ms(days[-1]), _day_ms(days[0]) + _DAY_MS
-        cursor = max(start_ms, min(end_ms, int(time.time() * 1000)) - _FIRST_WINDOW_MS)
-        windows, width = [(cursor, end_ms)], _FIRST_WINDOW_MS * 4  # a stack, the newest window on top
-        while windows and len(found) < query.limit:
-            low, high = windows.pop()
-            cap = max(query.limit - len(found), _MIN_READ)
+        start_ms, high = _day_ms(days[-1]), _day_ms(days[0]) + _DAY_MS
+        width = high - max(start_ms, min(high, int(time.time() * 1000)) - _FIRST_WINDOW_MS)
+        first, full = True, start_ms  # [full, high) holds more than a read may return
+        while high > start_ms and len(found) < query.limit:
+            low = max(start_ms, high - width)
+            needed = query.limit - len(found)
+            cap = max(needed, _MIN_READ)
             entities = await self._read_window(" and ".join(conditions), parameters, low, high, cap)
-            if len(entities) > cap and high - low > 1:  # too many to read whole: the newer half first
-                middle = (low + high) // 2
-                windows += [(low, middle), (middle, high)]
+            if len(entities) > cap and high - low > 1:
+                # The times read say how wide a window holds ``needed`` where the records are this dense.
+                times = [int(str(e["RowKey"])[:13]) for e in entities]
+                held_ms = max(1, max(times) - min(times))
+                width = max(1, min((high - low) // 2, held_ms * needed // len(entities)))
+                full = low
+                continue
+            found.extend(sorted(map(_record_from, entities), key=lambda r: (r.time_s, r.record_id), reverse=True))
+            high, width, first = low, _FIRST_WINDOW_MS * 4 if first else width * 4, False
+            if high > full:  # widen, but never again over all of a span known to be too full: halve it
+                width = min(width, max(1, (high - full) // 2))
             else:
-                found.extend(sorted(map(_record_from, entities), key=lambda r: (r.time_s, r.record_id), reverse=True))
-            if not windows and cursor > start_ms:
-                windows.append((max(start_ms, cursor - width), cursor))
-                cursor, width = windows[-1][0], width * 4
+                full = start_ms
         return found[: query.limit]
 
     async def _read_window(
