@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from .usage_http import RedirectRefused, get, plain_http_warning
+
 DEFAULT_URL = "http://127.0.0.1:7071"  # where `aigw serve` listens by default
 _RECORD_COLUMNS = (
     "time",
@@ -78,9 +80,15 @@ def run(args: argparse.Namespace) -> int:
     params = _params(args, command)
     url = f"{args.url.rstrip('/')}/usage/{command}" + (f"?{urlencode(params)}" if params else "")
     request = urllib.request.Request(url, headers={"api-key": key, "accept": "application/json"})
+    warning = plain_http_warning(args.url)
+    if warning:
+        print(warning, file=sys.stderr)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with get(request, timeout_s=30) as response:
             data: dict[str, Any] = json.load(response)
+    except RedirectRefused as exc:
+        print(f"aigw usage: {exc}", file=sys.stderr)
+        return 1
     except urllib.error.HTTPError as exc:
         print(f"aigw usage: {exc.code}: {_error_message(exc)}", file=sys.stderr)
         return 1

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
     PRIMARY KEY (day, tenant, record_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time_s);
+-- A key's own records (tenant and user given): a seek, newest first, not a scan of everyone's days.
+CREATE INDEX IF NOT EXISTS usage_records_user ON usage_records (tenant, user, time_s, record_id);
 CREATE INDEX IF NOT EXISTS usage_records_request ON usage_records (request_id);
 CREATE INDEX IF NOT EXISTS usage_records_batch ON usage_records (batch_id);
 CREATE TABLE IF NOT EXISTS usage_batches (

@@ -57,6 +57,10 @@ BATCHES = "~batches"  # the partition of batch rows in the records table (days s
 MAX_OPS = 100  # operations in one entity-group transaction
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._@-")
 _MAX_KEY_PART = 100
+_DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+_FIRST_WINDOW_MS = 1_000  # records reads: the newest window, widened 4x at each step back
+_MIN_READ = 64  # records reads: a window holding at most this many (or the records still needed) is read whole
 _ABSORB_TRIES = 30  # ETag conflicts in a row before absorb gives up (the message is delivered again later)
 _OR_KEYS = 14  # a Table filter holds at most 15 comparisons: the PartitionKey and 14 RowKeys
 _PARALLEL = 8  # transactions or queries in flight for one call
@@ -168,6 +172,15 @@ def _days(from_day: str, to_day: str) -> list[str]:
     except ValueError:
         return []
     return [(last - timedelta(days=n)).isoformat() for n in range(max(0, (last - first).days + 1))]
+
+
+def _day_ms(day: str) -> int:
+    """Unix ms at the start of UTC ``day``."""
+    return (date.fromisoformat(day) - _EPOCH).days * _DAY_MS
+
+
+def _utc_day_of_ms(ms: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=max(0, ms))).isoformat()
 
 
 def _record_entity(record: UsageRecord, batch_id: str) -> dict[str, Any]:
@@ -384,11 +397,15 @@ class TablesUsage:
         return [str(e["batch_id"]) for e in rows]
 
     async def records(self, query: RecordQuery) -> list[UsageRecord]:
-        """Newest first. Table Storage returns keys in ascending order only, so whole days are read, from the
-        newest, in spans of 1, 1, 2, 4, ... days, until ``limit`` records are found (a wide range that is mostly
-        empty costs a few queries, not one per day)."""
+        """Newest first, reading no more than ``limit`` needs. Table Storage returns keys in ascending order
+        only, but a RowKey starts with the record's time (ms), so time windows are read from the newest back:
+        the last second (and any later part of the range), then windows four times wider each, until ``limit``
+        records are found (a wide range that is mostly empty costs a few queries). A window holding more than
+        it may return (the records still needed, at least ``_MIN_READ``) is not read to its end: it is tried
+        again narrower (at least halved, as narrow as what was read suggests); a single millisecond that holds
+        more gives what one read of it holds."""
         await self._ready()
-        conditions = ["PartitionKey ge @low", "PartitionKey lt @high"]
+        conditions = ["PartitionKey ge @low", "PartitionKey lt @high", "RowKey ge @first", "RowKey lt @after"]
         parameters: dict[str, Any] = {}
         for name in ("request_id", "tenant", "user"):
             if getattr(query, name) is not None:
@@ -396,14 +413,52 @@ class TablesUsage:
                 parameters[name] = getattr(query, name)
         found: list[UsageRecord] = []
         days = _days(query.from_day, query.to_day)
-        start, span = 0, 1
-        while start < len(days) and len(found) < query.limit:
-            newest, oldest = days[start], days[min(len(days), start + span) - 1]
-            parameters.update(low=f"{oldest}|", high=f"{newest}}}")
-            entities = await self._query(self._records, " and ".join(conditions), **parameters)
+        if not days or query.limit <= 0:
+            return found
+        start_ms, high = _day_ms(days[-1]), _day_ms(days[0]) + _DAY_MS
+        width = high - max(start_ms, min(high, int(time.time() * 1000)) - _FIRST_WINDOW_MS)
+        first, full = True, start_ms  # [full, high) holds more than a read may return
+        while high > start_ms and len(found) < query.limit:
+            low = max(start_ms, high - width)
+            needed = query.limit - len(found)
+            cap = max(needed, _MIN_READ)
+            entities = await self._read_window(" and ".join(conditions), parameters, low, high, cap)
+            if len(entities) > cap and high - low > 1:
+                # The times read say how wide a window holds ``needed`` where the records are this dense.
+                times = [int(str(e["RowKey"])[:13]) for e in entities]
+                held_ms = max(1, max(times) - min(times))
+                width = max(1, min((high - low) // 2, held_ms * needed // len(entities)))
+                full = low
+                continue
             found.extend(sorted(map(_record_from, entities), key=lambda r: (r.time_s, r.record_id), reverse=True))
-            start, span = start + span, span if start == 0 else span * 2
-        return found[: max(0, query.limit)]
+            high, width, first = low, _FIRST_WINDOW_MS * 4 if first else width * 4, False
+            if high > full:  # widen, but never again over all of a span known to be too full: halve it
+                width = min(width, max(1, (high - full) // 2))
+            else:
+                full = start_ms
+        return found[: query.limit]
+
+    async def _read_window(
+        self, condition: str, parameters: dict[str, Any], low_ms: int, high_ms: int, cap: int
+    ) -> list[dict[str, Any]]:
+        """The entities with a RowKey time in [low_ms, high_ms), at most ``cap + 1`` (more than ``cap``: the
+        window holds more than was read)."""
+        window = {
+            "low": f"{_utc_day_of_ms(low_ms)}|",
+            "high": f"{_utc_day_of_ms(high_ms - 1)}}}",
+            "first": f"{low_ms:013d}-",
+            "after": f"{high_ms:013d}-",
+        }
+        entities: list[dict[str, Any]] = []
+        with _errors(self._target, "query"):
+            pages = self._records.query_entities(
+                condition, parameters={**parameters, **window}, results_per_page=min(cap + 1, 1000)
+            )
+            async for entity in pages:
+                entities.append(entity)
+                if len(entities) > cap:
+                    break
+        return entities
 
     # -- summaries
 

@@ -219,25 +219,38 @@ class UsageWriter:
         """Write the spilled batches (this process's and those of processes that are gone); stop at a failure,
         putting what is left back in this process's spill file. Called with the lock held."""
         self._replay_due = False
-        for path in await asyncio.to_thread(self.spill.claim):
+        try:
+            paths = await asyncio.to_thread(self.spill.claim)
+        except Exception:  # logged, never raised: close() must not fail on the spill directory
+            log.exception("usage spill directory %s could not be read", self.spill.directory)
+            return
+        for path in paths:
             try:
-                batches = await asyncio.to_thread(self.spill.read, path)
-            except OSError as exc:  # left where it is, for an operator: retrying would only log the same
-                log.error("usage spill file %s cannot be read: %s", path, exc)
-                continue
-            for index, batch in enumerate(batches):
-                try:
-                    await self._write(_Pending(batch))
-                except StorageError as exc:
-                    log.warning("usage store still unreachable, %d spilled batches kept: %s", len(batches) - index, exc)
-                    for left in batches[index:]:
-                        self._spill(left)
-                    break
-                self.written_records += len(batch.records)
-                self.replayed_records += len(batch.records)
-            path.unlink(missing_ok=True)
+                await self._replay_file(path)
+            except Exception:  # a spill file never stops the writer (nor close): set aside for an operator
+                log.exception("usage spill file %s could not be replayed: moved aside as .bad", path)
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + ".bad"))
             if self._replay_due:  # it failed: the remaining files wait for the next success
                 return
+
+    async def _replay_file(self, path: Path) -> None:
+        try:
+            batches = await asyncio.to_thread(self.spill.read, path)
+        except OSError as exc:  # left where it is, for an operator: retrying would only log the same
+            log.error("usage spill file %s cannot be read: %s", path, exc)
+            return
+        for index, batch in enumerate(batches):
+            try:
+                await self._write(_Pending(batch))
+            except StorageError as exc:
+                log.warning("usage store still unreachable, %d spilled batches kept: %s", len(batches) - index, exc)
+                for left in batches[index:]:
+                    self._spill(left)
+                break
+            self.written_records += len(batch.records)
+            self.replayed_records += len(batch.records)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
 
 
 def usage_sink_for(store: UsageStore, queue: UsageQueue, settings: UsageSettings) -> UsageWriter:

@@ -289,3 +289,37 @@ async def test_a_message_not_deleted_comes_back_after_its_visibility_timeout(que
     assert (third.body, third.dequeue_count) == ("batch-1", 3)
     await queue.delete(third)
     assert await queue.receive(1, 0) == []
+
+
+def test_a_user_keys_records_query_on_sqlite_does_not_scan_everyones_records() -> None:
+    """rev3: any key may ask ``/usage/records?from=<a year ago>``; on SQLite that searched the primary key by
+    day only, reading every tenant's and user's records of the year and sorting them in a temp B-tree, on the
+    store's one connection thread. An index on (tenant, user, time_s, record_id) makes it a seek, in order."""
+    import sqlite3
+
+    from gateway_core.storage.sqlite_usage import _USAGE_SCHEMA, _usage_filters
+
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(_USAGE_SCHEMA)
+    where, args = _usage_filters("2025-01-03", "2026-01-02", "contoso", "mallory")
+    sql = f"SELECT data FROM usage_records WHERE {where} ORDER BY time_s DESC, record_id DESC LIMIT ?"
+    plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (*args, 1)))
+    assert "tenant=? AND user=?" in plan and "TEMP B-TREE" not in plan, plan
+
+
+async def test_an_existing_sqlite_usage_file_gets_the_user_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway_core.storage.sqlite_usage import _USAGE_SCHEMA
+
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_USAGE_SCHEMA.replace("CREATE INDEX IF NOT EXISTS usage_records_user", "-- ", 1))
+    conn.close()
+    adapter = usage_store(f"sqlite:///{path}", {})
+    await adapter.start()
+    await adapter.close()
+    conn = sqlite3.connect(path)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert "usage_records_user" in names

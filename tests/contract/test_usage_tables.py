@@ -226,3 +226,94 @@ async def test_a_message_that_is_not_base64_is_received_as_it_is(
     assert got.body == "not base64 at all!"  # the summariser poisons it; later messages still come through
     await queue.send("batch-8")
     assert [m.body for m in await queue.receive(5, 30)] == ["batch-8"]
+
+
+class CountingTable:
+    """A table client that counts the entities its queries hand over (the real one underneath)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.read = 0
+
+    def query_entities(self, *args: Any, **kwargs: Any) -> Any:
+        pages = self.table.query_entities(*args, **kwargs)
+
+        async def counted() -> Any:
+            async for entity in pages:
+                self.read += 1
+                yield entity
+
+        return counted()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+
+async def test_a_records_query_on_table_storage_reads_no_more_than_its_limit_needs() -> None:
+    """rev3: ``records`` read every matching entity of the newest day (and of each wider span after it) into
+    memory, then kept ``limit``: a key holder's own million 400s of a day made each ``/usage/records?limit=1``
+    pull a million entities. Here a table that answers every query with 20,000 entities (as a dense day does)."""
+    from gateway_core.storage.tables import TablesUsage, _record_entity
+
+    consumed = 0
+    entity = _record_entity(UsageRecord("r", 1_767_312_000.0, "q", "contoso", "mallory", None, "POST", "/", 400), "b")
+
+    class Table:
+        def query_entities(self, query: str, parameters: dict[str, Any], **kwargs: Any) -> Any:
+            async def entities() -> Any:
+                nonlocal consumed
+                for n in range(20_000):
+                    consumed += 1
+                    yield {**entity, "record_id": f"r{n}"}
+
+            return entities()
+
+    store = TablesUsage.__new__(TablesUsage)
+    store._records = Table()
+    store._lock = None  # type: ignore[assignment]
+    store._target = type("T", (), {"where": "fake"})()
+    found = await store.records(RecordQuery("2026-01-02", "2026-01-02", tenant="contoso", user="mallory", limit=1))
+    assert len(found) == 1
+    assert consumed <= 1000, f"{consumed} entities read for a limit of 1"
+
+
+async def test_records_come_newest_first_from_dense_windows_reading_few_entities(store: UsageStore) -> None:
+    """The time-window walk against Azurite: a dense last ten minutes of a day (one record a second, 40 in one
+    millisecond, another tenant interleaved), older and newer days around it: every limit and filter gives
+    exactly the newest records, and a small limit reads a small part of the day."""
+    from gateway_core.storage.tables import TablesUsage
+
+    end_s = DAY2_S  # midnight: the records fill the last ten minutes of 2026-01-01
+    dense = [rec(end_s - 600 + n, user=f"u{n % 3}") for n in range(600)]
+    same_ms = [rec(end_s - 30.0004, user="u0") for _ in range(40)]
+    others = [rec(end_s - 300 + n + 0.5, tenant="fabrikam") for n in range(200)]
+    older = [rec(DAY1_S + 60 * n) for n in range(30)]
+    newer = [rec(DAY2_S + 5)]
+    everything = dense + same_ms + others + older + newer
+    for n in range(0, len(everything), 100):
+        await store.write_batch(batch(*everything[n : n + 100]))
+    tables = typing.cast(TablesUsage, store)
+    counting = CountingTable(tables._records)
+    tables._records = counting
+
+    def newest(records: list[UsageRecord], limit: int) -> list[str]:
+        return [r.record_id for r in sorted(records, key=lambda r: (r.time_s, r.record_id), reverse=True)[:limit]]
+
+    day1 = [r for r in everything if r.day == "2026-01-01"]
+    for query, expected in [
+        (RecordQuery("2026-01-01", "2026-01-01", limit=5), newest(day1, 5)),
+        (RecordQuery("2026-01-01", "2026-01-01", limit=100), newest(day1, 100)),
+        (RecordQuery("2026-01-01", "2026-01-01", limit=1000), newest(day1, 1000)),
+        (RecordQuery("2025-12-01", "2026-01-09", limit=3), newest(everything, 3)),
+        (RecordQuery("2025-12-01", "2026-01-09", limit=1000), newest(everything, 1000)),
+        (
+            RecordQuery("2026-01-01", "2026-01-01", tenant="contoso", user="u0", limit=50),
+            newest([r for r in day1 if r.tenant == "contoso" and r.user == "u0"], 50),
+        ),
+        (RecordQuery("2026-01-01", "2026-01-02", tenant="fabrikam", limit=7), newest(others, 7)),
+        (RecordQuery("2025-12-01", "2025-12-31", limit=10), []),
+    ]:
+        counting.read = 0
+        assert [r.record_id for r in await tables.records(query)] == expected, query
+        if query.limit <= 5:  # a few small windows (and a few narrowed), not the day's 870 or the range's 1,100
+            assert counting.read <= 400, f"{counting.read} entities read for {query}"
