@@ -9,8 +9,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +174,35 @@ def run_cosmos() -> Iterator[str]:
         process.terminate()
         process.wait(timeout=10)
         drain.join(timeout=5)
+
+
+def eventually(check: Callable[[], Any], patience_s: float = 30.0) -> Any:
+    """``check()`` once it is truthy, polled every 0.1 s: for state another process writes, where there is no
+    event to wait on. Fails after ``patience_s`` (generous: a loaded CI box)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def stored_usage(url: str, env: dict[str, str] | None = None) -> tuple[list[Any], dict[Any, Any]]:
+    """Every usage record and summary row in the store at ``url`` (read while a gateway runs, or after)."""
+    import asyncio
+
+    from gateway_core.storage.factory import usage_store
+    from gateway_core.usage.record import RecordQuery, SummaryQuery
+
+    async def read() -> tuple[list[Any], dict[Any, Any]]:
+        store = usage_store(url, env)
+        await store.start()
+        try:
+            records = await store.records(RecordQuery("2000-01-01", "2100-01-01", limit=100_000))
+            return records, await store.summaries(SummaryQuery("2000-01-01", "2100-01-01"))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -7,7 +7,7 @@ Waits here poll for a condition with a generous deadline; nothing asserts how fa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,17 @@ import httpx
 import pytest
 
 from tests.conftest import SIM_CONFIG
-from tests.servers import GATEWAY_ENV, THIRD_KEY, clear_sim_requests, gateway_config, run_aigw, sim_requests, write_yaml
+from tests.servers import (
+    GATEWAY_ENV,
+    THIRD_KEY,
+    clear_sim_requests,
+    eventually,
+    gateway_config,
+    run_aigw,
+    sim_requests,
+    write_yaml,
+)
 
-PATIENCE_S = 30.0
 CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 ADMIN = {"api-key": THIRD_KEY}  # carol is an admin
@@ -33,17 +41,6 @@ def own_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def set_faults(sim: str, faults: list[dict[str, Any]]) -> None:
     assert httpx.post(sim + "/++/config", json={"faults": faults}).status_code == 200
-
-
-def eventually(check: Callable[[], Any]) -> Any:
-    """``check()`` once it is truthy; fails after PATIENCE_S."""
-    deadline = time.monotonic() + PATIENCE_S
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.1)
 
 
 def health(gateway: str) -> dict[str, Any]:

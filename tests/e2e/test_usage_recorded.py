@@ -8,51 +8,35 @@ Waits poll for a condition with a generous deadline; nothing asserts how fast it
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from gateway_core.storage.factory import usage_store
-from gateway_core.usage.record import RecordQuery, SummaryQuery, UsageRecord, summarise
-from tests.servers import CLIENT_KEY, GATEWAY_ENV, THIRD_KEY, gateway_config, run_aigw, write_yaml
+from gateway_core.usage.record import UsageRecord, summarise
+from tests.servers import (
+    CLIENT_KEY,
+    GATEWAY_ENV,
+    THIRD_KEY,
+    eventually,
+    gateway_config,
+    run_aigw,
+    stored_usage,
+    write_yaml,
+)
 
-PATIENCE_S = 30.0
 CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 HELLO = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
 ADMIN = {"api-key": THIRD_KEY}
 
 
-def eventually(check: Callable[[], Any], patience_s: float = PATIENCE_S) -> Any:
-    deadline = time.monotonic() + patience_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
 def stored(db: Path) -> tuple[list[UsageRecord], dict[Any, Any]]:
     """Every record and summary row in the usage store file (read while the gateway runs, or after)."""
-
-    async def read() -> tuple[list[UsageRecord], dict[Any, Any]]:
-        store = usage_store(f"sqlite:///{db}")
-        await store.start()
-        try:
-            records = await store.records(RecordQuery("2000-01-01", "2100-01-01", limit=100_000))
-            return records, await store.summaries(SummaryQuery("2000-01-01", "2100-01-01"))
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
+    return stored_usage(f"sqlite:///{db}")
 
 
 def send(url: str, n: int, *, workers: int = 8) -> list[float]:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,9 @@ import httpx
 
 from gateway_core.storage.factory import usage_store
 from gateway_core.usage.record import UsageBatch, UsageRecord, summarise
-from tests.servers import CLIENT_KEY, GATEWAY_ENV, THIRD_KEY, gateway_config, run_aigw, write_yaml
+from tests.servers import CLIENT_KEY, GATEWAY_ENV, THIRD_KEY, eventually, gateway_config, run_aigw, write_yaml
 
-PATIENCE_S = 30.0
 ADMIN = {"api-key": THIRD_KEY}  # carol is an admin
-
-
-def eventually(check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + PATIENCE_S
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def rec(user: str, tenant: str, tokens: int) -> UsageRecord:

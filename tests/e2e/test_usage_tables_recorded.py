@@ -5,33 +5,22 @@ sum of the records. The same proof at the writer level, without the gateway: tes
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from gateway_core.storage.factory import usage_store
-from gateway_core.usage.record import RecordQuery, SummaryQuery, UsageRecord, summarise
+from gateway_core.usage.record import UsageRecord, summarise
 from tests.azurite import run_azurite
-from tests.e2e.test_usage_recorded import ADMIN, config_file, eventually, send
-from tests.servers import GATEWAY_ENV, run_aigw
+from tests.e2e.test_usage_recorded import ADMIN, config_file, send
+from tests.servers import GATEWAY_ENV, eventually, run_aigw, stored_usage
 
 URL = "tables://?connection_env=AIGW_TEST_AZURITE&create_if_missing=true"
 
 
 def stored(env: dict[str, str]) -> tuple[list[UsageRecord], dict[Any, Any]]:
-    async def read() -> tuple[list[UsageRecord], dict[Any, Any]]:
-        store = usage_store(URL, env)
-        await store.start()
-        try:
-            records = await store.records(RecordQuery("2000-01-01", "2100-01-01", limit=100_000))
-            return records, await store.summaries(SummaryQuery("2000-01-01", "2100-01-01"))
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
+    return stored_usage(URL, env)
 
 
 def test_1000_requests_with_azurite_restarted_mid_run_leave_1000_records(sim_url: str, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import httpx
 from gateway_core.storage.factory import usage_queue, usage_store
 from gateway_core.usage.record import UsageBatch, UsageRecord
 from tests.azurite import run_azurite
-from tests.e2e.test_usage_serve import ADMIN, eventually, rec
-from tests.servers import CLIENT_KEY, GATEWAY_ENV, gateway_config, run_aigw, write_yaml
+from tests.e2e.test_usage_serve import ADMIN, rec
+from tests.servers import CLIENT_KEY, GATEWAY_ENV, eventually, gateway_config, run_aigw, write_yaml
 
 DEFAULT = "tables://?connection_env=AzureWebJobsStorage&create_if_missing=true"  # what the gateway opens
 
