@@ -169,8 +169,21 @@ class CosmosCounters(_Container):
     async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
         """The adds at once (``asyncio.gather``), not one transactional batch: a Cosmos DB batch is bound to one
         partition key, and each counter key is its own partition. If any add fails, the ones that were applied
-        are taken back (best effort) before ``StorageError`` is raised."""
-        results = await asyncio.gather(*(self.add(*add) for add in adds), return_exceptions=True)
+        are taken back (best effort) before ``StorageError`` is raised. Adds to the same counter run one after
+        another, in order, so each returns the total after it (run at once, they returned totals out of order)."""
+        results: list[int | BaseException] = [0] * len(adds)
+        same_counter: dict[tuple[str, int], list[int]] = {}
+        for index, add in enumerate(adds):
+            same_counter.setdefault((add.key, add.window), []).append(index)
+
+        async def in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                try:
+                    results[index] = await self.add(*adds[index])
+                except Exception as exc:  # noqa: BLE001 - collected, undone and re-raised below
+                    results[index] = exc
+
+        await asyncio.gather(*(in_order(indexes) for indexes in same_counter.values()))
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
             return [r for r in results if isinstance(r, int)]
