@@ -2,6 +2,7 @@
 # bench/profile.sh -> py-spy profile of one worker of `aigw serve --workers 2` with every policy on (the `all`
 # variant of run.sh: TPM rule + daily quota + exact cache on SQLite, unique bodies) under wrk at c32; prints
 # the event-loop thread's time by what it is for (profile_split.py). Raw profile: bench/results/profile-*.raw.
+# VARIANT=plain profiles the foundation pipeline instead (no limits, no cache).
 # DURATION (s, default 35) of load; py-spy samples PROFILE_S (default 20) of it, from the 5th second.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,11 +28,16 @@ backends:
     deployments: [gpt-4o]
 keys:
   - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
+YAML
+if [ "${VARIANT:-all}" = all ]; then cat >> "$WORK/gateway.yaml" <<YAML
 limits:
   rules:
     - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
     - {name: bench-daily, key: tenant, token_quota: 1000000000000, quota_period: daily}
 cache: {enabled: true}
+YAML
+fi
+cat >> "$WORK/gateway.yaml" <<YAML
 stores:
   counters: "sqlite:///$WORK/counters.db"
   cache: "sqlite:///$WORK/cache.db"
@@ -45,7 +51,7 @@ WORKER=$(sed -n 's/.* pid=\([0-9]*\) role=worker .*/\1/p' <<< "$PROCESSES" | sed
 export BENCH_PATH="/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21" BENCH_UNIQUE=1
 export BENCH_HEADERS="api-key: $BENCH_CLIENT_KEY"$'\n'
 RAW="$HERE/results/profile-$(date +%Y%m%d-%H%M%S).raw"
-echo "=== profile of worker $WORKER, all policies, c32, $(uptime)"
+echo "=== profile of worker $WORKER, ${VARIANT:-all}, c32, $(uptime)"
 wrk -t1 -c32 -d"${DURATION:-35}s" --timeout 10s --latency -s "$H/chat.lua" http://127.0.0.1:18080 > "$WORK/wrk.out" 2>&1 &
 WRK=$!
 sleep 5
