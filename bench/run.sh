@@ -11,6 +11,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 H="$HERE/harness"
 WORKERS=${WORKERS:-2}
 VARIANTS=${VARIANTS:-"direct plain sqlite cosmos cache all"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
+# VARIANTS="direct plain all portkey" adds the Portkey gateway (npm, installed on first use) as a peer in the same run.
 want() { [[ " $VARIANTS " == *" $1 "* ]]; }
 # The server comparison: VARIANTS="plain granian uvicorn" REPEAT_C32=5 bench/run.sh --quick runs the plain
 # pipeline on `aigw serve` (uvicorn, a socket per worker), granian and stock uvicorn (one shared socket) back to
@@ -164,6 +165,15 @@ bench() { "$H/bench.sh" "$@" || true; }
     bench -l "aigw-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     repeat_c32 "aigw-w$WORKERS"
     memory "aigw-w$WORKERS"
+    stop_gateway
+  fi
+  if want portkey; then
+    # A peer that enforces nothing (no limits, no cache, no usage records), started the same way on the same
+    # upstream, so "faster than a gateway that enforces nothing" is measured in the same run.
+    GW_PID=$("$HERE/peers/start-portkey.sh" 18787 "$WORK/portkey.log")
+    bench -l portkey -g "$GW_PID" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18787 "Authorization: Bearer bench" \
+      "x-portkey-provider: openai" "x-portkey-custom-host: http://127.0.0.1:18000/v1"
+    memory portkey
     stop_gateway
   fi
   for server in granian uvicorn; do

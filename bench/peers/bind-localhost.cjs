@@ -1,0 +1,12 @@
+// Preload (node --require) that puts any listen() without an explicit host on 127.0.0.1: the Portkey gateway
+// calls serve({port}) with no hostname, which would otherwise listen on every interface.
+const net = require('net');
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0])) {
+    if (args[0].port !== undefined && !args[0].host && !args[0].path) args[0] = { ...args[0], host: '127.0.0.1' };
+  } else if (typeof args[0] === 'number' || (typeof args[0] === 'string' && /^\d+$/.test(args[0]))) {
+    if (typeof args[1] !== 'string') args.splice(1, 0, '127.0.0.1');
+  }
+  return listen.apply(this, args);
+};
