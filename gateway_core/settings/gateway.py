@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from ..usage.prices import load_prices
 from .backends import Backend, RoutingSettings
 from .base import WILDCARD, Section, require_unique
 from .cache import CacheSettings
@@ -51,7 +50,7 @@ class GatewayConfig(Section):
     def _budgets_priced(self) -> GatewayConfig:
         # A budget must never be silently free: every deployment a budget rule names needs a price. (Rules without
         # a deployments list, and names a wildcard backend passes through, are checked per request.)
-        prices = load_prices(self.usage.prices)
+        prices = self.usage.price_table
         wildcard = any(d.name == WILDCARD for b in self.backends for d in b.deployments)
         for rule in self.limits.rules:
             if rule.cost_quota_usd is None:

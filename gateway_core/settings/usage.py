@@ -1,12 +1,13 @@
-"""The usage section: records, price overrides, the batched writer and the summariser."""
+"""The usage section: records, price overrides (parsed once, here), the batched writer and the summariser."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..usage.prices import load_prices
+from ..usage.prices import PriceError, PriceTable, load_prices
 from .base import Section
 
 
@@ -36,8 +37,22 @@ class UsageSettings(Section):
     sweep_interval_s: float = Field(default=300.0, gt=0)
     sweep_older_than_s: float = Field(default=60.0, ge=0)
 
-    @field_validator("prices")
-    @classmethod
-    def _prices(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        load_prices(value)  # PriceError is a ValueError: reported with the key and line
-        return value
+    _price_table: PriceTable = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _parse_prices(self) -> UsageSettings:
+        # Parsed once, kept for whoever needs the table (the budget check of GatewayConfig); a bad price is
+        # reported at usage.prices, with its line, as a validator of that field would.
+        try:
+            self._price_table = load_prices(self.prices)
+        except PriceError as exc:
+            error = PydanticCustomError("value_error", "{reason}", {"reason": str(exc)})
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [InitErrorDetails(type=error, loc=("prices",), input=self.prices)]
+            ) from None
+        return self
+
+    @property
+    def price_table(self) -> PriceTable:
+        """The built-in prices with ``prices`` laid over them, as parsed when this section was validated."""
+        return self._price_table
