@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,31 @@ class TablesTarget:
     @property
     def where(self) -> str:
         return f"account {self.url.account}" if self.url.account else f"${self.url.connection_env}"
+
+
+class AccountClient:
+    """One credential and one service client (Table or Queue) of the account, made on first use and kept for
+    ``close`` even if what its owner does next (creating tables or queues) fails."""
+
+    def __init__(self, target: TablesTarget, make_service: Callable[[Any], Any]) -> None:
+        self._target = target
+        self._make_service = make_service  # TablesTarget.table_service or .queue_service
+        self._credential: Any = None
+        self._service: Any = None
+
+    def service(self) -> Any:
+        if self._service is None:
+            with sdk_errors(self._target, "connect"):  # a malformed connection string is a ValueError
+                self._credential = self._target.credential()
+                self._service = self._make_service(self._credential)
+        return self._service
+
+    async def close(self) -> None:
+        if self._service is not None:
+            await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
+        self._credential = self._service = None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 from ..usage.record import QueueMessage
-from .tables import TablesTarget, sdk_errors
+from .tables import AccountClient, TablesTarget, sdk_errors
 
 QUEUE = "aigw-usage"
 POISON_QUEUE = "aigw-usage-poison"
@@ -25,8 +25,7 @@ class StorageQueue:
 
     def __init__(self, target: TablesTarget) -> None:
         self._target = target
-        self._credential: Any = None
-        self._service: Any = None
+        self._account = AccountClient(target, target.queue_service)
         self._queue: Any = None
         self._poison: Any = None
         self._lock = asyncio.Lock()
@@ -37,11 +36,7 @@ class StorageQueue:
         async with self._lock:
             if self._queue is not None:
                 return
-            if self._service is None:  # kept for close() even if creating the queues fails
-                with sdk_errors(self._target, "connect"):  # a malformed connection string is a ValueError
-                    self._credential = self._target.credential()
-                    self._service = self._target.queue_service(self._credential)
-            service = self._service
+            service = self._account.service()
             prefix = self._target.url.prefix
             # Received messages are decoded here, not by the SDK: a message that is not base64 (put there by
             # something else) must reach the poison queue, not stop every receive.
@@ -64,11 +59,8 @@ class StorageQueue:
         return self._queue
 
     async def close(self) -> None:
-        if self._service is not None:
-            await self._service.close()
-        if self._credential is not None:
-            await self._credential.close()
-        self._credential = self._service = self._queue = self._poison = None
+        await self._account.close()
+        self._queue = self._poison = None
 
     async def send(self, batch_id: str) -> None:
         queue = await self._ready()

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..usage.record import RecordQuery, SummaryKey, SummaryQuery, SummaryTotals, UsageBatch, UsageRecord
 from .ports import StorageError
-from .tables import TablesTarget, bounded, sdk_errors
+from .tables import AccountClient, TablesTarget, bounded, sdk_errors
 from .tables_entities import (
     get_long,
     int64,
@@ -57,8 +57,7 @@ class TablesUsage:
 
     def __init__(self, target: TablesTarget) -> None:
         self._target = target
-        self._credential: Any = None
-        self._service: Any = None
+        self._account = AccountClient(target, target.table_service)
         self._records: Any = None
         self._summaries: Any = None
         self._lock = asyncio.Lock()
@@ -67,11 +66,7 @@ class TablesUsage:
         async with self._lock:
             if self._records is not None:
                 return
-            if self._service is None:  # kept for close() even if creating the tables fails
-                with sdk_errors(self._target, "connect"):  # a malformed connection string is a ValueError
-                    self._credential = self._target.credential()
-                    self._service = self._target.table_service(self._credential)
-            service = self._service
+            service = self._account.service()
             prefix = self._target.url.prefix
             names = (prefix + RECORDS_TABLE, prefix + SUMMARIES_TABLE)
             if self._target.url.create_if_missing:
@@ -85,11 +80,8 @@ class TablesUsage:
             await self.start()
 
     async def close(self) -> None:
-        if self._service is not None:
-            await self._service.close()
-        if self._credential is not None:
-            await self._credential.close()
-        self._credential = self._service = self._records = self._summaries = None
+        await self._account.close()
+        self._records = self._summaries = None
 
     async def _query(self, table: Any, query: str, **parameters: Any) -> list[dict[str, Any]]:
         with sdk_errors(self._target, "query"):
