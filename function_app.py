@@ -29,7 +29,7 @@ from aigw.functions_settings import configure_logging
 configure_logging()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 host = FunctionsHost(Path(__file__).parent)
-USAGE_QUEUE = "aigw-usage"  # the Storage queue the usage writer sends to (gateway_core/storage/tables.py)
+USAGE_QUEUE = "aigw-usage"  # the Storage queue the usage writer sends to (gateway_core/storage/tables_queue.py)
 
 
 @app.function_name("gateway")

@@ -18,16 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import orjson
 import uvloop
+from inprocess import ENV, PATH, gateway_config, send_chat
 
 from gateway_core.app import Gateway
-from gateway_core.config import config_from_dict
-from gateway_core.context import GatewayRequest
+from gateway_core.config import GatewayConfig
 
-PATH = "/openai/deployments/gpt-4o/chat/completions"
 UPSTREAM = """
 import sys
 from pathlib import Path
@@ -41,51 +38,24 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[3]), print=lambda *_: print
 """
 
 
-def config(port: int, directory: Path | None) -> Any:
-    raw: dict[str, Any] = {
-        "backends": [
-            {
-                "name": "upstream",
-                "url": f"http://127.0.0.1:{port}",
-                "auth": {"type": "api_key", "key_env": "BACKEND_KEY"},
-                "deployments": ["gpt-4o"],
-            }
-        ],
-        "keys": [{"name": "bench", "key_env": "CLIENT_KEY", "user": "bench", "tenant": "bench"}],
-        "stores": {"health": "memory://"},
-    }
-    if directory is not None:
-        raw["limits"] = {
-            "rules": [
-                {"name": "tpm", "key": "user", "tokens_per_minute": 10**12},
-                {"name": "daily", "key": "tenant", "token_quota": 10**12, "quota_period": "daily"},
-            ]
-        }
-        raw["cache"] = {"enabled": True}
-        raw["stores"] |= {"counters": f"sqlite:///{directory}/counters.db", "cache": f"sqlite:///{directory}/cache.db"}
-    return config_from_dict(raw)
+def config(port: int, directory: Path | None) -> GatewayConfig:
+    """`plain` (``directory`` None) or `all`, counters and cache on SQLite in ``directory``."""
+    if directory is None:
+        return gateway_config(port, {"health": "memory://"}, every_policy=False)
+    stores = {"health": "memory://", "counters": f"sqlite:///{directory}/counters.db"}
+    return gateway_config(port, stores | {"cache": f"sqlite:///{directory}/cache.db"}, every_policy=True)
 
 
 async def measure(gateway: Gateway, n: int, concurrency: int, tag: str) -> tuple[float, float]:
-    async def one(i: int) -> None:
-        message = {"role": "user", "content": f"Why does low overhead matter? ({tag}-{i})"}
-        body = orjson.dumps({"model": "gpt-4o", "messages": [message], "temperature": 0, "max_tokens": 100})
-        headers = {"api-key": "client", "content-type": "application/json"}
-        request = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, body, len(body), "127.0.0.1")
-        response = await gateway.handle(request)
-        if response.status != 200:
-            raise SystemExit(f"request {i}: status {response.status}")
-
     cpu, wall = time.process_time(), time.perf_counter()
     for start in range(0, n, concurrency):
-        await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+        await asyncio.gather(*(send_chat(gateway, f"{tag}-{i}") for i in range(start, min(n, start + concurrency))))
     await gateway.tasks.drain()  # the background settlements and cache puts are part of the cost
     return (time.process_time() - cpu) / n * 1000, (time.perf_counter() - wall) / n * 1000
 
 
 async def main(n: int, concurrency: int, repeats: int, port: int, directory: Path) -> None:
-    env = {"BACKEND_KEY": "backend", "CLIENT_KEY": "client"}
-    gateways = {"plain": Gateway(config(port, None), env=env), "all": Gateway(config(port, directory), env=env)}
+    gateways = {"plain": Gateway(config(port, None), env=ENV), "all": Gateway(config(port, directory), env=ENV)}
     for gateway in gateways.values():
         await gateway.start()
         await measure(gateway, 200, concurrency, "warm")

@@ -23,16 +23,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
+from inprocess import BODY, ENV, PATH, gateway_config, send_chat
 
 from gateway_core.app import Gateway
-from gateway_core.config import config_from_dict
-from gateway_core.context import GatewayRequest
 from gateway_core.storage import sqlite
 
-BODY = (Path(__file__).parent / "harness" / "chat_body.json").read_bytes()
-PATH = "/openai/deployments/gpt-4o/chat/completions"
 calls: collections.Counter[str] = collections.Counter()
 # The emulator's well-known key (public, the same in every emulator).
 COSMOS_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
@@ -93,53 +89,20 @@ async def main(n: int, concurrency: int, directory: Path, cosmos: str | None) ->
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    config = config_from_dict(
-        {
-            "backends": [
-                {
-                    "name": "upstream",
-                    "url": f"http://127.0.0.1:{port}",
-                    "auth": {"type": "api_key", "key_env": "BACKEND_KEY"},
-                    "deployments": ["gpt-4o"],
-                }
-            ],
-            "keys": [{"name": "bench", "key_env": "CLIENT_KEY", "user": "bench", "tenant": "bench"}],
-            "limits": {
-                "rules": [
-                    {"name": "tpm", "key": "user", "tokens_per_minute": 10**12},
-                    {"name": "daily", "key": "tenant", "token_quota": 10**12, "quota_period": "daily"},
-                ]
-            },
-            "cache": {"enabled": True},
-            "stores": {
-                "counters": f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY"
-                if cosmos
-                else f"sqlite:///{directory / 'counters.db'}",
-                "cache": f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY"
-                if cosmos
-                else f"sqlite:///{directory / 'cache.db'}",
-                "health": f"sqlite:///{directory / 'health.db'}",
-            },
-        }
-    )
-    gateway = Gateway(config, env={"BACKEND_KEY": "backend", "CLIENT_KEY": "client", "COSMOS_KEY": COSMOS_KEY})
+    stores = {"health": f"sqlite:///{directory / 'health.db'}"}
+    for port_name in ("counters", "cache"):
+        url = f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY" if cosmos else f"sqlite:///{directory / port_name}.db"
+        stores[port_name] = url
+    config = gateway_config(port, stores, every_policy=True)
+    gateway = Gateway(config, env={**ENV, "COSMOS_KEY": COSMOS_KEY})
     await gateway.start()
 
-    async def one(i: int) -> None:
-        message = {"role": "user", "content": f"Why does low overhead matter? ({i})"}
-        body = orjson.dumps({"model": "gpt-4o", "messages": [message], "temperature": 0, "max_tokens": 100})
-        headers = {"api-key": "client", "content-type": "application/json"}
-        request = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, body, len(body), "127.0.0.1")
-        response = await gateway.handle(request)
-        if response.status != 200:
-            raise SystemExit(f"request {i}: status {response.status}")
-
     for i in range(3):  # warm up: the store files, the previous minute's counters
-        await one(-1 - i)
+        await send_chat(gateway, f"{-1 - i}")
     await gateway.tasks.drain()
     calls.clear()
     for start in range(0, n, concurrency):
-        await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+        await asyncio.gather(*(send_chat(gateway, f"{i}") for i in range(start, min(n, start + concurrency))))
     await gateway.tasks.drain()  # the background settlements and cache puts
     per_request = {name: round(c / n, 2) for name, c in calls.items()}
     print(f"store round trips per request ({n} requests, {concurrency} at a time):", per_request)

@@ -13,40 +13,11 @@ SLICE_S=${SLICE_S:-60}
 CACHE_MIB=${CACHE_MIB:-32}
 CONNS=${CONNS:-32}
 WORKERS=${WORKERS:-2}
-WORK="$(mktemp -d /tmp/aigw-soak.XXXXXX)"
-export NGINX_PREFIX="$WORK/nginx" BENCH_BACKEND_KEY=bench-backend-key BENCH_CLIENT_KEY=bench-client-key
-mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp" "$HERE/results"
-GW_PID=""
-cleanup() {
-  [ -n "$GW_PID" ] && { kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; }
-  [ -s "$NGINX_PREFIX/logs/upstream.pid" ] && kill "$(cat "$NGINX_PREFIX/logs/upstream.pid")" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-nginx -p "$NGINX_PREFIX/" -c "$H/nginx-upstream.conf"
-cat > "$WORK/gateway.yaml" <<YAML
-backends:
-  - name: nginx
-    url: http://127.0.0.1:18000
-    auth: {type: api_key, key_env: BENCH_BACKEND_KEY}
-    deployments: [gpt-4o]
-keys:
-  - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
-limits:
-  rules:
-    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
-    - {name: bench-daily, key: tenant, token_quota: 1000000000000, quota_period: daily}
-cache: {enabled: true, max_store_bytes: $((CACHE_MIB * 1024 * 1024))}
-stores:
-  counters: "sqlite:///$WORK/counters.db"
-  cache: "sqlite:///$WORK/cache.db"
-YAML
-(cd "$WORK" && exec "$ROOT/.venv/bin/aigw" serve --config "$WORK/gateway.yaml" --port 18080 --workers "$WORKERS") > "$WORK/gw.log" 2>&1 &
-GW_PID=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
-sleep 3  # healthz answers once the first worker has started
-export BENCH_PATH="/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21" BENCH_UNIQUE=1
-export BENCH_HEADERS="api-key: $BENCH_CLIENT_KEY"$'\n'
+# shellcheck source=serving.sh
+. "$HERE/serving.sh"
+serve_setup soak
+gateway_yaml all "cache: {enabled: true, max_store_bytes: $((CACHE_MIB * 1024 * 1024))}" > "$WORK/gateway.yaml"
+start_gateway "$WORKERS"
 OUT="$HERE/results/soak-$(date +%Y%m%d-%H%M%S).md"
 workers() { python3 "$HERE/memory.py" soak "$GW_PID" | sed -n 's/.* pid=\([0-9]*\) role=worker .*/\1/p'; }
 rss() { python3 "$HERE/memory.py" soak "$GW_PID" | sed -n 's/.* role=worker rss_mb=\([0-9.]*\) .*/\1/p' | paste -sd/; }

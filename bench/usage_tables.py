@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway_core.storage import tables
+from gateway_core.storage import tables, tables_queue, tables_usage
 from gateway_core.store_urls import TablesURL, parse_store_url
 from gateway_core.usage.record import UsageBatch, UsageRecord, summarise
 from tests.azurite import run_azurite
@@ -72,7 +72,7 @@ async def run(connection_string: str, batch_size: int, tenants: int, days: int) 
     url = parse_store_url(f"tables://?connection_env=X&create_if_missing=true&prefix={prefix}", "usage")
     assert isinstance(url, TablesURL)
     target = Counted(url, connection_string)
-    store, queue = tables.TablesUsage(target), tables.StorageQueue(target)
+    store, queue = tables_usage.TablesUsage(target), tables_queue.StorageQueue(target)
     await store.start()
     await queue.start()
     records = [record(n, tenants, days) for n in range(1000)]

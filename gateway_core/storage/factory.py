@@ -13,7 +13,7 @@ from typing import TypeVar
 from ..config import ConfigError
 from ..store_urls import CosmosURL, MemoryURL, Port, SqliteURL, StoreURL, StoreURLError, TablesURL, parse_store_url
 from ..store_urls import default_url as _default_url
-from . import cosmos, memory, sqlite, sqlite_cache, sqlite_usage, tables
+from . import cosmos, memory, sqlite, sqlite_cache, sqlite_usage, tables, tables_queue, tables_usage
 from .ports import CacheStore, CounterStore, HealthStore, UsageQueue, UsageStore
 
 T = TypeVar("T")
@@ -36,14 +36,14 @@ HEALTH: dict[str, Callable[..., HealthStore]] = {
 USAGE: dict[str, Callable[..., UsageStore]] = {
     "memory": memory.MemoryUsage,
     "sqlite": sqlite_usage.SqliteUsage,
-    "tables": tables.TablesUsage,
+    "tables": tables_usage.TablesUsage,
 }
 # The queue that goes with each usage store: the embedded stores use the in-process queue (one per process; a
 # batch whose message dies with its process is found by the summariser's sweep).
 USAGE_QUEUES: dict[str, Callable[..., UsageQueue]] = {
     "memory": memory.MemoryQueue,
     "sqlite": memory.MemoryQueue,
-    "tables": tables.StorageQueue,  # aigw-usage, read by the Functions queue trigger too
+    "tables": tables_queue.StorageQueue,  # aigw-usage, read by the Functions queue trigger too
 }
 
 

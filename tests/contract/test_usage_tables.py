@@ -20,7 +20,9 @@ import pytest
 
 from gateway_core.storage.factory import usage_queue, usage_store
 from gateway_core.storage.ports import StorageError, UsageQueue, UsageStore
-from gateway_core.storage.tables import MAX_STRING_CHARS, POISON_QUEUE, QUEUE, record_partition, summary_row
+from gateway_core.storage.tables_entities import MAX_STRING_CHARS
+from gateway_core.storage.tables_keys import record_partition, summary_row
+from gateway_core.storage.tables_queue import POISON_QUEUE, QUEUE
 from gateway_core.usage.record import RecordQuery, SummaryKey, SummaryQuery, UsageBatch, UsageRecord, summarise
 from tests.azurite import Azurite
 from tests.contract.test_usage_store import DAY1_S, DAY2_S, absorb_all, all_records, all_summaries, batch, rec
@@ -253,10 +255,11 @@ async def test_a_records_query_on_table_storage_reads_no_more_than_its_limit_nee
     """rev3: ``records`` read every matching entity of the newest day (and of each wider span after it) into
     memory, then kept ``limit``: a key holder's own million 400s of a day made each ``/usage/records?limit=1``
     pull a million entities. Here a table that answers every query with 20,000 entities (as a dense day does)."""
-    from gateway_core.storage.tables import TablesUsage, _record_entity
+    from gateway_core.storage.tables_entities import record_entity
+    from gateway_core.storage.tables_usage import TablesUsage
 
     consumed = 0
-    entity = _record_entity(UsageRecord("r", 1_767_312_000.0, "q", "contoso", "mallory", None, "POST", "/", 400), "b")
+    entity = record_entity(UsageRecord("r", 1_767_312_000.0, "q", "contoso", "mallory", None, "POST", "/", 400), "b")
 
     class Table:
         def query_entities(self, query: str, parameters: dict[str, Any], **kwargs: Any) -> Any:
@@ -281,7 +284,7 @@ async def test_records_come_newest_first_from_dense_windows_reading_few_entities
     """The time-window walk against Azurite: a dense last ten minutes of a day (one record a second, 40 in one
     millisecond, another tenant interleaved), older and newer days around it: every limit and filter gives
     exactly the newest records, and a small limit reads a small part of the day."""
-    from gateway_core.storage.tables import TablesUsage
+    from gateway_core.storage.tables_usage import TablesUsage
 
     end_s = DAY2_S  # midnight: the records fill the last ten minutes of 2026-01-01
     dense = [rec(end_s - 600 + n, user=f"u{n % 3}") for n in range(600)]

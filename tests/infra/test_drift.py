@@ -14,7 +14,8 @@ from typing import Any
 from gateway_core.storage import cosmos
 from gateway_core.storage.factory import cache_store, counter_store, health_store
 from gateway_core.storage.ports import CacheEntry
-from gateway_core.storage.tables import POISON_QUEUE, QUEUE, RECORDS_TABLE, SUMMARIES_TABLE
+from gateway_core.storage.tables_queue import POISON_QUEUE, QUEUE
+from gateway_core.storage.tables_usage import RECORDS_TABLE, SUMMARIES_TABLE
 from gateway_core.store_urls import SERVES, CosmosURL, default_url, parse_store_url
 from tests.infra.bicep import INFRA, Expr, Loop, Template
 from tests.servers import COSMOS_KEY_ENV, ROOT

@@ -1,8 +1,9 @@
 """The imports of gateway_core point one way, read from the source (ast), so a layering slip fails here.
 
 Layers, lowest first; a module may import its own layer and the layers listed for it:
-  base       context, errors, config, catalogue, clock, names, store_urls, pipeline, routes, background,
-             usage/record.py and usage/prices.py (the usage types and the price table)
+  base       context, errors, config and settings/ (the config's sections), catalogue, clock, names,
+             store_urls, pipeline, routes, background, usage/record.py and usage/prices.py (the usage types and
+             the price table)
   helpers    cache/, tokens/, limits/ (pure logic)
   storage    storage/ (the ports and one adapter per backend)
   providers  providers/ (one translator per wire format, the upstream client, credentials)

@@ -99,3 +99,32 @@ def test_config_checks_price_overrides_at_load() -> None:
         config_from_dict({"backends": [backend], "usage": {"prices": {"m": {"input": 1.5, "output": "1"}}}})
     config = config_from_dict({"backends": [backend], "usage": {"prices": {"m": {"input": "1.5", "output": "1"}}}})
     assert load_prices(config.usage.prices).price_of("m") is not None
+
+
+def test_config_parses_prices_once_and_keeps_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The usage section's validator and the budget check each parsed the table (and read prices.json) again.
+    from gateway_core.config import ConfigError, config_from_dict, load_config_text
+    from gateway_core.usage import prices
+
+    reads: list[str] = []
+    built_in = prices._BUILT_IN
+
+    class CountedFile:
+        def read_text(self, encoding: str) -> str:
+            reads.append(encoding)
+            return built_in.read_text(encoding=encoding)
+
+    monkeypatch.setattr(prices, "_BUILT_IN", CountedFile())
+    backend = {"name": "a", "url": "http://127.0.0.1:1", "deployments": [{"name": "d", "model": "m"}]}
+    rule = {"name": "r", "key": "user", "cost_quota_usd": "5", "quota_period": "daily", "deployments": ["d"]}
+    config = config_from_dict(
+        {"backends": [backend], "limits": {"rules": [rule]}, "usage": {"prices": {"m": {"input": "1", "output": "2"}}}}
+    )
+    assert len(reads) == 1
+    price = config.usage.price_table.price_of("m")
+    assert price is not None and price.cost_micro_usd(1, 1) == 3
+    yaml_text = (
+        "backends:\n  - name: a\n    url: http://127.0.0.1:1\n    deployments: [d]\nusage:\n  prices:\n    m: {}\n"
+    )
+    with pytest.raises(ConfigError, match=r"^invalid configuration:\n  f.yaml:7: usage\.prices: m\.input: give USD"):
+        load_config_text(yaml_text, "f.yaml", env={})

@@ -1,0 +1,54 @@
+"""What the in-process benchmarks (policy_cpu.py, round_trips.py) share: the gateway config of run.sh's variants
+in front of one upstream, and a chat completion sent straight to ``Gateway.handle``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway_core.app import Gateway
+from gateway_core.config import GatewayConfig, config_from_dict
+from gateway_core.context import GatewayRequest
+
+BODY = (Path(__file__).parent / "harness" / "chat_body.json").read_bytes()  # the harness's fixed answer
+PATH = "/openai/deployments/gpt-4o/chat/completions"
+ENV = {"BACKEND_KEY": "backend", "CLIENT_KEY": "client"}
+
+
+def gateway_config(upstream_port: int, stores: dict[str, str], every_policy: bool) -> GatewayConfig:
+    """One backend at ``upstream_port``, one client key (``CLIENT_KEY``); with ``every_policy``, run.sh's `all`:
+    a TPM rule and a daily quota too high to refuse anything, and the exact cache."""
+    raw: dict[str, Any] = {
+        "backends": [
+            {
+                "name": "upstream",
+                "url": f"http://127.0.0.1:{upstream_port}",
+                "auth": {"type": "api_key", "key_env": "BACKEND_KEY"},
+                "deployments": ["gpt-4o"],
+            }
+        ],
+        "keys": [{"name": "bench", "key_env": "CLIENT_KEY", "user": "bench", "tenant": "bench"}],
+        "stores": stores,
+    }
+    if every_policy:
+        raw["limits"] = {
+            "rules": [
+                {"name": "tpm", "key": "user", "tokens_per_minute": 10**12},
+                {"name": "daily", "key": "tenant", "token_quota": 10**12, "quota_period": "daily"},
+            ]
+        }
+        raw["cache"] = {"enabled": True}
+    return config_from_dict(raw)
+
+
+async def send_chat(gateway: Gateway, tag: str) -> None:
+    """One chat completion whose body is unique by ``tag``; anything but a 200 stops the benchmark."""
+    message = {"role": "user", "content": f"Why does low overhead matter? ({tag})"}
+    body = orjson.dumps({"model": "gpt-4o", "messages": [message], "temperature": 0, "max_tokens": 100})
+    headers = {"api-key": "client", "content-type": "application/json"}
+    request = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, body, len(body), "127.0.0.1")
+    response = await gateway.handle(request)
+    if response.status != 200:
+        raise SystemExit(f"request {tag}: status {response.status}")

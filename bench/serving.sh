@@ -1,0 +1,55 @@
+# bench/serving.sh (sourced, not run) by profile.sh and soak.sh (after HERE, ROOT and H are set): the static nginx
+# upstream of run.sh and one `aigw serve` in front of it, on 127.0.0.1, removed on exit; wrk's chat.lua settings.
+
+# serve_setup NAME: a work directory /tmp/aigw-NAME.*, the upstream started, cleanup on exit.
+serve_setup() {
+  WORK="$(mktemp -d "/tmp/aigw-$1.XXXXXX")"
+  export NGINX_PREFIX="$WORK/nginx" BENCH_BACKEND_KEY=bench-backend-key BENCH_CLIENT_KEY=bench-client-key
+  mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp" "$HERE/results"
+  GW_PID=""
+  trap serve_cleanup EXIT
+  nginx -p "$NGINX_PREFIX/" -c "$H/nginx-upstream.conf"
+  export BENCH_PATH="/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21" BENCH_UNIQUE=1
+  export BENCH_HEADERS="api-key: $BENCH_CLIENT_KEY"$'\n'
+}
+
+serve_cleanup() {
+  [ -n "$GW_PID" ] && { kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; }
+  [ -s "$NGINX_PREFIX/logs/upstream.pid" ] && kill "$(cat "$NGINX_PREFIX/logs/upstream.pid")" 2>/dev/null
+  rm -rf "$WORK"
+}
+
+# gateway_yaml VARIANT CACHE_LINE: one backend on the upstream and the bench key; VARIANT `all` adds run.sh's
+# TPM rule and daily quota (too high to refuse anything) and CACHE_LINE; counters and cache on SQLite in $WORK.
+gateway_yaml() {
+  cat <<YAML
+backends:
+  - name: nginx
+    url: http://127.0.0.1:18000
+    auth: {type: api_key, key_env: BENCH_BACKEND_KEY}
+    deployments: [gpt-4o]
+keys:
+  - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
+YAML
+  if [ "$1" = all ]; then cat <<YAML
+limits:
+  rules:
+    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
+    - {name: bench-daily, key: tenant, token_quota: 1000000000000, quota_period: daily}
+$2
+YAML
+  fi
+  cat <<YAML
+stores:
+  counters: "sqlite:///$WORK/counters.db"
+  cache: "sqlite:///$WORK/cache.db"
+YAML
+}
+
+# start_gateway WORKERS: `aigw serve` of $WORK/gateway.yaml on 18080 (GW_PID), once every worker has started.
+start_gateway() {
+  (cd "$WORK" && exec "$ROOT/.venv/bin/aigw" serve --config "$WORK/gateway.yaml" --port 18080 --workers "$1") > "$WORK/gw.log" 2>&1 &
+  GW_PID=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+  sleep 3  # healthz answers once the first worker has started
+}
