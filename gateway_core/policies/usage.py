@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 from ..catalogue import PoolTable
@@ -22,6 +21,7 @@ from ..clock import Clock
 from ..config import GatewayConfig
 from ..context import GatewayResponse, RequestContext, UsageSource
 from ..errors import TokenLimitExceeded, error_payload
+from ..ids import new_id
 from ..names import is_deployment_name
 from ..pipeline import Handler
 from ..usage.costs import Costs
@@ -92,7 +92,7 @@ class UsageRecorder:
             prompt = completion = 0
         cached = min(tokens.cached_prompt, prompt)
         return UsageRecord(
-            record_id=uuid.uuid4().hex,
+            record_id=new_id(),
             time_s=ctx.started_s,
             request_id=ctx.request_id,
             tenant=principal.tenant,
