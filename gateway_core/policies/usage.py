@@ -99,7 +99,7 @@ class UsageRecorder:
             user=principal.user,
             key_id=principal.key_id,
             method=ctx.request.method,
-            path=_CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", ctx.request.path)[:_PATH_MAX],
+            path=_recorded_path(ctx.request.path),
             status=end.status,
             deployment=deployment,
             model=model,
@@ -136,6 +136,11 @@ class UsageRecorder:
         if deployment is None or not is_deployment_name(deployment) or not self._pools.serves(deployment):
             return None
         return deployment
+
+
+def _recorded_path(path: str) -> str:
+    # Control characters are not printable: most paths skip the regex.
+    return (path if path.isprintable() else _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", path))[:_PATH_MAX]
 
 
 class _End:
