@@ -1,16 +1,18 @@
-"""The ASGI adapter's watch for a client that leaves while the pipeline works: the work is cancelled and None
-returned; a cancel from outside (the server shutting down) still propagates; the task is left uncancelled."""
+"""The ASGI adapter's cheap paths. The watch for a client that leaves while the pipeline works: the work is
+cancelled and None returned; a cancel from outside (the server shutting down) still propagates; the task is left
+uncancelled. The request with its body keeps every field of its head."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
 
 import pytest
 
-from aigw.asgi import _unless_disconnected
-from gateway_core.context import GatewayResponse
+from aigw.asgi import _unless_disconnected, _with_body
+from gateway_core.context import GatewayRequest, GatewayResponse
 
 
 class Client:
@@ -79,3 +81,10 @@ async def test_a_cancel_from_outside_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert outer.cancelled()
+
+
+def test_the_request_with_its_body_keeps_every_field_of_its_head() -> None:
+    # Every field set to a value of its own, fields added later included: none may be dropped on the way.
+    values: dict[str, Any] = {f.name: f"value of {f.name}" for f in dataclasses.fields(GatewayRequest)}
+    head = GatewayRequest(**values)
+    assert _with_body(head, b"body", 4) == dataclasses.replace(head, body=b"body", body_size=4)
