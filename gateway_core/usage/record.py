@@ -198,4 +198,6 @@ def record_to_dict(record: UsageRecord) -> dict[str, object]:
 
 def record_from_dict(data: dict[str, object]) -> UsageRecord:
     """The record ``record_to_dict`` gave; fields it does not know (a newer version's) are ignored."""
+    if data.keys() <= _RECORD_FIELDS:  # this version's own record (the summariser reads every one back): as is
+        return UsageRecord(**data)  # type: ignore[arg-type]
     return UsageRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})  # type: ignore[arg-type]

@@ -71,3 +71,10 @@ def test_a_recorded_path_escapes_control_characters_as_before() -> None:
         path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         assert _recorded_path(path) == _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", path)[:512]
     assert _recorded_path("/x" * 400) == ("/x" * 400)[:512]
+
+
+def test_a_stored_record_with_a_field_this_version_does_not_know_is_read_without_it() -> None:
+    record = UsageRecord("x" * 32, 60.0, "r", "t", "u", "k", "POST", "/p", 200, prompt_tokens=3)
+    newer = {**record_to_dict(record), "a_field_of_a_newer_version": 1}
+    assert record_from_dict(newer) == record
+    assert record_from_dict(record_to_dict(record)) == record
