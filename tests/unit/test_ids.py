@@ -4,7 +4,6 @@ counter that runs out is what these prove."""
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import re
 import subprocess
 import sys
@@ -51,23 +50,32 @@ def test_ids_of_separate_processes_and_restarts_are_unique() -> None:
     assert len({made[:20] for made in every}) == 4  # one prefix per process
 
 
-def _child_ids(queue: multiprocessing.Queue[list[str]]) -> None:
-    queue.put([new_id() for _ in range(1000)])
+# Forks in a fresh, single-threaded interpreter: forking the test process (threads of other tests) is unsafe.
+_FORKING = """
+import os, sys
+from gateway_core.ids import new_id
+new_id()  # the parent has handed out ids: a child that kept its state would hand out the next ones too
+children = []
+for _ in range(2):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, " ".join(new_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    children.append((pid, read))
+for pid, read in children:
+    with os.fdopen(read, "rb") as pipe:
+        print(pipe.read().decode())
+    os.waitpid(pid, 0)
+print(" ".join(new_id() for _ in range(1000)))
+"""
 
 
 def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
-    new_id()  # the parent has handed out ids: a child that kept its state would hand out the next ones too
-    context = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[list[str]] = context.Queue()
-    children = [context.Process(target=_child_ids, args=(queue,)) for _ in range(2)]
-    for child in children:
-        child.start()
-    from_children = [queue.get(timeout=60) for _ in children]
-    for child in children:
-        child.join()
-    mine = [new_id() for _ in range(1000)]
-    every = mine + from_children[0] + from_children[1]
-    assert len(set(every)) == len(every)
+    out = subprocess.run([sys.executable, "-c", _FORKING], capture_output=True, text=True, check=True, timeout=60)
+    every = out.stdout.split()
+    assert len(every) == 3000 and len(set(every)) == len(every)
 
 
 def test_a_counter_that_runs_out_draws_a_new_prefix() -> None:
