@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import re
-import uuid
 from collections.abc import Mapping
 
 import orjson
@@ -22,6 +21,7 @@ from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
 from .errors import AuthenticationFailed, GatewayError, NotFound, error_body
+from .ids import new_id
 from .pipeline import Handler, Policy, build_chain
 from .policies.accounting import AccountingPolicy
 from .policies.auth import AuthPolicy
@@ -239,7 +239,7 @@ class Gateway:
 
     def _context(self, request: GatewayRequest) -> RequestContext:
         client_id = request.headers.get("x-request-id", "")
-        request_id = client_id if _REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        request_id = client_id if _REQUEST_ID.match(client_id) else new_id()
         return RequestContext(request=request, request_id=request_id, started_s=self.clock.now_s())
 
     async def _sync_forever(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 from ..catalogue import PoolTable
@@ -22,6 +21,7 @@ from ..clock import Clock
 from ..config import GatewayConfig
 from ..context import GatewayResponse, RequestContext, UsageSource
 from ..errors import TokenLimitExceeded, error_payload
+from ..ids import new_id
 from ..names import is_deployment_name
 from ..pipeline import Handler
 from ..usage.costs import Costs
@@ -92,14 +92,14 @@ class UsageRecorder:
             prompt = completion = 0
         cached = min(tokens.cached_prompt, prompt)
         return UsageRecord(
-            record_id=uuid.uuid4().hex,
+            record_id=new_id(),
             time_s=ctx.started_s,
             request_id=ctx.request_id,
             tenant=principal.tenant,
             user=principal.user,
             key_id=principal.key_id,
             method=ctx.request.method,
-            path=_CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", ctx.request.path)[:_PATH_MAX],
+            path=_recorded_path(ctx.request.path),
             status=end.status,
             deployment=deployment,
             model=model,
@@ -136,6 +136,11 @@ class UsageRecorder:
         if deployment is None or not is_deployment_name(deployment) or not self._pools.serves(deployment):
             return None
         return deployment
+
+
+def _recorded_path(path: str) -> str:
+    # Control characters are not printable: most paths skip the regex.
+    return (path if path.isprintable() else _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", path))[:_PATH_MAX]
 
 
 class _End:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+from yarl import URL
 
 from ..config import Backend
 from ..context import GatewayResponse
@@ -76,7 +77,7 @@ class UpstreamClient:
     async def send(
         self,
         backend: Backend,
-        url: str,
+        url: str | URL,
         headers: list[tuple[str, str]],
         body: bytes,
         *,
@@ -181,7 +182,7 @@ def forwarded_headers(
     if simulator:
         headers.extend((k, v) for k, v in client_headers.items() if k.startswith(SIM_HEADER_PREFIX))
     headers.append(("x-request-id", request_id))
-    if not any(k == "content-type" for k, _ in headers):
+    if "content-type" not in client_headers:  # the only way the list can lack one (x-aigw-sim-* never is)
         headers.append(("content-type", "application/json"))
     return headers
 

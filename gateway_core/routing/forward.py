@@ -16,6 +16,8 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from yarl import URL
+
 from ..catalogue import PoolTable, Target
 from ..clock import Clock
 from ..config import RoutingSettings
@@ -30,6 +32,7 @@ from .strategies import by_priority_then_weight, region_first
 
 _RETRY_STATUSES = frozenset({408, 429})
 _CREDENTIAL_REFUSED = frozenset({401, 403})
+_MAX_URLS = 1024  # upstream URLs kept parsed; a client cycling api-versions only makes the map start over
 
 
 @dataclass(slots=True)
@@ -61,6 +64,9 @@ class Forwarder:
         self._clock = clock
         self._settings = settings or RoutingSettings()
         self._rng = rng or random.Random()
+        # (backend, upstream deployment, api-version, operation) -> the parsed URL: building and checking the
+        # string, then aiohttp parsing it, cost ~15 us per try; the backends and their URLs are fixed config.
+        self._urls: dict[tuple[str, str, str | None, str], URL] = {}
 
     def order(self, ctx: RequestContext) -> list[Target]:
         ordered = by_priority_then_weight(self._pools.targets(ctx.require_deployment()), self._rng)
@@ -123,7 +129,7 @@ class Forwarder:
                 sending = True
                 response = await self._client.send(
                     backend,
-                    upstream_url(target, ctx, operation),
+                    self._url(target, ctx, operation),
                     headers,
                     upstream_body(target, ctx),
                     stream=ctx.stream,
@@ -170,6 +176,16 @@ class Forwarder:
                 response.stream = self._watched(response.stream, target)
             return response
         return None
+
+    def _url(self, target: Target, ctx: RequestContext, operation: str) -> URL:
+        key = (target.backend.name, target.upstream_name, ctx.api_version, operation)
+        url = self._urls.get(key)
+        if url is None:
+            url = URL(upstream_url(target, ctx, operation))  # only a URL that passed its checks is kept
+            if len(self._urls) >= _MAX_URLS:
+                self._urls.clear()
+            self._urls[key] = url
+        return url
 
     async def _watched(self, stream: AsyncIterator[bytes], target: Target) -> AsyncIterator[bytes]:
         """Relay ``stream``; a backend that breaks it off after its status line counts as failed for the breaker

@@ -19,7 +19,6 @@ from ..usage.record import (
     UsageBatch,
     UsageRecord,
     record_from_dict,
-    record_to_dict,
 )
 from .sqlite import _SqliteThread
 
@@ -103,7 +102,7 @@ class SqliteUsage:
                 r.request_id,
                 r.user,
                 batch.batch_id,
-                orjson.dumps(record_to_dict(r)),
+                orjson.dumps(r),  # a dataclass: the bytes of orjson.dumps(record_to_dict(r)), half the work
             )
             for r in batch.records
         ]

@@ -17,6 +17,7 @@ import orjson
 import tiktoken
 
 from .images import image_part_tokens
+from .memo import TokenCountMemo
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -36,13 +37,15 @@ OFF_LOOP_BODY_BYTES = 256 * 1024
 # then builds one Python int per token with the GIL held (hundreds of ms for a 16 MiB prompt).
 _BUFFER_TEXT_CHARS = 64 * 1024
 _TOKEN_BYTES = 4  # tiktoken's token buffer holds uint32 ranks
+# Short texts that repeat (system prompts, few-shot messages, roles) are encoded once per process.
+MEMO = TokenCountMemo()
 
 
 def text_tokens(text: str, encoding: tiktoken.Encoding) -> int:
     # Special-token text in a prompt is ordinary text to the API; count it as such, never raise.
     if len(text) >= _BUFFER_TEXT_CHARS:
         return _buffer_tokens(text, encoding)
-    return len(encoding.encode(text, disallowed_special=()))
+    return MEMO.count(encoding, text)
 
 
 def _buffer_tokens(text: str, encoding: tiktoken.Encoding) -> int:

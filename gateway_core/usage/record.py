@@ -6,6 +6,7 @@ Money is integer micro-dollars (1 USD = 1,000,000), never float: sums stay exact
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -13,9 +14,22 @@ MICRO_USD = 1_000_000
 UNAUTHENTICATED = "(unauthenticated)"  # the tenant and user of refusals before a principal was known
 
 
+_DAY_S = 86400.0
+_NEAR_MIDNIGHT_S = 0.001  # datetime rounds to the microsecond: that close to midnight, it decides the day
+
+
 def utc_day(time_s: float) -> str:
     """``YYYY-MM-DD`` of ``time_s`` in UTC: the day a record and its summaries belong to."""
+    # Several calls per record (stored, summarised): the day's number, then its name remembered (~10x faster).
+    days, within_s = divmod(time_s, _DAY_S)
+    if _NEAR_MIDNIGHT_S < within_s < _DAY_S - _NEAR_MIDNIGHT_S:
+        return _day_name(int(days))
     return datetime.fromtimestamp(time_s, UTC).strftime("%Y-%m-%d")
+
+
+@functools.lru_cache(maxsize=64)
+def _day_name(days: int) -> str:
+    return datetime.fromtimestamp(days * _DAY_S, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(slots=True, frozen=True)
@@ -184,4 +198,6 @@ def record_to_dict(record: UsageRecord) -> dict[str, object]:
 
 def record_from_dict(data: dict[str, object]) -> UsageRecord:
     """The record ``record_to_dict`` gave; fields it does not know (a newer version's) are ignored."""
+    if data.keys() <= _RECORD_FIELDS:  # this version's own record (the summariser reads every one back): as is
+        return UsageRecord(**data)  # type: ignore[arg-type]
     return UsageRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})  # type: ignore[arg-type]

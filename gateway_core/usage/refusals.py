@@ -9,10 +9,10 @@ into one ``(other)`` row per code, so an attacker rotating source addresses grow
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..ids import new_id
 from .record import UNAUTHENTICATED, UsageRecord
 from .sink import UsageSink
 
@@ -74,7 +74,7 @@ class RefusalAggregator:
 
 def _record(key: _Key, count: int) -> UsageRecord:
     return UsageRecord(
-        record_id=uuid.uuid4().hex,
+        record_id=new_id(),
         time_s=float(key.minute * _MINUTE_S),
         request_id="",
         tenant=UNAUTHENTICATED,

@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import UsageSettings
+from ..ids import new_id
 from ..storage.ports import StorageError, UsageQueue, UsageStore
 from .record import UsageBatch, UsageRecord
 from .spill import SpillFile
@@ -146,7 +146,7 @@ class UsageWriter:
         """The buffer as batches of at most ``flush_max_records``, each with a new id; the buffer is emptied."""
         size = self._settings.flush_max_records
         records, self._buffer = self._buffer, []
-        return [UsageBatch(uuid.uuid4().hex, tuple(records[i : i + size])) for i in range(0, len(records), size)]
+        return [UsageBatch(new_id(), tuple(records[i : i + size])) for i in range(0, len(records), size)]
 
     def _cut_counted(self) -> list[UsageBatch]:
         batches = self._cut()

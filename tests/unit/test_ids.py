@@ -1,0 +1,88 @@
+"""Ids are idempotence keys (usage records and batches): uniqueness across threads, processes, forks and a
+counter that runs out is what these prove."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+import threading
+
+from gateway_core import ids
+from gateway_core.ids import IdSource, new_id
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_PRINT_IDS = "from gateway_core.ids import new_id\nfor _ in range(2000): print(new_id())"
+
+
+def test_ids_are_32_hex_like_uuid4_hex() -> None:
+    assert all(HEX32.match(new_id()) for _ in range(100))
+
+
+def test_ids_of_one_process_are_unique() -> None:
+    made = [new_id() for _ in range(100_000)]
+    assert len(set(made)) == len(made)
+
+
+def test_ids_from_many_threads_are_unique() -> None:
+    made: list[list[str]] = [[] for _ in range(8)]
+
+    def make(out: list[str]) -> None:
+        out.extend(new_id() for _ in range(20_000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = list(itertools.chain.from_iterable(made))
+    assert len(set(every)) == len(every) == 160_000
+
+
+def test_ids_of_separate_processes_and_restarts_are_unique() -> None:
+    # Each run is a new process (a worker, or the same worker after a restart): its prefix is drawn anew.
+    every: list[str] = []
+    for _ in range(4):
+        out = subprocess.run([sys.executable, "-c", _PRINT_IDS], capture_output=True, text=True, check=True)
+        every.extend(out.stdout.split())
+    assert len(every) == 8000 and len(set(every)) == len(every)
+    assert len({made[:20] for made in every}) == 4  # one prefix per process
+
+
+# Forks in a fresh, single-threaded interpreter: forking the test process (threads of other tests) is unsafe.
+_FORKING = """
+import os, sys
+from gateway_core.ids import new_id
+new_id()  # the parent has handed out ids: a child that kept its state would hand out the next ones too
+children = []
+for _ in range(2):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, " ".join(new_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    children.append((pid, read))
+for pid, read in children:
+    with os.fdopen(read, "rb") as pipe:
+        print(pipe.read().decode())
+    os.waitpid(pid, 0)
+print(" ".join(new_id() for _ in range(1000)))
+"""
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    out = subprocess.run([sys.executable, "-c", _FORKING], capture_output=True, text=True, check=True, timeout=60)
+    every = out.stdout.split()
+    assert len(every) == 3000 and len(set(every)) == len(every)
+
+
+def test_a_counter_that_runs_out_draws_a_new_prefix() -> None:
+    source = IdSource()
+    prefix = source.new()[:20]
+    source._state = (prefix, itertools.count(ids._COUNTER_LIMIT - 2))
+    last = [source.new(), source.new()]
+    after = source.new()
+    assert [made[20:] for made in last] == [f"{ids._COUNTER_LIMIT - 2:012x}", f"{ids._COUNTER_LIMIT - 1:012x}"]
+    assert HEX32.match(after) and after[:20] != prefix and after[20:] == "0" * 12
