@@ -42,7 +42,6 @@ from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store, usage_queue, usage_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
 from .usage.api import usage_response, utc_today
-from .usage.prices import load_prices
 from .usage.runtime import UsageRuntime
 from .usage.sink import UsageSink
 
@@ -99,7 +98,7 @@ class Gateway:
                 config.stores.cache or default_url("cache", env), env, config.cache.max_store_bytes
             )
         # Usage: records batched to stores.usage by the writer (the default usage sink), summarised from its queue.
-        self.prices = load_prices(config.usage.prices)
+        self.prices = config.usage.price_table
         self.usage_runtime: UsageRuntime | None = None
         if config.usage.enabled:
             usage_url = config.stores.usage or default_url("usage", env)
