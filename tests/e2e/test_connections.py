@@ -233,10 +233,15 @@ def patient_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _assert_refused(sock: socket.socket, status: int, code: str) -> None:
+    """The gateway's error contract, even for a head refused before any of the gateway saw it."""
     got, headers, body = _read_response(sock)
     assert got == status
     assert headers["connection"] == "close"
-    assert orjson.loads(body)["error"]["code"] == code
+    assert headers["content-type"] == "application/json"
+    assert headers["x-aigw-attempts"] == "0"
+    assert len(headers["x-request-id"]) == 32
+    error = orjson.loads(body)["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
     assert _closed_by_server(sock)
 
 
@@ -256,6 +261,38 @@ def test_a_request_target_over_the_cap_gets_414(patient_gateway: Running) -> Non
     with _connect(patient_gateway.url) as sock:
         sock.sendall(b"GET /healthz?q=" + b"a" * (20 * 1024))  # no end of the request line
         _assert_refused(sock, 414, "uri_too_long")
+
+
+def test_13000_repeated_header_fields_get_431_at_once(patient_gateway: Running) -> None:
+    """The reviewer's attack, without a key: 13,000 `a:` lines fit in the 64 KiB head cap and cost the worker
+    40-60 ms each (the adapter joined repeated values one at a time); now the head is refused at field 101."""
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + b"a:\r\n" * 13000 + b"\r\n")
+        _assert_refused(sock, 431, "request_header_fields_too_large")
+
+
+def test_a_head_of_99_header_fields_is_served(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(_head("/healthz", {f"x-h{i}": "a" for i in range(98)}, method="GET"))  # and host
+        status, _, _ = _read_response(sock)
+        assert status == 200
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "content-length: 5\r\ntransfer-encoding: chunked",  # which one frames the body: a smuggling classic
+        "content-length: 5\r\ncontent-length: 6",
+        f"content-length: {2**64}",
+    ],
+    ids=["cl-and-te", "two-content-lengths", "content-length-2-to-the-64"],
+)
+def test_a_head_the_parser_refuses_gets_an_openai_shaped_400(patient_gateway: Running, framing: str) -> None:
+    """uvicorn answered these with a text/plain "Invalid HTTP request received." and none of the gateway's
+    headers."""
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\nhello".encode())
+        _assert_refused(sock, 400, "invalid_http_request")
 
 
 def test_a_head_under_the_caps_is_served(patient_gateway: Running) -> None:
