@@ -21,7 +21,7 @@ CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 
 
 def _children(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as children:
             found.extend(int(child) for child in children.read().split())
