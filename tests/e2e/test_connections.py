@@ -223,6 +223,34 @@ def test_forwarded_for_from_an_untrusted_peer_does_not_change_the_ip_counter(sim
         assert statuses == [200, 429]
 
 
+def test_a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_socket(sim_url: str, tmp_path: Path) -> None:
+    """Under `--host ::` an IPv4 peer is ::ffff:127.0.0.1: the proxy in trusted_proxies was not recognised, and
+    every client behind it shared the proxy's `ip` counter."""
+    config = gateway_config(
+        sim_url,
+        limits={"rules": [{"name": "per-ip", "key": "ip", "tokens_per_minute": 100}]},
+        server={"trusted_proxies": ["127.0.0.0/8"]},
+    )
+    config["stores"] = {"health": "memory://", "counters": f"sqlite:///{tmp_path}/counters.db"}
+    path = write_yaml(tmp_path / "gateway.yaml", config)
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 80})
+    with run_aigw(["serve", "--config", str(path), "--host", "::"], env=GATEWAY_ENV) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        statuses = []
+        for forwarded in ("198.51.100.1", "198.51.100.2"):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:  # IPv4, to the v6 socket
+                headers = {
+                    "api-key": CLIENT_KEY,
+                    "content-type": "application/json",
+                    "content-length": str(len(body)),
+                    "x-forwarded-for": forwarded,
+                    "x-aigw-sim-completion-tokens": "80",
+                }
+                sock.sendall(_head(CHAT, headers) + body)
+                statuses.append(_read_response(sock)[0])
+        assert statuses == [200, 200]  # two clients behind the proxy: a bucket of 100 tokens each
+
+
 @pytest.fixture(scope="module")
 def patient_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A long header timeout, so a prompt close can only come from the head-size caps."""
