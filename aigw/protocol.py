@@ -113,13 +113,24 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn's answer to a head httptools cannot parse (or to a callback that raised, after our own answer).
-        if not self._refused:
-            message = (
-                "The request is not valid HTTP/1.1 (for example Content-Length with Transfer-Encoding, or a "
-                "Content-Length repeated or out of range)."
-            )
+        # uvicorn's answer to a request httptools cannot parse (or to a callback that raised, after our answer).
+        if self._refused:
+            return
+        message = (
+            "The request is not valid HTTP/1.1 (for example Content-Length with Transfer-Encoding, a Content-Length "
+            "repeated or out of range, or a malformed chunk)."
+        )
+        if self._in_head:
             self._refuse(400, "invalid_http_request", message)
+            return
+        # A body that cannot be parsed (a malformed chunk): the app is running, so, as uvicorn did, the answer
+        # unless one has started, then the connection is closed at once (no half-close it could write into).
+        self._refused = True
+        self._disarm()
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_started:
+            self.transport.write(_error(400, "invalid_http_request", message))
+        self.transport.close()
 
     def on_chunk_header(self) -> None:
         # Each chunk costs parser callbacks on the event loop: past the first ones, a body must average at least
@@ -196,17 +207,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         if previous is not None and not previous.response_complete:
             self.transport.close()  # a pipelined head while the previous answer is going out: no room for ours
             return
-        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        body = json.dumps(error).encode()
-        head = [
-            STATUS_LINE[status],
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
-            b"x-aigw-attempts: 0\r\n",  # no backend was tried, as for the gateway's other refusals
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
+        self.transport.write(_error(status, code, message))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._disarm()
@@ -224,3 +225,18 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def _error(status: int, code: str, message: str) -> bytes:
+    """A whole ``connection: close`` response with the gateway's error body and headers."""
+    error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    body = json.dumps(error).encode()
+    head = [
+        STATUS_LINE[status],
+        b"content-type: application/json\r\n",
+        b"content-length: " + str(len(body)).encode() + b"\r\n",
+        b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
+        b"x-aigw-attempts: 0\r\n",  # no backend was tried, as for the gateway's other refusals
+        b"connection: close\r\n\r\n",
+    ]
+    return b"".join(head) + body

@@ -403,6 +403,12 @@ def test_a_body_of_one_byte_chunks_is_cut_off(patient_gateway: Running) -> None:
         assert answer == b""  # closed without an answer (it used to read the whole body, then answer)
 
 
+def test_a_malformed_chunk_gets_an_openai_shaped_400(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(CHUNKED_CHAT + b'5\r\n{"a":\r\nzz\r\n')  # "zz" is no chunk size
+        _assert_refused(sock, 400, "invalid_http_request")
+
+
 def test_a_chunked_body_in_small_chunks_arrives_whole(patient_gateway: Running, sim_url: str) -> None:
     marker = uuid.uuid4().hex
     content = "".join(f"word{i} " for i in range(5000))
