@@ -63,10 +63,16 @@ class GatewayASGI:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
+        repeated: dict[str, list[str]] = {}  # joined once below: joining as they come was quadratic
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            if name in headers:
+                repeated.setdefault(name, [headers[name]]).append(value)
+            else:
+                headers[name] = value
+        for name, values in repeated.items():
+            headers[name] = ", ".join(values)
         query_string = scope.get("query_string", b"")
         client = scope.get("client")
         peer = client[0] if client else ""

@@ -3,6 +3,10 @@
 Only then is ``X-Forwarded-For`` read, from the right: each proxy appends the address it saw, so the right-most
 entry that is not a trusted proxy is the first one nobody trusted wrote; anything left of it is the client's own
 text and may be invented.
+
+A dual-stack socket (``--host ::``) sees IPv4 peers as IPv4-mapped IPv6 addresses (``::ffff:10.0.0.5``): they are
+read as the IPv4 address they are, so IPv4 ``trusted_proxies`` match them and an `ip` rule counts one client
+under one name whichever way it connected.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ def host_of(value: str) -> str:
     elif value.count(":") == 1:
         value = value.split(":", 1)[0]
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         return ""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
 
 
 def client_address(peer: str, forwarded_for: str, trusted: Sequence[Network]) -> str:
     """The client's address given the connection's ``peer`` and the request's ``X-Forwarded-For``."""
+    if peer[:7].lower() == "::ffff:":  # the only form a socket reports: no parse for every other peer
+        peer = host_of(peer) or peer
     if not trusted or not _is_trusted(peer, trusted):
         return peer
     for hop in reversed(forwarded_for.split(",")):

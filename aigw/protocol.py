@@ -9,7 +9,13 @@ within ``header_timeout_s``. The body has its own timeout, in the ASGI adapter (
 The head's size is capped too (``max_head_bytes``, ``max_target_bytes``): httptools and uvicorn join a header
 value or URL that arrives in many pieces by concatenation, so a client sending an endless head would make each
 new piece cost more than the last, on the event loop. Head bytes are counted as they arrive; past a cap the
-client gets 431 (or 414 for the request target), ``connection: close``, and the connection is shut.
+client gets 431 (or 414 for the request target), ``connection: close``, and the connection is shut. The number of
+header fields is capped as well (``MAX_HEADER_FIELDS``): each costs a parser callback and a tuple here and a step
+in the ASGI adapter, and a 64 KiB head holds 13,000 empty ones.
+
+These refusals, and uvicorn's own 400 for a head it cannot parse (Content-Length with Transfer-Encoding, a repeated
+or out-of-range Content-Length), answer like the gateway's other errors: an OpenAI-shaped JSON body, a fresh
+``x-request-id`` (the head's own is not trusted) and ``x-aigw-attempts: 0``.
 
 A chunked body's trailer section (after the ``0`` chunk) is parsed like a head, by the same concatenation, but
 after ``on_headers_complete``: bytes that arrive after the head without moving the body on (no body bytes) are
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import uvicorn
@@ -34,6 +41,13 @@ _LINGER_S = 1.0
 # A chunked body may have this many chunks, and one more for each _MIN_AVERAGE_CHUNK bytes of it.
 _FREE_CHUNKS = 1024
 _MIN_AVERAGE_CHUNK = 64
+# Header fields per request (trailers included): Apache's LimitRequestFields and Tomcat's maxHeaderCount default
+# to 100 too. SDKs and browsers send 10-30, proxies add a few; 13,000 empty ones fit in the head-size cap.
+MAX_HEADER_FIELDS = 100
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a head already answered (uvicorn's 400 is then skipped)."""
 
 
 class GatewayServerConfig(uvicorn.Config):
@@ -64,6 +78,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._payload_bytes = 0  # this message's body bytes
         self._body_pieces: list[bytes] = []  # this read's body pieces, handed to uvicorn as one
         self._read_body_bytes = 0
+        self._fields = 0  # this message's header fields (and trailers)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -83,6 +98,40 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             if self._stalled_bytes > self._max_head:  # trailers, joined like a head's values
                 self._close_mid_body()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > MAX_HEADER_FIELDS:
+            if self._in_head:
+                self._refuse(
+                    431,
+                    "request_header_fields_too_large",
+                    f"The request has more than {MAX_HEADER_FIELDS} header fields.",
+                )
+            elif not self._refused:
+                self._close_mid_body()  # trailers: the answer may be out already
+            raise _Refused  # the parser stops here, not after the rest of this read
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request httptools cannot parse (or to a callback that raised, after our answer).
+        if self._refused:
+            return
+        message = (
+            "The request is not valid HTTP/1.1 (for example Content-Length with Transfer-Encoding, a Content-Length "
+            "repeated or out of range, or a malformed chunk)."
+        )
+        if self._in_head:
+            self._refuse(400, "invalid_http_request", message)
+            return
+        # A body that cannot be parsed (a malformed chunk): the app is running, so, as uvicorn did, the answer
+        # unless one has started, then the connection is closed at once (no half-close it could write into).
+        self._refused = True
+        self._disarm()
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_started:
+            self.transport.write(_error(400, "invalid_http_request", message))
+        self.transport.close()
+
     def on_chunk_header(self) -> None:
         # Each chunk costs parser callbacks on the event loop: past the first ones, a body must average at least
         # _MIN_AVERAGE_CHUNK bytes a chunk (a body of 1-byte chunks stalled every request on the worker).
@@ -101,7 +150,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             return
         self._hand_over_body()
         super().on_message_complete()
-        self._stalled_bytes = self._chunks = self._payload_bytes = 0
+        self._stalled_bytes = self._chunks = self._payload_bytes = self._fields = 0
         self._in_head = True
         self._head_bytes = 0
 
@@ -158,15 +207,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         if previous is not None and not previous.response_complete:
             self.transport.close()  # a pipelined head while the previous answer is going out: no room for ours
             return
-        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        body = json.dumps(error).encode()
-        head = [
-            STATUS_LINE[status],
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
+        self.transport.write(_error(status, code, message))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._disarm()
@@ -184,3 +225,18 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def _error(status: int, code: str, message: str) -> bytes:
+    """A whole ``connection: close`` response with the gateway's error body and headers."""
+    error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    body = json.dumps(error).encode()
+    head = [
+        STATUS_LINE[status],
+        b"content-type: application/json\r\n",
+        b"content-length: " + str(len(body)).encode() + b"\r\n",
+        b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
+        b"x-aigw-attempts: 0\r\n",  # no backend was tried, as for the gateway's other refusals
+        b"connection: close\r\n\r\n",
+    ]
+    return b"".join(head) + body

@@ -6,14 +6,21 @@ added per keep-alive request at c1 with 2 workers, 0.2 ms with TCP_NODELAY).
 Each worker gets its own SO_REUSEPORT socket on the one port, so the kernel spreads new connections evenly
 over the workers; with one shared socket, whichever worker woke first took them, and a benchmark run could
 land most of its keep-alive connections on one worker (bench/README.md).
+SO_REUSEPORT lets any process of the same user join the port, and a second `aigw serve` on it would start and
+take half the connections: the port must be free before the workers' sockets are bound, and on Linux no other
+socket may be listening on it once they are (``_check_port_is_ours``). Workers end with their supervisor
+(aigw/worker.py), so a supervisor killed with SIGKILL leaves none serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import math
 import os
 import socket
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -21,13 +28,14 @@ from typing import Any, TypeVar
 import orjson
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess, Process, logger
+from uvicorn.supervisors.multiprocess import Multiprocess, logger
 
 from gateway_core.app import Gateway
 from gateway_core.config import ServerSettings
 
 from .asgi import CONFIG_ENV, GatewayASGI
 from .protocol import GatewayServerConfig, HeadTimeoutProtocol
+from .worker import Worker
 
 T = TypeVar("T")
 
@@ -48,9 +56,59 @@ def bind_workers(host: str, port: int, workers: int) -> list[socket.socket]:
     """One listening socket per worker, all on one port (the first one's, when ``port`` is 0)."""
     if workers <= 1:
         return [bind(host, port)]
-    first = bind(host, port, reuse_port=True)
-    port = int(first.getsockname()[1])
-    return [first, *(bind(host, port, reuse_port=True) for _ in range(workers - 1))]
+    if port:
+        bind(host, port).close()  # no SO_REUSEPORT: fails (EADDRINUSE) while anything listens on the port
+    sockets = [bind(host, port, reuse_port=True)]
+    port = int(sockets[0].getsockname()[1])
+    try:
+        sockets.extend(bind(host, port, reuse_port=True) for _ in range(workers - 1))
+        _check_port_is_ours(sockets)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _check_port_is_ours(sockets: list[socket.socket]) -> None:
+    """Raise EADDRINUSE if a socket other than ``sockets`` listens on their address and port (Linux; elsewhere
+    nothing is checked). Another process may have joined between the free-port check and our binds."""
+    host, port = sockets[0].getsockname()[:2]
+    ours = {os.fstat(sock.fileno()).st_ino for sock in sockets}
+    ours_address = _unmapped(host)
+    for address, inode in _listening(int(port)):
+        if inode not in ours and (address == ours_address or address.is_unspecified or ours_address.is_unspecified):
+            raise OSError(errno.EADDRINUSE, f"{os.strerror(errno.EADDRINUSE)} (another process listens on it)")
+
+
+def _listening(port: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(address, socket inode) of each TCP socket listening on ``port``, from /proc/net/tcp and tcp6."""
+    found = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            with open(table, encoding="ascii") as rows:
+                next(rows, None)  # the column names
+                for row in rows:
+                    fields = row.split()
+                    address, _, hex_port = fields[1].partition(":")
+                    if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                        found.append((_unmapped(socket.inet_ntop(family, _address_bytes(address))), int(fields[9])))
+        except OSError:
+            continue
+    return found
+
+
+def _address_bytes(text: str) -> bytes:
+    # The kernel prints the address as 32-bit words in host byte order.
+    step = -1 if sys.byteorder == "little" else 1
+    return b"".join(bytes.fromhex(text[i : i + 8])[::step] for i in range(0, len(text), 8))
+
+
+def _unmapped(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _uvicorn_config(
@@ -115,7 +173,7 @@ class _SocketPerWorker(Multiprocess):
 
     def init_processes(self) -> None:
         for sock in self._own:
-            process = Process(self.config, [sock])
+            process = Worker(self.config, [sock])
             process.start()
             self.processes.append(process)
 
@@ -134,7 +192,7 @@ class _SocketPerWorker(Multiprocess):
             if self.should_exit.is_set():
                 return
             logger.info(f"Child process [{process.pid}] died")
-            replacement = Process(self.config, [self._own[idx]])
+            replacement = Worker(self.config, [self._own[idx]])
             replacement.start()
             self.processes[idx] = replacement
 

@@ -6,7 +6,9 @@ same. A body of at least ``LARGE_BODY_BYTES`` goes over a socket pair to a child
 ``parse_object`` and sends back the object, or the 400's message and code, pickled: unpickling a 16 MiB string
 costs the loop ~3 ms. The child (Python and orjson, ~20 MB idle) is started on the first large body, one per gateway
 worker, and exits when its socket closes; if it cannot be started or dies, the body is parsed on the loop as
-before.
+before. It holds no descriptor but its socket: it is started with ``subprocess.Popen`` (in a thread), which closes
+the others; uvloop's subprocess spawn ignores ``close_fds`` for inheritable ones, and handed the child the worker's
+listening socket and its supervisor's pipes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pickle
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ class ParserProcess:
     """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order."""
 
     def __init__(self) -> None:
-        self._child: asyncio.subprocess.Process | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._lock: asyncio.Lock | None = None
         self._unavailable = False
@@ -46,7 +49,7 @@ class ParserProcess:
     @property
     def pid(self) -> int | None:
         """The child's process id while it runs."""
-        return self._child.pid if self._child is not None and self._child.returncode is None else None
+        return self._child.pid if self._child is not None and self._child.poll() is None else None
 
     async def parse(self, raw: bytes) -> dict[str, Any]:
         if self._unavailable:
@@ -67,13 +70,13 @@ class ParserProcess:
         self._child = self._socket = None
         if sock is not None:
             sock.close()  # the child exits when it reads the end of its input
-        if child is None or child.returncode is not None:
+        if child is None or child.poll() is not None:
             return
         try:
-            await asyncio.wait_for(child.wait(), 5)
-        except TimeoutError:
+            await asyncio.to_thread(child.wait, 5)
+        except subprocess.TimeoutExpired:
             child.kill()
-            await child.wait()
+            await asyncio.to_thread(child.wait)
 
     async def _exchange(self, raw: bytes) -> bytearray | None:
         if self._lock is None:
@@ -94,7 +97,7 @@ class ParserProcess:
                 return None
 
     async def _running(self) -> socket.socket | None:
-        if self._child is not None and self._child.returncode is None and self._socket is not None:
+        if self._child is not None and self._child.poll() is None and self._socket is not None:
             return self._socket
         await self.close()
         path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
@@ -106,8 +109,12 @@ class ParserProcess:
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
         ours.setblocking(False)
         try:
-            child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__, str(theirs.fileno()), pass_fds=(theirs.fileno(),), env=env
+            child = await asyncio.to_thread(
+                subprocess.Popen,
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+                env=env,
             )
         except OSError as exc:
             log.warning("the parser process cannot start (%r); large bodies are parsed on the event loop", exc)

@@ -223,6 +223,34 @@ def test_forwarded_for_from_an_untrusted_peer_does_not_change_the_ip_counter(sim
         assert statuses == [200, 429]
 
 
+def test_a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_socket(sim_url: str, tmp_path: Path) -> None:
+    """Under `--host ::` an IPv4 peer is ::ffff:127.0.0.1: the proxy in trusted_proxies was not recognised, and
+    every client behind it shared the proxy's `ip` counter."""
+    config = gateway_config(
+        sim_url,
+        limits={"rules": [{"name": "per-ip", "key": "ip", "tokens_per_minute": 100}]},
+        server={"trusted_proxies": ["127.0.0.0/8"]},
+    )
+    config["stores"] = {"health": "memory://", "counters": f"sqlite:///{tmp_path}/counters.db"}
+    path = write_yaml(tmp_path / "gateway.yaml", config)
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 80})
+    with run_aigw(["serve", "--config", str(path), "--host", "::"], env=GATEWAY_ENV) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        statuses = []
+        for forwarded in ("198.51.100.1", "198.51.100.2"):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:  # IPv4, to the v6 socket
+                headers = {
+                    "api-key": CLIENT_KEY,
+                    "content-type": "application/json",
+                    "content-length": str(len(body)),
+                    "x-forwarded-for": forwarded,
+                    "x-aigw-sim-completion-tokens": "80",
+                }
+                sock.sendall(_head(CHAT, headers) + body)
+                statuses.append(_read_response(sock)[0])
+        assert statuses == [200, 200]  # two clients behind the proxy: a bucket of 100 tokens each
+
+
 @pytest.fixture(scope="module")
 def patient_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A long header timeout, so a prompt close can only come from the head-size caps."""
@@ -233,10 +261,15 @@ def patient_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _assert_refused(sock: socket.socket, status: int, code: str) -> None:
+    """The gateway's error contract, even for a head refused before any of the gateway saw it."""
     got, headers, body = _read_response(sock)
     assert got == status
     assert headers["connection"] == "close"
-    assert orjson.loads(body)["error"]["code"] == code
+    assert headers["content-type"] == "application/json"
+    assert headers["x-aigw-attempts"] == "0"
+    assert len(headers["x-request-id"]) == 32
+    error = orjson.loads(body)["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
     assert _closed_by_server(sock)
 
 
@@ -256,6 +289,38 @@ def test_a_request_target_over_the_cap_gets_414(patient_gateway: Running) -> Non
     with _connect(patient_gateway.url) as sock:
         sock.sendall(b"GET /healthz?q=" + b"a" * (20 * 1024))  # no end of the request line
         _assert_refused(sock, 414, "uri_too_long")
+
+
+def test_13000_repeated_header_fields_get_431_at_once(patient_gateway: Running) -> None:
+    """The reviewer's attack, without a key: 13,000 `a:` lines fit in the 64 KiB head cap and cost the worker
+    40-60 ms each (the adapter joined repeated values one at a time); now the head is refused at field 101."""
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + b"a:\r\n" * 13000 + b"\r\n")
+        _assert_refused(sock, 431, "request_header_fields_too_large")
+
+
+def test_a_head_of_99_header_fields_is_served(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(_head("/healthz", {f"x-h{i}": "a" for i in range(98)}, method="GET"))  # and host
+        status, _, _ = _read_response(sock)
+        assert status == 200
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "content-length: 5\r\ntransfer-encoding: chunked",  # which one frames the body: a smuggling classic
+        "content-length: 5\r\ncontent-length: 6",
+        f"content-length: {2**64}",
+    ],
+    ids=["cl-and-te", "two-content-lengths", "content-length-2-to-the-64"],
+)
+def test_a_head_the_parser_refuses_gets_an_openai_shaped_400(patient_gateway: Running, framing: str) -> None:
+    """uvicorn answered these with a text/plain "Invalid HTTP request received." and none of the gateway's
+    headers."""
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\nhello".encode())
+        _assert_refused(sock, 400, "invalid_http_request")
 
 
 def test_a_head_under_the_caps_is_served(patient_gateway: Running) -> None:
@@ -336,6 +401,12 @@ def test_a_body_of_one_byte_chunks_is_cut_off(patient_gateway: Running) -> None:
         except ConnectionResetError:
             answer = b""
         assert answer == b""  # closed without an answer (it used to read the whole body, then answer)
+
+
+def test_a_malformed_chunk_gets_an_openai_shaped_400(patient_gateway: Running) -> None:
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(CHUNKED_CHAT + b'5\r\n{"a":\r\nzz\r\n')  # "zz" is no chunk size
+        _assert_refused(sock, 400, "invalid_http_request")
 
 
 def test_a_chunked_body_in_small_chunks_arrives_whole(patient_gateway: Running, sim_url: str) -> None:

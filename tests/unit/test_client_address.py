@@ -42,3 +42,14 @@ def test_functions_reads_the_front_end_client_ip_header() -> None:
     front_door = ServerSettings(trusted_proxies=("203.0.113.0/24",))
     assert functions_client_ip(headers, "169.254.129.3", front_door) == "198.51.100.1"
     assert functions_client_ip({}, "169.254.129.3", ServerSettings()) == "169.254.129.3"
+
+
+def test_ipv4_mapped_peers_and_hops_are_read_as_ipv4() -> None:
+    # Under `--host ::` every IPv4 peer is ::ffff:a.b.c.d: the IPv4 proxy was not recognised (all its clients
+    # shared one `ip` counter), and the same client had two names depending on the socket it reached.
+    assert client_address("::ffff:10.0.0.5", "203.0.113.7", PROXIES) == "203.0.113.7"
+    assert client_address("::ffff:10.0.0.5", "203.0.113.7, ::ffff:10.0.0.6", PROXIES) == "203.0.113.7"
+    assert client_address("::ffff:203.0.113.9", "198.51.100.7", PROXIES) == "203.0.113.9"
+    assert client_address("::FFFF:127.0.0.1", "", ()) == "127.0.0.1"
+    assert client_address("::1", "", ()) == "::1"
+    assert host_of("[::ffff:198.51.100.7]:443") == "198.51.100.7"
