@@ -18,7 +18,7 @@ from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
 from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge, PermissionDenied
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
-from .json_body import parse_object
+from .json_body import parse_object, within_exact_caps
 from .parser_process import LARGE_BODY_BYTES, ParserProcess
 
 MAX_MESSAGES = 10_000
@@ -42,9 +42,11 @@ class ValidatePolicy:
         request = ctx.request
         if request.body_size > self._max_body_bytes or len(request.body) > self._max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body_bytes} bytes.")
-        # A large body is parsed in a child process: no parser releases the GIL, so a thread would not do.
+        # A large body, or one whose shape needs counting, is parsed in a child process: no parser releases the
+        # GIL, so a thread would not do.
         raw = request.body
-        body = parse_object(raw) if len(raw) < LARGE_BODY_BYTES else await self._parser.parse(raw)
+        inline = len(raw) < LARGE_BODY_BYTES and within_exact_caps(raw)
+        body = parse_object(raw) if inline else await self._parser.parse(raw)
         if endpoint.surface is Surface.OPENAI:
             model = body.get("model")
             if not isinstance(model, str) or not model:
