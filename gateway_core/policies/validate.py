@@ -1,4 +1,5 @@
-"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission.
+"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission (a
+deployment the key may not use is answered as an unknown one).
 
 Everything later in the chain may rely on what passed here: the deployment name and api-version have the
 shapes in ``names.py`` (they become part of an upstream URL), token and choice counts are positive integers
@@ -15,7 +16,7 @@ import orjson
 from ..catalogue import PoolTable
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
-from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge, PermissionDenied
+from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
 from .json_body import parse_object, within_exact_caps
@@ -84,11 +85,12 @@ class ValidatePolicy:
         ctx.body_json = body
         try:
             self._pools.check_exists(deployment)
+            if not principal.may_use(deployment):
+                # The very answer an unknown name gets: a 403 told a restricted key which names others use.
+                raise DeploymentNotFound(f"The deployment '{deployment}' does not exist on this gateway.")
         except DeploymentNotFound as exc:
             exc.param = source  # on the Azure surface the name came from the path, not a 'model' field
             raise
-        if not principal.may_use(deployment):
-            raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
 
     async def close(self) -> None:
