@@ -138,10 +138,10 @@ def shaped_body(shape: str, mib: int, seed: int) -> bytes:
         numbers = caps.MAX_ELEMENTS - keys - strings - containers - 10
         body = {
             "messages": messages,
-            "k": {f"k{i}": 0 for i in range(keys)},
-            "s": [f"s{i}" for i in range(strings)],
-            "c": [[] for _ in range(containers)],
-            "n": [i + 0.5 for i in range(numbers)],
+            "x_keys": {f"k{i}": 0 for i in range(keys)},
+            "x_strings": [f"s{i}" for i in range(strings)],
+            "x_arrays": [[] for _ in range(containers)],
+            "x_numbers": [i + 0.5 for i in range(numbers)],  # not "n", a field validate checks
         }
         return orjson.dumps(body)
     text = random_words(mib, seed)[: mib * 1024 * 1024 - 200]
