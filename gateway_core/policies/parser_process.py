@@ -39,7 +39,8 @@ log = logging.getLogger("aigw")
 
 
 class ParserProcess:
-    """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order."""
+    """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order (but for cheap ones
+    while it is busy, parsed on the loop: ``BUSY_INLINE_BYTES``)."""
 
     def __init__(self) -> None:
         self._child: asyncio.subprocess.Process | None = None
