@@ -1,7 +1,15 @@
-"""bench/big_bodies.py [--duration 30] [--clients 4] [--mib 16]: does a large body stall the gateway? (not a test)
+"""bench/big_bodies.py [--duration 30] [--clients 4] [--mib 16] [--shape words|keys|at-caps|ids] [--loop-cpu]:
+does a large body stall the gateway? (not a test)
+
+`--shape` picks the body: `words` (default) one message of `--mib` MiB of random words; `keys` the attacker
+review's body of 999,000 distinct keys (12 MB; refused by the member cap since, was 0.5 s of loop CPU to
+unpickle); `at-caps` the costliest shape the gateway accepts (every exact cap of `policies/json_body.py` nearly
+full, distinct keys and strings); `ids` an embeddings request of 300,000 token ids. `--loop-cpu` starts
+nothing: it prints, per shape, the CPU time the event loop itself spends on the body (the inline parse, or
+unpickling the parser child's answer), measured in-process.
 
 Starts a tiny upstream (reads the body, answers a fixed chat.completion) and `aigw serve --workers 2` in front of
-it, then `--clients` threads post chat requests whose one message is `--mib` MiB of random words, back to back,
+it, then `--clients` threads post requests of that shape, back to back,
 while one more process asks `/healthz` every 20 ms, in turn on `--probe-connections` keep-alive connections (each
 worker gets its own share of connections from the kernel, so with one connection a run measured one worker, which
 had by chance all, some or none of the big bodies), and records each latency. A
@@ -14,6 +22,7 @@ at all, the floor that the machine's own load sets. Everything listens on 127.0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import multiprocessing
 import os
@@ -111,13 +120,76 @@ def random_words(mib: int, seed: int) -> str:
     return " ".join(parts)[:size]
 
 
+SHAPES = ("words", "keys", "at-caps", "ids")
+
+
+def shaped_body(shape: str, mib: int, seed: int) -> bytes:
+    from gateway_core.policies import json_body as caps
+
+    messages = [{"role": "user", "content": "hi"}]
+    if shape == "keys":
+        members = b"".join(b'"k%d":0,' % i for i in range(999_000))
+        return orjson.dumps({"messages": messages})[:-1] + b',"x":{' + members + b'"z":0}}'
+    if shape == "ids":  # OpenAI's largest embeddings request: 2,048 inputs, 300,000 token ids in all
+        return orjson.dumps({"input": [[i % 50_000 for i in range(146)] for _ in range(2048)]})
+    if shape == "at-caps":
+        keys, strings = caps.MAX_MEMBERS - 10, caps.MAX_STRINGS - 10
+        containers = caps.MAX_CONTAINERS - 10
+        numbers = caps.MAX_ELEMENTS - keys - strings - containers - 10
+        body = {
+            "messages": messages,
+            "x_keys": {f"k{i}": 0 for i in range(keys)},
+            "x_strings": [f"s{i}" for i in range(strings)],
+            "x_arrays": [[] for _ in range(containers)],
+            "x_numbers": [i + 0.5 for i in range(numbers)],  # not "n", a field validate checks
+        }
+        return orjson.dumps(body)
+    text = random_words(mib, seed)[: mib * 1024 * 1024 - 200]
+    return orjson.dumps({"messages": [{"role": "user", "content": text}]})
+
+
+def loop_cpu(mib: int) -> None:
+    """Per shape, the event loop's CPU for the body: what ValidatePolicy runs on the loop (the byte counts and
+    inline parse, or the unpickling of the child's answer), the best of 5, with ``time.thread_time``."""
+    import pickle
+
+    from gateway_core.errors import BadRequest
+    from gateway_core.policies.json_body import parse_object, within_exact_caps
+    from gateway_core.policies.parser_process import LARGE_BODY_BYTES, _result
+
+    for shape in SHAPES:
+        raw = shaped_body(shape, mib, 0)
+        inline = len(raw) < LARGE_BODY_BYTES and within_exact_caps(raw)
+        try:
+            reply: tuple[Any, ...] = ("ok", parse_object(raw))
+        except BadRequest as exc:
+            reply = ("error", exc.message, exc.code, exc.param)
+        data = bytearray(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        best = float("inf")
+        for _ in range(5):
+            started = time.thread_time()
+            with contextlib.suppress(BadRequest):
+                parse_object(raw) if inline else _result(data)
+            best = min(best, time.thread_time() - started)
+        print(
+            f"{shape}: {len(raw) / 1e6:.1f} MB, {'inline' if inline else 'child'}, {reply[0]}"
+            f"{'' if reply[0] == 'ok' else ' ' + str(reply[2])}: event-loop CPU {best * 1000:.1f} ms"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--mib", type=int, default=16)
     parser.add_argument("--probe-connections", type=int, default=4)
+    parser.add_argument("--shape", choices=SHAPES, default="words")
+    parser.add_argument("--loop-cpu", action="store_true")
     args = parser.parse_args()
+    if args.loop_cpu:
+        loop_cpu(args.mib)
+        return
     load_before = os.getloadavg()[0]
     ctx = multiprocessing.get_context("spawn")
     ports: Any = ctx.Queue()
@@ -125,12 +197,7 @@ def main() -> None:
     up.start()
     up_port = ports.get(timeout=30)
     # The JSON envelope takes a few bytes: keep the body just under the 16 MiB limit.
-    bodies = [
-        orjson.dumps(
-            {"messages": [{"role": "user", "content": random_words(args.mib, i)[: args.mib * 1024 * 1024 - 200]}]}
-        )
-        for i in range(args.clients)
-    ]
+    bodies = [shaped_body(args.shape, args.mib, i) for i in range(args.clients)]
     with tempfile.TemporaryDirectory(prefix="aigw-big-") as work:
         config = {
             "backends": [
@@ -210,7 +277,7 @@ def main() -> None:
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(
         f"healthz n={len(latencies)} p50_ms={statistics.median(latencies):.1f} p99_ms={p99:.1f} "
-        f"max_ms={latencies[-1]:.1f}; big posts ({args.mib} MiB, {args.clients} clients): {sum(done)} "
+        f"max_ms={latencies[-1]:.1f}; big posts ({args.shape}, {args.mib} MiB, {args.clients} clients): {sum(done)} "
         f"statuses={statuses}; {os.cpu_count()} cores; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
 

@@ -2,13 +2,14 @@
 
 No JSON parser releases the GIL: ``orjson.loads`` of 16 MiB holds it for 25-90 ms, and the byte counts of the
 element caps (``json_body.parse_object``) for about as long again, so a thread would stall the loop just the
-same. A body of at least ``LARGE_BODY_BYTES`` goes over a socket pair to a child that runs the very same
-``parse_object`` and sends back the object, or the 400's message and code, pickled: unpickling a 16 MiB string
-costs the loop ~3 ms. The child (Python and orjson, ~20 MB idle) is started on the first large body, one per gateway
-worker, and exits when its socket closes; if it cannot be started or dies, the body is parsed on the loop as
-before. It holds no descriptor but its socket: it is started with ``subprocess.Popen`` (in a thread), which closes
-the others; uvloop's subprocess spawn ignores ``close_fds`` for inheritable ones, and handed the child the worker's
-listening socket and its supervisor's pipes.
+same. A body of at least ``LARGE_BODY_BYTES``, or one whose shape needs an exact count, goes over a socket pair to
+a child that runs the very same ``parse_object`` and sends back the object, or the 400's message and code,
+pickled: unpickling a 16 MiB string costs the loop ~3 ms, and the exact caps of ``json_body`` bound what any
+accepted body costs to unpickle (~25 ms at most). The child (Python and orjson, ~20 MB idle) is started on the
+first such body, one per gateway worker, and exits when its socket closes; if it cannot be started or dies, the
+body is parsed on the loop as before. It holds no descriptor but its socket: it is started with
+``subprocess.Popen`` (in a thread), which closes the others; uvloop's subprocess spawn ignores ``close_fds`` for
+inheritable ones, and handed the child the worker's listening socket and its supervisor's pipes.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest
-from .json_body import parse_object
+from .json_body import parse_object, within_exact_caps
 
 LARGE_BODY_BYTES = 1024 * 1024
+# While the child is busy (one body at a time), a body this small that the byte counts show under the exact caps
+# is parsed on the loop instead (at most ~10 ms of its CPU), so it does not queue behind others' large bodies.
+BUSY_INLINE_BYTES = 2 * 1024 * 1024
 _HEAD = struct.Struct("!Q")  # each message is its length, then its bytes
 _SOCKET_BUFFER_BYTES = 1024 * 1024  # fewer wake-ups of the loop per body than the default ~200 KiB
 _CHILD_NICENESS = 10  # on a busy machine the event loop, not the parse, gets the CPU first
@@ -38,7 +42,8 @@ log = logging.getLogger("aigw")
 
 
 class ParserProcess:
-    """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order."""
+    """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order (but for cheap ones
+    while it is busy, parsed on the loop: ``BUSY_INLINE_BYTES``)."""
 
     def __init__(self) -> None:
         self._child: subprocess.Popen[bytes] | None = None
@@ -52,7 +57,7 @@ class ParserProcess:
         return self._child.pid if self._child is not None and self._child.poll() is None else None
 
     async def parse(self, raw: bytes) -> dict[str, Any]:
-        if self._unavailable:
+        if self._unavailable or (self.busy and len(raw) < BUSY_INLINE_BYTES and within_exact_caps(raw)):
             return parse_object(raw)
         exchange = asyncio.ensure_future(self._exchange(raw))
         try:
@@ -64,6 +69,11 @@ class ParserProcess:
         if reply is None:
             return parse_object(raw)  # the child could not answer: the same rules, on the loop
         return _result(reply)
+
+    @property
+    def busy(self) -> bool:
+        """Whether the child is parsing a body (others wait for it)."""
+        return self._lock is not None and self._lock.locked()
 
     async def close(self) -> None:
         child, sock = self._child, self._socket

@@ -1,4 +1,5 @@
-"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission.
+"""Checks an inference request before anything costly happens: size, JSON shape, deployment, permission (a
+deployment the key may not use is answered as an unknown one).
 
 Everything later in the chain may rely on what passed here: the deployment name and api-version have the
 shapes in ``names.py`` (they become part of an upstream URL), token and choice counts are positive integers
@@ -15,10 +16,10 @@ import orjson
 from ..catalogue import PoolTable
 from ..config import GatewayConfig
 from ..context import EndpointKind, GatewayResponse, RequestContext, Surface
-from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge, PermissionDenied
+from ..errors import BadRequest, DeploymentNotFound, PayloadTooLarge
 from ..names import API_VERSION_RULE, DEPLOYMENT_NAME_RULE, is_api_version, is_deployment_name
 from ..pipeline import Handler
-from .json_body import parse_object
+from .json_body import parse_object, within_exact_caps
 from .parser_process import LARGE_BODY_BYTES, ParserProcess
 
 MAX_MESSAGES = 10_000
@@ -42,9 +43,11 @@ class ValidatePolicy:
         request = ctx.request
         if request.body_size > self._max_body_bytes or len(request.body) > self._max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body_bytes} bytes.")
-        # A large body is parsed in a child process: no parser releases the GIL, so a thread would not do.
+        # A large body, or one whose shape needs counting, is parsed in a child process: no parser releases the
+        # GIL, so a thread would not do.
         raw = request.body
-        body = parse_object(raw) if len(raw) < LARGE_BODY_BYTES else await self._parser.parse(raw)
+        inline = len(raw) < LARGE_BODY_BYTES and within_exact_caps(raw)
+        body = parse_object(raw) if inline else await self._parser.parse(raw)
         if endpoint.surface is Surface.OPENAI:
             model = body.get("model")
             if not isinstance(model, str) or not model:
@@ -82,11 +85,12 @@ class ValidatePolicy:
         ctx.body_json = body
         try:
             self._pools.check_exists(deployment)
+            if not principal.may_use(deployment):
+                # The very answer an unknown name gets: a 403 told a restricted key which names others use.
+                raise DeploymentNotFound(f"The deployment '{deployment}' does not exist on this gateway.")
         except DeploymentNotFound as exc:
             exc.param = source  # on the Azure surface the name came from the path, not a 'model' field
             raise
-        if not principal.may_use(deployment):
-            raise PermissionDenied(f"Your key may not use the deployment '{deployment}'.")
         return await call_next(ctx)
 
     async def close(self) -> None:

@@ -245,9 +245,11 @@ class Forwarder:
                     "retry-after-ms": str(max(1, math.ceil(soonest * 1000))),
                 },
             )
-        detail = ", ".join(f"{name}: {state}" for name, state in states.items())
+        # Backend names and health are for admin keys (as on /status); others get the bare fact.
+        admin = ctx.principal is not None and ctx.principal.admin
+        detail = f" ({', '.join(f'{name}: {state}' for name, state in states.items())})" if admin else ""
         return ServiceUnavailable(
-            f"No backend for '{ctx.deployment}' is available right now ({detail}).",
+            f"No backend for '{ctx.deployment}' is available right now{detail}.",
             code="no_backend_available",
             headers={"retry-after": "5"},
         )

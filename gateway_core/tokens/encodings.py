@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -42,8 +43,8 @@ def private_dir(directory: Path) -> Path:
     """``directory``, created 0700 and only writable by this user: tiktoken trusts the files it finds there.
 
     Refuses (``ConfigError``, naming TIKTOKEN_CACHE_DIR) a directory of another user, a symlink, or one that
-    cannot be made; one of ours that others could write is closed (0700) and its encoding files are written
-    afresh, as someone else may have put them there.
+    cannot be made; one of ours that others could write is closed (0700) and emptied of whatever they may have
+    put there (``_clear_planted``), and its encoding files are written afresh.
     """
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -59,10 +60,30 @@ def private_dir(directory: Path) -> Path:
             "set TIKTOKEN_CACHE_DIR to one that is"
         )
     if info.st_mode & 0o022:
-        directory.chmod(0o700)
-        for name in SHIPPED:
-            cached_file(directory, name).unlink(missing_ok=True)
+        directory.chmod(0o700)  # first: from here on no one else can add an entry
+        _clear_planted(directory)
     return directory
+
+
+def _clear_planted(directory: Path) -> None:
+    """Remove from ``directory`` (just closed to others) every entry but regular files of this user, and the
+    encoding files whoever wrote them: a planted symlink (under a temp or a final name) would have had the
+    gateway write, or tiktoken read, through it."""
+    ours = {cached_file(directory, name).name for name in SHIPPED}
+    for entry in os.scandir(directory):
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and entry.name not in ours:
+            continue
+        try:
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError as exc:
+            raise ConfigError(
+                f"TIKTOKEN_CACHE_DIR: tokenizer cache {directory} was open to other users and its entry "
+                f"{entry.name!r} cannot be removed ({exc.strerror}): remove it, or set TIKTOKEN_CACHE_DIR elsewhere"
+            ) from None
 
 
 def seed_cache(directory: Path | None = None, names: tuple[str, ...] = SHIPPED) -> Path:
@@ -73,10 +94,16 @@ def seed_cache(directory: Path | None = None, names: tuple[str, ...] = SHIPPED) 
         target = cached_file(directory, name)
         if not target.exists():
             raw = gzip.decompress((data / f"{name}.tiktoken.gz").read_bytes())
-            # Write then rename, so a concurrent worker never reads a half-written file.
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(raw)
-            tmp.replace(target)
+            # Write then rename, so a concurrent worker never reads a half-written file; mkstemp creates a new
+            # file of an unguessable name (O_EXCL), never writing through an entry that was there.
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{target.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(raw)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
     os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
     return directory
 

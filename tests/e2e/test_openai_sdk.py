@@ -162,11 +162,12 @@ def test_unknown_deployment_is_404(gateway_url: str) -> None:
     assert "no-such-model" in exc.value.body["message"]
 
 
-def test_deployment_outside_the_keys_allowlist_is_403(gateway_url: str) -> None:
+def test_deployment_outside_the_keys_allowlist_is_404_as_if_unknown(gateway_url: str) -> None:
     from tests.servers import OTHER_KEY
 
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.NotFoundError) as exc:
         azure(gateway_url, key=OTHER_KEY).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert isinstance(exc.value.body, dict) and exc.value.body["code"] == "DeploymentNotFound"
     assert azure(gateway_url, key=OTHER_KEY).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
 
 

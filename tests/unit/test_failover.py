@@ -73,7 +73,10 @@ def gateway_config(sims: dict[str, str], **routing: Any) -> GatewayConfig:
                 }
                 for name, region, priority, weight in REGIONS
             ],
-            "keys": [{"name": "k", "sha256": sha256_hex("k"), "user": "u"}],
+            "keys": [
+                {"name": "k", "sha256": sha256_hex("k"), "user": "u"},
+                {"name": "admin", "sha256": sha256_hex("admin"), "user": "ops", "admin": True},
+            ],
             "routing": {"max_attempts": 3, "breaker": {"failures": 5, "interval_s": 10, "trip_s": 30}, **routing},
             "stores": {"health": "memory://"},
         }
@@ -193,8 +196,13 @@ async def test_everything_down_answers_503_after_the_last_resort_tries(
     assert all(gw.health.state(name) == "open" for name in sims)
     response = await call(gw)
     assert response.status == 503
-    assert orjson.loads(response.body)["error"]["code"] == "no_backend_available"
+    error = orjson.loads(response.body)["error"]
+    assert error["code"] == "no_backend_available"
     assert response.header("x-aigw-attempts") == "3"  # the last-resort tries, each failed at once
+    # Backend names and states are for admin keys, as on /status.
+    assert error["message"] == "No backend for 'gpt-4o' is available right now."
+    admin = orjson.loads((await call(gw, {"api-key": "admin"})).body)["error"]
+    assert admin["code"] == "no_backend_available" and all(f"{name}: open" in admin["message"] for name in sims)
 
 
 async def test_when_every_breaker_is_open_a_recovered_backend_is_still_found(

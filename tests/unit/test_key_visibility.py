@@ -85,3 +85,32 @@ async def test_a_backend_refusing_the_gateways_credential_is_a_502_that_says_so(
     error = orjson.loads(response.body)["error"]
     assert error["code"] == "backend_credential_refused"
     assert "gateway's own credential" in error["message"] and "your key was accepted" in error["message"]
+
+
+async def test_a_deployment_the_key_may_not_use_answers_as_an_unknown_one_on_every_route(gateway: Gateway) -> None:
+    """A 403 for an existing deployment and a 404 for an unknown one let a restricted key list the others'
+    deployments; both now get the same 404 DeploymentNotFound, on each surface and operation."""
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    bodies: dict[str, dict[str, Any]] = {
+        "chat/completions": chat,
+        "completions": {"prompt": "hi"},
+        "embeddings": {"input": "hi"},
+    }
+    for operation, body in bodies.items():
+        answers = []
+        for name in ("gpt-4o-mini", "no-such-model"):  # exists but not for this key; exists nowhere
+            azure = f"/openai/deployments/{name}/{operation}"
+            for path, raw in ((azure, body), (f"/v1/{operation}", {**body, "model": name})):
+                response = await post(gateway, path, raw, "user")
+                error = orjson.loads(response.body)["error"]
+                answers.append((path.replace(name, "NAME"), response.status, {**error, "message": ""}))
+                assert error["message"] == f"The deployment '{name}' does not exist on this gateway."
+        assert answers[:2] == answers[2:], operation
+        assert [status for _, status, _ in answers] == [404] * 4
+        assert {e["code"] for _, _, e in answers} == {"DeploymentNotFound"}
+    assert (await post(gateway, "/v1/chat/completions", {**chat, "model": "gpt-4o-mini"}, "admin")).status == 200
+
+
+async def post(gw: Gateway, path: str, body: dict[str, Any], key: str) -> GatewayResponse:
+    raw = orjson.dumps(body)
+    return await gw.handle(GatewayRequest("POST", path, {"api-version": "2024-10-21"}, {"api-key": key}, raw, len(raw)))

@@ -86,3 +86,27 @@ def test_a_tokenizer_cache_of_another_user_is_refused(tmp_path: Path) -> None:
         theirs = Path("/")  # root's
     with pytest.raises(ConfigError, match=r"TIKTOKEN_CACHE_DIR: .* not a directory of this user"):
         seed_cache(theirs)
+
+
+def test_symlinks_planted_in_a_tokenizer_cache_others_could_write_are_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's repro: in a 0777 cache, symlinks under the temp names the gateway wrote through (the pid
+    is easy to guess) and under a final name; seeding clobbered one file and created the other where the
+    planter chose, and left the cache entries as symlinks out of the directory."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "unused"))  # restored after seed_cache sets it
+    victim, chosen, outside = tmp_path / "victim.txt", tmp_path / "victim2.txt", tmp_path / "outside"
+    victim.write_text("precious")
+    outside.mkdir()
+    directory = tmp_path / "open"
+    directory.mkdir()
+    directory.chmod(0o777)
+    for name, points_to in zip(SHIPPED, (victim, chosen), strict=True):
+        (directory / f"{cached_file(directory, name).name}.{os.getpid()}.tmp").symlink_to(points_to)
+    (directory / "some-other-name").symlink_to(outside)
+    (directory / "a-planted-dir").mkdir()
+    seed_cache(directory)
+    assert victim.read_text() == "precious" and not chosen.exists() and not any(outside.iterdir())
+    entries = sorted(directory.iterdir())
+    assert entries == sorted(cached_file(directory, name) for name in SHIPPED)  # nothing planted is left
+    assert all(stat.S_ISREG(e.lstat().st_mode) and mode_of(e) == 0o600 for e in entries)

@@ -12,8 +12,17 @@ import orjson
 import pytest
 
 from gateway_core.errors import BadRequest
-from gateway_core.policies.json_body import MAX_CONTAINERS, MAX_ELEMENTS, MAX_NESTING_DEPTH, parse_object
-from gateway_core.policies.parser_process import LARGE_BODY_BYTES, ParserProcess
+from gateway_core.policies.json_body import (
+    MAX_COMMA_BYTES,
+    MAX_CONTAINER_BYTES,
+    MAX_CONTAINERS,
+    MAX_ELEMENTS,
+    MAX_MEMBERS,
+    MAX_NESTING_DEPTH,
+    MAX_STRINGS,
+    parse_object,
+)
+from gateway_core.policies.parser_process import BUSY_INLINE_BYTES, LARGE_BODY_BYTES, ParserProcess
 from gateway_core.tokens.counting import chat_prompt_tokens
 from gateway_core.tokens.encodings import encoding
 
@@ -38,6 +47,13 @@ def _bad_bodies() -> dict[str, bytes]:
         "a lone surrogate escape": padded[:-2] + b'\\ud800"}',
         "too many arrays": padded[:-1] + b',"x":[' + b"[]," * (MAX_CONTAINERS + 1) + b"[]]}",
         "too many elements": padded[:-1] + b',"x":[' + b"1," * (MAX_ELEMENTS + 1) + b"1]}",
+        "too many members": padded[:-1]
+        + b',"x":{'
+        + b"".join(b'"k%d":0,' % i for i in range(MAX_MEMBERS))
+        + b'"z":0}}',
+        "too many strings": padded[:-1] + b',"x":[' + b'"s",' * MAX_STRINGS + b'"s"]}',
+        "too many brackets to parse": padded[:-1] + b',"x":[' + b"[]," * MAX_CONTAINER_BYTES + b"[]]}",
+        "too many commas to parse": padded[:-1] + b',"x":[' + b"1," * MAX_COMMA_BYTES + b"1]}",
         "nested too deep": padded[:-1] + b',"x":' + b"[" * deep + b"]" * deep + b"}",
         "an empty key after a comma": padded[:-1] + b",}",
     }
@@ -54,6 +70,23 @@ async def test_a_large_bad_body_gets_the_same_400_from_the_child(parser: ParserP
     assert parser.pid is not None and parser.pid != os.getpid()  # it was the child that answered
     got, expected = child.value, inline.value
     assert (type(got), got.message, got.code, got.param) == (type(expected), expected.message, expected.code, None)
+
+
+async def test_a_cheap_body_is_parsed_on_the_loop_while_the_child_is_busy(parser: ParserProcess) -> None:
+    """The reviewer's head-of-line case: a benign 1.2 MB body waited seconds behind others' million-key bodies.
+    A body under BUSY_INLINE_BYTES whose byte counts are under the caps no longer waits for the child."""
+    hostile = orjson.dumps({"x": {f"k{i}": 0 for i in range(999_000)}})  # ~0.5 s of the child's time, then a 400
+    benign = orjson.dumps({"n": 1, "pad": PAD})
+    assert LARGE_BODY_BYTES <= len(benign) < BUSY_INLINE_BYTES
+    await parser.parse(benign)  # the child is started
+    queued = asyncio.ensure_future(parser.parse(hostile))
+    while not parser.busy:  # noqa: ASYNC110 - yields (no timed wait) until the hostile body holds the child
+        await asyncio.sleep(0)
+    assert (await parser.parse(benign))["n"] == 1
+    assert not queued.done()  # answered while the child still works on the hostile body
+    with pytest.raises(BadRequest) as refused:
+        await queued
+    assert refused.value.code == "too_many_members"
 
 
 async def test_a_large_body_comes_back_as_the_same_object_and_counts_the_same_tokens(parser: ParserProcess) -> None:
@@ -76,8 +109,8 @@ async def test_a_large_body_comes_back_as_the_same_object_and_counts_the_same_to
 
 
 async def test_a_parse_cancelled_midway_leaves_the_child_in_step(parser: ParserProcess) -> None:
-    first = orjson.dumps({"n": 1, "pad": PAD})
-    second = orjson.dumps({"n": 2, "pad": PAD})
+    first = orjson.dumps({"n": 1, "pad": PAD * 2})  # too large to be parsed on the loop while the child is busy
+    second = orjson.dumps({"n": 2, "pad": PAD * 2})
     for yields in range(4):  # cancelled at different points of the exchange
         task = asyncio.ensure_future(parser.parse(first))
         for _ in range(yields):

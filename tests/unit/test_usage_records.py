@@ -193,7 +193,7 @@ async def test_a_client_that_leaves_mid_stream_is_recorded_once_with_what_passed
     ("request_", "status", "code", "deployment"),
     [
         (chat(body=b"{not json"), 400, None, "gpt-4o"),
-        (chat("mini", headers=NARROW), 403, "permission_denied", "mini"),
+        (chat("mini", headers=NARROW), 404, "DeploymentNotFound", "mini"),  # not this key's: answered as unknown
         (chat("no-such"), 404, "DeploymentNotFound", None),  # a name the gateway does not know is not kept
         (
             GatewayRequest(
@@ -204,7 +204,7 @@ async def test_a_client_that_leaves_mid_stream_is_recorded_once_with_what_passed
             "gpt-4o",
         ),
     ],
-    ids=["400", "403", "404-deployment", "413"],
+    ids=["400", "404-not-this-keys", "404-deployment", "413"],
 )
 async def test_an_authenticated_refusal_is_one_record_with_its_code(
     sim: str, request_: GatewayRequest, status: int, code: str | None, deployment: str | None
