@@ -57,23 +57,128 @@ def _private_files(path: Path) -> None:
             pass
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_CLOSE = object()  # a job that closes its database's connection (if open) instead of running a statement
+_MAX_HAND_BACK = 64  # jobs run at most before their results go back to the loop
+_Job = tuple["_SqliteThread", Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Done = tuple["asyncio.Future[Any]", bool, Any]  # the job's future, succeeded, its result or exception
+
+
+class _Worker:
+    """One thread running the jobs of one or more databases' connections (see ``_SqliteThread.share``), one
+    after another.
+
+    It runs every job queued meanwhile before it hands their results back, in one ``call_soon_threadsafe`` per
+    event loop: each hand-back writes to the loop's wake-up pipe, so at 32 requests in flight one per job was
+    a wake-up per job.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.databases: list[_SqliteThread] = []
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, job: _Job) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        job = self._jobs.get()
+        while job is not None:
+            done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+            idle = False
+            for _ in range(_MAX_HAND_BACK):  # a bound, so a steady stream of jobs still hands results back
+                db, fn, loop, future = job
+                done.setdefault(loop, []).append(_run(db, fn, future))
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    idle = True
+                    break
+                if job is None:
+                    break
+            for loop, results in done.items():
+                _hand_back(loop, results)
+            if idle:
+                job = self._jobs.get()
+        for db in self.databases:
+            db.close_connection()
+
+    async def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._jobs.put(None)  # after every job queued before: they finish first
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._thread = None
+
+
+def _run(db: _SqliteThread, fn: Any, future: asyncio.Future[Any]) -> _Done:
+    try:
+        if fn is _CLOSE:
+            db.close_connection()
+            return future, True, None
+        conn = db.connection()
+        return future, True, _retry_busy(lambda: fn(conn))
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+        return future, False, exc
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, results: list[_Done]) -> None:
+    def done() -> None:
+        for future, ok, value in results:
+            if not future.done():  # the caller may have been cancelled meanwhile
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits any more
+        loop.call_soon_threadsafe(done)
 
 
 class _SqliteThread:
-    """One connection, used only from its own thread.
+    """One connection, used only from its worker's thread (its own, or one shared with another database).
 
-    A round trip is a queue put and one ``call_soon_threadsafe`` back: lighter on the event loop than
-    ``run_in_executor`` (which adds a concurrent future, its lock and the chaining of two futures), which was a
-    sixth of the loop's time with every policy on.
+    A round trip is a queue put and a share of one ``call_soon_threadsafe`` back: lighter on the event loop
+    than ``run_in_executor`` (which adds a concurrent future, its lock and the chaining of two futures), which
+    was a sixth of the loop's time with every policy on.
     """
 
     def __init__(self, path: Path, schema: str) -> None:
         self._path = path
         self._schema = schema
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._worker = _Worker(f"aigw-sqlite-{path.name}")
+        self._worker.databases.append(self)
+
+    def share(self, other: _SqliteThread) -> None:
+        """Run this database's jobs on ``other``'s thread from now on (call before either runs a job), so that
+        one job there may use both connections (see ``connection``)."""
+        if self._worker.started or other._worker.started:
+            raise RuntimeError("SQLite stores share a thread only before their first job")
+        self._worker.databases.remove(self)
+        self._worker = other._worker
+        self._worker.databases.append(self)
+
+    def shares_thread_with(self, other: _SqliteThread) -> bool:
+        return self._worker is other._worker
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection, opened on first use: only on the worker's thread (inside a job of this database or
+        of one that shares its thread)."""
+        return self._conn if self._conn is not None else self._open()
+
+    def close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _open(self) -> sqlite3.Connection:
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -91,48 +196,23 @@ class _SqliteThread:
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=f"aigw-sqlite-{self._path.name}", daemon=True)
-            self._thread.start()
-        self._jobs.put((fn, loop, future))
+        self._worker.submit((self, fn, loop, future))
         try:
             return await future
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"SQLite store {self._path}: {exc}") from exc
 
-    def _serve(self) -> None:
-        """The store's thread: run each job on the connection, hand its result back to the job's loop."""
-        while (job := self._jobs.get()) is not None:
-            fn, loop, future = job
-            try:
-                conn = self._conn if self._conn is not None else self._open()
-                result = _retry_busy(lambda: fn(conn))  # noqa: B023 - called at once, in this iteration
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-                _hand_back(loop, future.set_exception, future, exc)
-            else:
-                _hand_back(loop, future.set_result, future, result)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     async def close(self) -> None:
-        thread = self._thread
-        if thread is None:
+        """Close the connection after every job queued before; stop the thread once no database on it is open."""
+        worker = self._worker
+        if not worker.started:
             return
-        self._jobs.put(None)  # after every job queued before: they finish first
-        await asyncio.get_running_loop().run_in_executor(None, thread.join)
-        self._thread = None
-
-
-def _hand_back(
-    loop: asyncio.AbstractEventLoop, settle: Callable[[Any], None], future: asyncio.Future[Any], value: Any
-) -> None:
-    def done() -> None:
-        if not future.done():  # the caller may have been cancelled meanwhile
-            settle(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits any more
-        loop.call_soon_threadsafe(done)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        worker.submit((self, _CLOSE, loop, future))
+        await future
+        if all(db._conn is None for db in worker.databases):
+            await worker.stop()
 
 
 _COUNTERS_SCHEMA = """
