@@ -247,6 +247,10 @@ class SqliteCounters:
     async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
         if not adds:
             return []
+        return await self._db.run(self.adding(adds))
+
+    def adding(self, adds: Sequence[CounterAdd]) -> Callable[[sqlite3.Connection], list[int]]:
+        """The job that makes ``adds`` (at least one) on this store's connection and returns their totals."""
         self._adds += len(adds)
         prune = self._adds >= _PRUNE_EVERY
         if prune:
@@ -269,7 +273,7 @@ class SqliteCounters:
                 raise
             return totals
 
-        return await self._db.run(add_many)
+        return add_many
 
     async def get(self, key: str, window: int) -> int:
         def get(conn: sqlite3.Connection) -> int:
