@@ -59,7 +59,9 @@ def _private_files(path: Path) -> None:
 
 _CLOSE = object()  # a job that closes its database's connection (if open) instead of running a statement
 _MAX_HAND_BACK = 64  # jobs run at most before their results go back to the loop
-_Job = tuple["_SqliteThread", Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+# (database, fn, loop, future); loop and future None: a job run after the results of the jobs queued with it are
+# handed back, with no result of its own (see _SqliteThread.run_after)
+_Job = tuple["_SqliteThread", Any, "asyncio.AbstractEventLoop | None", "asyncio.Future[Any] | None"]
 _Done = tuple["asyncio.Future[Any]", bool, Any]  # the job's future, succeeded, its result or exception
 
 
@@ -92,10 +94,16 @@ class _Worker:
         job = self._jobs.get()
         while job is not None:
             done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+            after: list[tuple[_SqliteThread, Any]] = []
             idle = False
             for _ in range(_MAX_HAND_BACK):  # a bound, so a steady stream of jobs still hands results back
                 db, fn, loop, future = job
-                done.setdefault(loop, []).append(_run(db, fn, future))
+                if loop is None or future is None:
+                    after.append((db, fn))
+                else:
+                    if fn is _CLOSE:
+                        _run_after(after)  # the writes queued before a close are made before it
+                    done.setdefault(loop, []).append(_run(db, fn, future))
                 try:
                     job = self._jobs.get_nowait()
                 except queue.Empty:
@@ -105,6 +113,7 @@ class _Worker:
                     break
             for loop, results in done.items():
                 _hand_back(loop, results)
+            _run_after(after)
             if idle:
                 job = self._jobs.get()
         for db in self.databases:
@@ -128,6 +137,16 @@ def _run(db: _SqliteThread, fn: Any, future: asyncio.Future[Any]) -> _Done:
         return future, True, _retry_busy(lambda: fn(conn))
     except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
         return future, False, exc
+
+
+def _run_after(jobs: list[tuple[_SqliteThread, Any]]) -> None:
+    for db, fn in jobs:
+        try:
+            conn = db.connection()
+            _retry_busy(lambda: fn(conn))  # noqa: B023 - called at once, in this iteration
+        except Exception as exc:  # noqa: BLE001 - no one waits for it: logged
+            log.warning("SQLite store %s: a write made after a lookup failed: %s", db._path, exc)
+    jobs.clear()
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, results: list[_Done]) -> None:
@@ -194,13 +213,25 @@ class _SqliteThread:
         return conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.result(self.submit(fn))
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` now; its result (or error) comes back on the future (await it with ``result``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._worker.submit((self, fn, loop, future))
+        return future
+
+    async def result(self, future: asyncio.Future[T]) -> T:
         try:
             return await future
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"SQLite store {self._path}: {exc}") from exc
+
+    def run_after(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``fn`` on the thread after the jobs queued with it have handed their results back, with none
+        of its own (a failure is logged): work that rides on another job's round trip, off its latency."""
+        self._worker.submit((self, fn, None, None))
 
     async def close(self) -> None:
         """Close the connection after every job queued before; stop the thread once no database on it is open."""

@@ -8,9 +8,9 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..cache.vectors import pack, unpack
 from .ports import CacheEntry, CacheStore, CounterAdd, CounterStore, LookupThenAdd, StorageError
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..cache.vector_index import VectorIndex
 
 log = logging.getLogger("aigw")
+T = TypeVar("T")
 
 _CACHE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (
@@ -57,6 +58,9 @@ _LOAD_BATCH = 1024  # rows read into the index at a time
 _IDLE_S = 600.0  # a bucket's index not searched this long is dropped (rebuilt from the file when needed)
 _MAX_PENDING_PUTS = 1024  # puts waiting for the store's thread; past this a put is dropped, never waited for
 _PUT_BATCH = 256  # puts written per transaction
+# A put waits this long for a lookup to carry it to the store's thread (written first, in the lookup's job),
+# before it makes a round trip of its own: one request at a time, a miss's put then rides on the next lookup.
+_PUT_DEFER_S = 0.01
 _DELETE_BATCH = 256  # expired or evicted rows deleted per transaction at most: no long write lock
 _EXPIRE_EVERY = 100  # puts between deletions of expired rows
 _ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
@@ -75,6 +79,7 @@ class SqliteCache:
 
     def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024, max_pending: int = _MAX_PENDING_PUTS) -> None:
         self._db = _SqliteThread(path, _CACHE_SCHEMA)
+        self._path = path
         self._max_bytes = max_bytes
         self._index: dict[str, VectorIndex] = {}  # touched only on the store's thread
         self._swept_s = 0.0
@@ -82,14 +87,16 @@ class SqliteCache:
         self._queue: list[tuple[CacheEntry, asyncio.Future[None]]] = []
         self._waiting = 0  # puts queued or being written
         self._writer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # the writer's wait for a lookup to carry the puts
         self._since_expiry = _EXPIRE_EVERY  # the first write drops what expired while no one wrote
         self.dropped_puts = 0
+        self._closing = False
 
     async def start(self) -> None:
         await self._db.run(lambda conn: None)
 
     async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
-        return await self._db.run(lambda conn: _get(conn, bucket, key, now_s))
+        return await self._carrying_puts(lambda conn: _get(conn, bucket, key, now_s))
 
     async def get_then_add(
         self, counters: SqliteCounters, bucket: str, key: str, now_s: float, adds: Sequence[CounterAdd]
@@ -104,7 +111,22 @@ class SqliteCache:
                 return entry, None  # a hit admits nothing
             return None, add(counters_db.connection())
 
-        return await self._db.run(get_then_add)
+        return await self._carrying_puts(get_then_add)
+
+    async def _carrying_puts(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the store's thread; the puts queued meanwhile ride on its round trip, written right
+        after its result is handed back (one transaction, as the writer would), so they make no trip of their
+        own and add nothing to the lookup's latency. A lookup queued with them may not see them yet."""
+        if not self._queue:
+            return await self._db.run(fn)
+        batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+        lookup = self._db.submit(fn)  # queued first: it runs, and answers, before the write
+        entries = [entry for entry, _ in batch]
+        self._db.run_after(functools.partial(self._write, entries=entries))
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)  # handed to the thread, which writes it before any later job, or logs
+        return await self._db.result(lookup)
 
     async def put(self, entry: CacheEntry) -> None:
         """Queue ``entry`` for the next write (one transaction for every put queued meanwhile) and wait for it.
@@ -122,6 +144,8 @@ class SqliteCache:
         self._waiting += 1
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        elif len(self._queue) >= _PUT_BATCH and self._wake is not None:
+            _wake_up(self._wake)  # a full batch goes now
         try:
             await future
         finally:
@@ -129,6 +153,15 @@ class SqliteCache:
 
     async def _write_queued(self) -> None:
         try:
+            if len(self._queue) < _PUT_BATCH and not self._closing:
+                loop = asyncio.get_running_loop()
+                self._wake = loop.create_future()
+                timer = loop.call_later(_PUT_DEFER_S, _wake_up, self._wake)
+                try:
+                    await self._wake  # a lookup may carry the queued puts meanwhile (see _carrying_puts)
+                finally:
+                    timer.cancel()
+                    self._wake = None
             while self._queue:
                 batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
                 entries = [entry for entry, _ in batch]
@@ -223,7 +256,7 @@ class SqliteCache:
             self._index[bucket].remove(row_ids)
 
     async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
-        return await self._db.run(lambda conn: self._nearest(conn, bucket, vector, now_s))
+        return await self._carrying_puts(lambda conn: self._nearest(conn, bucket, vector, now_s))
 
     def _nearest(
         self, conn: sqlite3.Connection, bucket: str, vector: tuple[float, ...], now_s: float
@@ -273,9 +306,17 @@ class SqliteCache:
             del self._index[bucket]
 
     async def close(self) -> None:
+        self._closing = True
+        if self._wake is not None:
+            _wake_up(self._wake)
         if self._writer is not None:
             await asyncio.shield(self._writer)  # the puts already queued are written, not lost
         await self._db.close()
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def lookup_then_add(cache: CacheStore, counters: CounterStore | None) -> LookupThenAdd | None:

@@ -71,14 +71,14 @@ def request_trips(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
     """The counters and cache stores' round trips made by the calling task itself (the request's path), not by
     background tasks (settlements, cache puts)."""
     trips: list[tuple[str, asyncio.Task[Any] | None]] = []
-    real = sqlite._SqliteThread.run
+    real = sqlite._SqliteThread.submit
 
-    async def run(self: sqlite._SqliteThread, fn: Callable[[Any], Any]) -> Any:
+    def submit(self: sqlite._SqliteThread, fn: Callable[[Any], Any]) -> Any:
         if self._path.name in ("counters.db", "cache.db"):
             trips.append((self._path.name, asyncio.current_task()))
-        return await real(self, fn)
+        return real(self, fn)
 
-    monkeypatch.setattr(sqlite._SqliteThread, "run", run)
+    monkeypatch.setattr(sqlite._SqliteThread, "submit", submit)
 
     def mine() -> list[str]:
         me = asyncio.current_task()
