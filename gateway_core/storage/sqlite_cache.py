@@ -88,6 +88,7 @@ class SqliteCache:
         self._waiting = 0  # puts queued or being written
         self._writer: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None  # the writer's wait for a lookup to carry the puts
+        self._queued: dict[tuple[str, str], CacheEntry] = {}  # the entries of self._queue, for lookups
         self._since_expiry = _EXPIRE_EVERY  # the first write drops what expired while no one wrote
         self.dropped_puts = 0
         self._closing = False
@@ -96,12 +97,18 @@ class SqliteCache:
         await self._db.run(lambda conn: None)
 
     async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+        queued = self._queued_entry(bucket, key, now_s)
+        if queued is not None:
+            return queued
         return await self._carrying_puts(lambda conn: _get(conn, bucket, key, now_s))
 
     async def get_then_add(
         self, counters: SqliteCounters, bucket: str, key: str, now_s: float, adds: Sequence[CounterAdd]
     ) -> tuple[CacheEntry | None, list[int] | None]:
         """``get``; on a miss, ``counters.add_many(adds)`` in the same job (see ``lookup_then_add``)."""
+        queued = self._queued_entry(bucket, key, now_s)
+        if queued is not None:
+            return queued, None
         add = counters.adding(adds)
         counters_db = counters._db
 
@@ -113,13 +120,28 @@ class SqliteCache:
 
         return await self._carrying_puts(get_then_add)
 
+    def _queued_entry(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+        """A put still waiting for a trip answers a lookup of its key: a client's next identical request hits."""
+        if not self._queued:
+            return None
+        entry = self._queued.get((bucket, key))
+        return entry if entry is not None and entry.expires_s > now_s else None
+
+    def _take(self) -> list[tuple[CacheEntry, asyncio.Future[None]]]:
+        """The next batch of queued puts, for a write."""
+        batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+        for entry, _ in batch:
+            if self._queued.get((entry.bucket, entry.key)) is entry:
+                del self._queued[(entry.bucket, entry.key)]
+        return batch
+
     async def _carrying_puts(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the store's thread; the puts queued meanwhile ride on its round trip, written right
         after its result is handed back (one transaction, as the writer would), so they make no trip of their
         own and add nothing to the lookup's latency. A lookup queued with them may not see them yet."""
         if not self._queue:
             return await self._db.run(fn)
-        batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+        batch = self._take()
         lookup = self._db.submit(fn)  # queued first: it runs, and answers, before the write
         entries = [entry for entry, _ in batch]
         self._db.run_after(functools.partial(self._write, entries=entries))
@@ -141,6 +163,7 @@ class SqliteCache:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, future))
+        self._queued[(entry.bucket, entry.key)] = entry
         self._waiting += 1
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
@@ -163,7 +186,7 @@ class SqliteCache:
                     timer.cancel()
                     self._wake = None
             while self._queue:
-                batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+                batch = self._take()
                 entries = [entry for entry, _ in batch]
                 try:
                     await self._db.run(functools.partial(self._write, entries=entries))

@@ -84,3 +84,17 @@ async def test_a_put_waiting_for_a_lookup_is_written_at_close(tmp_path: Path) ->
         assert await again.get("bucket", "key", NOW + 1) == ENTRY
     finally:
         await again.close()
+
+
+async def test_a_put_waiting_for_a_trip_answers_a_lookup_of_its_key(tmp_path: Path) -> None:
+    # A client's next identical request, sent as soon as the answer came, is a hit (the e2e accounting test).
+    cache = SqliteCache(tmp_path / "cache.db")
+    await cache.start()
+    try:
+        put = asyncio.ensure_future(cache.put(ENTRY))
+        await asyncio.sleep(0)
+        assert await cache.get("bucket", "key", NOW + 1) == ENTRY
+        assert await cache.get("bucket", "key", NOW + 61) is None  # expired
+        await put
+    finally:
+        await cache.close()
