@@ -12,6 +12,7 @@ PYTHONPATH=<export of it>.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -73,7 +74,7 @@ async def main(n: int, concurrency: int, repeats: int, port: int, directory: Pat
 
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:]] + [2000, 1, 5][len(sys.argv) - 1 :]
-    port = 18090
+    port = int(os.environ.get("UPSTREAM_PORT", "18090"))  # another port when a neighbour holds this one
     body = Path(__file__).parent / "harness" / "chat_body.json"
     upstream = subprocess.Popen(
         [sys.executable, "-c", UPSTREAM, str(body), PATH, str(port)], stdout=subprocess.PIPE, text=True

@@ -35,13 +35,13 @@ COSMOS_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbI
 
 
 def count_calls() -> None:
-    original = sqlite._SqliteThread.run
+    original = sqlite._SqliteThread.submit
 
-    async def run(self: sqlite._SqliteThread, fn: Callable[[Any], Any]) -> Any:
+    def submit(self: sqlite._SqliteThread, fn: Callable[[Any], Any]) -> Any:
         calls[self._path.name] += 1
-        return await original(self, fn)
+        return original(self, fn)
 
-    sqlite._SqliteThread.run = run  # type: ignore[method-assign]
+    sqlite._SqliteThread.submit = submit  # type: ignore[method-assign]
 
 
 def count_cosmos_calls() -> None:

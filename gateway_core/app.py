@@ -41,6 +41,7 @@ from .routing.probes import Prober
 from .routing.sync import HealthSync
 from .storage.factory import cache_store, counter_store, default_url, health_store, usage_queue, usage_store
 from .storage.ports import CacheStore, CounterStore, HealthStore, StorageError
+from .storage.sqlite_cache import lookup_then_add
 from .usage.api import usage_response, utc_today
 from .usage.runtime import UsageRuntime
 from .usage.sink import UsageSink
@@ -137,7 +138,20 @@ class Gateway:
             if semantic is not None:
                 for name in (*semantic.deployments, semantic.embedding_deployment):
                     self.pools.check_exists(name)
-            policies.append(CachePolicy(config.cache, self.cache, self.pools, self.clock, self.tasks, self.embed))  # 6
+            # Both stores SQLite here: a miss's lookup and its admission in one round trip on one thread.
+            joint = lookup_then_add(self.cache, self.counters)
+            ahead = limits.admit_ahead if limits is not None and joint is not None else None
+            cache = CachePolicy(
+                config.cache,
+                self.cache,
+                self.pools,
+                self.clock,
+                self.tasks,
+                self.embed,
+                admit_ahead=ahead,
+                lookup_then_add=joint,
+            )
+            policies.append(cache)  # 6
         if limits is not None:
             policies.append(limits)  # 7 limits
         self._handle: Handler = build_chain(policies, self._dispatch)

@@ -164,6 +164,9 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     cache_status: CacheStatus = CacheStatus.NONE
     cache_score: float | None = None  # similarity of a semantic hit
+    # The limits policy's admission, planned early so the cache can make it in its lookup's round trip (its
+    # storage.ports.AdmissionAhead); only the limits policy reads it back.
+    admission: object | None = None
 
     # What a policy needs from the ones before it, asked for by name: out of order, the request fails with a
     # 500 that names the missing field (and the chain's wiring is the bug), rather than with an AttributeError.

@@ -31,7 +31,7 @@ from ..config import CacheSettings
 from ..context import CacheStatus, EndpointKind, GatewayResponse, RequestContext, UsageSource
 from ..errors import BadRequest
 from ..pipeline import Handler
-from ..storage.ports import CacheEntry, CacheStore, StorageError
+from ..storage.ports import AdmissionAhead, CacheEntry, CacheStore, LookupThenAdd, StorageError
 
 log = logging.getLogger("aigw")
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -65,7 +65,11 @@ class CachePolicy:
         tasks: BackgroundTasks,
         embed: Embedder | None = None,
         max_in_flight: int = 10_000,
+        admit_ahead: Callable[[RequestContext], AdmissionAhead | None] | None = None,
+        lookup_then_add: LookupThenAdd | None = None,
     ) -> None:
+        """``admit_ahead`` (the limits policy's) and ``lookup_then_add`` (where one thread serves the cache and
+        counters stores): a miss's lookup makes the limits' admission in the same round trip."""
         self._settings = settings
         self._store = store
         self._pools = pools
@@ -77,6 +81,8 @@ class CachePolicy:
             raise ValueError("semantic caching needs an embedder")
         self._inflight: dict[str, _Flight] = {}
         self._max_in_flight = max_in_flight
+        self._admit_ahead = admit_ahead if lookup_then_add is not None else None
+        self._lookup_then_add = lookup_then_add
 
     @property
     def in_flight(self) -> int:
@@ -95,14 +101,22 @@ class CachePolicy:
             ctx.cache_status = CacheStatus.BYPASS
             return _tag(await call_next(ctx), ctx)
         if plan.lookup:
-            hit = await self._lookup(ctx, plan)
+            ahead = self._ahead(ctx)
+            hit = await self._lookup(ctx, plan, ahead)
             if hit is not None:
-                return hit
+                return hit  # a hit made no adds
             leader = self._leader(plan.key)
             if leader is not None:
-                shared = await self._wait_for(leader)
-                answered = self._answer(ctx, shared, CacheStatus.HIT) if shared is not None else None
+                try:
+                    shared = await self._wait_for(leader)
+                    answered = self._answer(ctx, shared, CacheStatus.HIT) if shared is not None else None
+                except BaseException:
+                    if ahead is not None:
+                        ahead.release()
+                    raise
                 if answered is not None:
+                    if ahead is not None:
+                        ahead.release()  # answered here: the limits policy will not see this request
                     return answered
         if plan.key in self._inflight or len(self._inflight) >= self._max_in_flight:
             # A refresh while another miss is in flight, or too many in flight: go alone, do not lead.
@@ -169,10 +183,22 @@ class CachePolicy:
 
     # -- looking up
 
-    async def _lookup(self, ctx: RequestContext, plan: _Plan) -> GatewayResponse | None:
+    def _ahead(self, ctx: RequestContext) -> AdmissionAhead | None:
+        """The limits' admission to make in the lookup's round trip; never where a semantic lookup may follow
+        the exact one (a semantic hit must not have admitted anything)."""
+        if self._admit_ahead is None:
+            return None
+        if self._semantic is not None and ctx.deployment in self._semantic.deployments:
+            return None
+        return self._admit_ahead(ctx)
+
+    async def _lookup(self, ctx: RequestContext, plan: _Plan, ahead: AdmissionAhead | None) -> GatewayResponse | None:
         now = self._clock.now_s()
         try:
-            entry = await self._store.get(plan.bucket, plan.key, now)
+            if ahead is not None and self._lookup_then_add is not None:
+                entry, ahead.totals = await self._lookup_then_add(plan.bucket, plan.key, now, ahead.adds)
+            else:
+                entry = await self._store.get(plan.bucket, plan.key, now)
             if entry is not None:
                 return self._answer(ctx, entry, CacheStatus.HIT)
             if self._semantic is not None and ctx.deployment in self._semantic.deployments:

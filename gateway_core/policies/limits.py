@@ -12,6 +12,7 @@ count the same way in micro-dollars: the estimate's price, then the actual token
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from ..limits.rules import Limit, LimitKind, applies, counter_value, limits_of
 from ..limits.windows import MINUTE_S, minute_window, quota_period, sliding_used, tpm_retry_after_s
 from ..pipeline import Handler
 from ..providers.client import maybe_billed
-from ..storage.ports import CounterAdd, CounterStore, StorageError
+from ..storage.ports import AdmissionAhead, CounterAdd, CounterStore, StorageError
 from .budgets import (
     DeploymentPrices,
     Pricing,
@@ -54,6 +55,19 @@ class Reservation:
     reserved: int  # tokens, or micro-dollars for a budget
     used: float  # tokens (micro-dollars) counted in the window, this reservation included
     reset_s: float  # seconds until the window is back to empty (headers)
+
+
+@dataclass(slots=True)
+class _Admission:
+    limits: list[Limit]
+    price: Pricing | None
+    now: float
+    adds: list[CounterAdd]
+    ahead: AdmissionAhead
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Refused(Exception):
@@ -85,22 +99,16 @@ class LimitsPolicy:
         endpoint = ctx.endpoint
         if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE:
             return await call_next(ctx)
-        limits = [limit for limit in self._limits if applies(limit.rule, ctx)]
-        if not limits:
+        admission = ctx.admission if isinstance(ctx.admission, _Admission) else self._admission(ctx)
+        if admission is None:
             return await call_next(ctx)
-        estimate = ctx.tokens.estimate
-        price, cost = self._priced(ctx, limits)
-        for limit in limits:
-            if limit.kind is LimitKind.COST:
-                if cost > limit.tokens:
-                    raise too_costly(limit, cost, self._settings.quota_exceeded_status)
-            elif estimate > limit.tokens:
-                raise self._too_big(limit, estimate)
+        limits, price = admission.limits, admission.price
         try:
-            reservations = await self._reserve(limits, ctx, estimate, cost)
+            reservations = await self._reserve(admission, ctx)
         except _Refused as refused:
             raise refused.error from None
         except StorageError as exc:
+            admission.ahead.release()  # adds the cache made ahead, if any: this request is not counted by them
             if self._settings.on_store_error == "fail_closed":
                 log.error("token limits unavailable, refusing request %s: %s", ctx.request_id, exc)
                 raise ServiceUnavailable(
@@ -126,6 +134,60 @@ class LimitsPolicy:
         else:
             response.stream = self._settle_after_stream(ctx, response.stream, reservations, price)
         return response
+
+    def admit_ahead(self, ctx: RequestContext) -> AdmissionAhead | None:
+        """This request's counter adds, for the cache to make in its lookup's round trip (see AdmissionAhead);
+        None if no rule applies or the request is refused before any store trip (this policy refuses it in
+        its turn)."""
+        endpoint = ctx.endpoint
+        if endpoint is None or endpoint.kind is not EndpointKind.INFERENCE:
+            return None
+        try:
+            admission = self._admission(ctx)
+        except Exception:  # noqa: BLE001 - raised again, the same, when this policy's turn comes
+            return None
+        if admission is None:
+            return None
+        ctx.admission = admission
+        return admission.ahead
+
+    def _admission(self, ctx: RequestContext) -> _Admission | None:
+        """What admitting this request adds to which counters; None if no rule applies. Raises the refusals
+        that need no store (a request larger than a limit, an unpriced or too costly one for a budget)."""
+        limits = [limit for limit in self._limits if applies(limit.rule, ctx)]
+        if not limits:
+            return None
+        estimate = ctx.tokens.estimate
+        price, cost = self._priced(ctx, limits)
+        for limit in limits:
+            if limit.kind is LimitKind.COST:
+                if cost > limit.tokens:
+                    raise too_costly(limit, cost, self._settings.quota_exceeded_status)
+            elif estimate > limit.tokens:
+                raise self._too_big(limit, estimate)
+        now = self._clock.now_s()
+        adds: list[CounterAdd] = []
+        for limit in limits:
+            value = counter_value(limit.rule, ctx)
+            if limit.kind is LimitKind.TPM:
+                window, _ = minute_window(now)
+                adds.append(CounterAdd(f"tpm:{limit.rule.name}:{value}", window, estimate, _TPM_TTL_S))
+            else:
+                start, end = quota_period(now, limit.rule.quota_period or "daily")
+                key = f"{limit.kind}:{limit.rule.name}:{value}"  # quota:... for tokens, cost:... for a budget
+                amount = cost if limit.kind is LimitKind.COST else estimate
+                adds.append(CounterAdd(key, start, amount, end - start + 3600))
+        ahead = AdmissionAhead(adds, release=_nothing)
+        admission = _Admission(limits, price, now, adds, ahead)
+        ahead.release = functools.partial(self._take_back, admission)
+        return admission
+
+    def _take_back(self, admission: _Admission) -> None:
+        """Undo the adds the cache made ahead for a request that will not be admitted here (in the background)."""
+        totals, admission.ahead.totals = admission.ahead.totals, None
+        if totals is not None:
+            for add in admission.adds:
+                self._settlements.add(add.key, add.window, -add.amount, add.ttl_s)
 
     def _priced(self, ctx: RequestContext, limits: list[Limit]) -> tuple[Pricing | None, int]:
         """The deployment's prices and the estimate's cost in micro-dollars at the dearest of them, if a budget
@@ -154,27 +216,18 @@ class LimitsPolicy:
 
     # -- admission
 
-    async def _reserve(self, limits: list[Limit], ctx: RequestContext, tokens: int, cost: int) -> list[Reservation]:
-        """Add ``tokens`` (``cost`` micro-dollars for a budget) to every limit's counter in one round trip; if any
-        total is then over its limit, take them all back (one more round trip) and refuse. Nothing is reserved if
-        the store fails."""
-        now = self._clock.now_s()
-        adds: list[CounterAdd] = []
-        previous: list[int] = []
-        for limit in limits:
-            value = counter_value(limit.rule, ctx)
-            if limit.kind is LimitKind.TPM:
-                window, _ = minute_window(now)
-                key = f"tpm:{limit.rule.name}:{value}"
-                previous.append(await self._previous_total(key, window))
-                adds.append(CounterAdd(key, window, tokens, _TPM_TTL_S))
-            else:
-                start, end = quota_period(now, limit.rule.quota_period or "daily")
-                key = f"{limit.kind}:{limit.rule.name}:{value}"  # quota:... for tokens, cost:... for a budget
-                amount = cost if limit.kind is LimitKind.COST else tokens
-                adds.append(CounterAdd(key, start, amount, end - start + 3600))
-                previous.append(0)
-        totals = await self._store.add_many(adds)
+    async def _reserve(self, admission: _Admission, ctx: RequestContext) -> list[Reservation]:
+        """Add the estimate (its cost in micro-dollars for a budget) to every limit's counter in one round trip
+        (or take the totals of the adds the cache made ahead); if any total is then over its limit, take them
+        all back (one more round trip) and refuse. Nothing is reserved if the store fails."""
+        limits, adds, now = admission.limits, admission.adds, admission.now
+        previous = [
+            await self._previous_total(add.key, add.window) if limit.kind is LimitKind.TPM else 0
+            for limit, add in zip(limits, adds, strict=True)
+        ]
+        totals, admission.ahead.totals = admission.ahead.totals, None  # consumed: released no more
+        if totals is None:
+            totals = await self._store.add_many(adds)
         reservations: list[Reservation] = []
         refusal: TokenLimitExceeded | None = None
         for limit, add, before, current in zip(limits, adds, previous, totals, strict=True):

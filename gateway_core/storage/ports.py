@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -68,6 +68,26 @@ class CacheEntry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     vector: tuple[float, ...] | None = None  # semantic entries only (unit length)
+
+
+# A cache lookup and, on a miss only, counter adds, in one round trip: where one thread serves the cache and the
+# counters stores (both SQLite in one process; see sqlite_cache.lookup_then_add). Returns the entry found (no
+# adds made) or None and the adds' new totals. On StorageError nothing was added.
+LookupThenAdd = Callable[
+    [str, str, float, Sequence[CounterAdd]], Awaitable[tuple["CacheEntry | None", list[int] | None]]
+]
+
+
+@dataclass(slots=True)
+class AdmissionAhead:
+    """The counter adds the limits policy will make to admit a request, offered to the cache policy before its
+    lookup (``RequestContext.admission``): on a miss the cache makes them in its lookup's round trip and leaves
+    their ``totals`` here, and the limits policy reads them instead of making its own trip. A request then
+    answered without reaching the limits policy (a waiter served the leader's answer) calls ``release``."""
+
+    adds: list[CounterAdd]
+    release: Callable[[], None]
+    totals: list[int] | None = None
 
 
 class CacheStore(Protocol):

@@ -57,23 +57,147 @@ def _private_files(path: Path) -> None:
             pass
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_CLOSE = object()  # a job that closes its database's connection (if open) instead of running a statement
+_MAX_HAND_BACK = 64  # jobs run at most before their results go back to the loop
+# (database, fn, loop, future); loop and future None: a job run after the results of the jobs queued with it are
+# handed back, with no result of its own (see _SqliteThread.run_after)
+_Job = tuple["_SqliteThread", Any, "asyncio.AbstractEventLoop | None", "asyncio.Future[Any] | None"]
+_Done = tuple["asyncio.Future[Any]", bool, Any]  # the job's future, succeeded, its result or exception
+
+
+class _Worker:
+    """One thread running the jobs of one or more databases' connections (see ``_SqliteThread.share``), one
+    after another.
+
+    It runs every job queued meanwhile before it hands their results back, in one ``call_soon_threadsafe`` per
+    event loop: each hand-back writes to the loop's wake-up pipe, so at 32 requests in flight one per job was
+    a wake-up per job.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.databases: list[_SqliteThread] = []
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, job: _Job) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        job = self._jobs.get()
+        while job is not None:
+            done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+            after: list[tuple[_SqliteThread, Any]] = []
+            idle = False
+            for _ in range(_MAX_HAND_BACK):  # a bound, so a steady stream of jobs still hands results back
+                db, fn, loop, future = job
+                if loop is None or future is None:
+                    after.append((db, fn))
+                else:
+                    if fn is _CLOSE:
+                        _run_after(after)  # the writes queued before a close are made before it
+                    done.setdefault(loop, []).append(_run(db, fn, future))
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    idle = True
+                    break
+                if job is None:
+                    break
+            for loop, results in done.items():
+                _hand_back(loop, results)
+            _run_after(after)
+            if idle:
+                job = self._jobs.get()
+        for db in self.databases:
+            db.close_connection()
+
+    async def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._jobs.put(None)  # after every job queued before: they finish first
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._thread = None
+
+
+def _run(db: _SqliteThread, fn: Any, future: asyncio.Future[Any]) -> _Done:
+    try:
+        if fn is _CLOSE:
+            db.close_connection()
+            return future, True, None
+        conn = db.connection()
+        return future, True, _retry_busy(lambda: fn(conn))
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+        return future, False, exc
+
+
+def _run_after(jobs: list[tuple[_SqliteThread, Any]]) -> None:
+    for db, fn in jobs:
+        try:
+            conn = db.connection()
+            _retry_busy(lambda: fn(conn))  # noqa: B023 - called at once, in this iteration
+        except Exception as exc:  # noqa: BLE001 - no one waits for it: logged
+            log.warning("SQLite store %s: a write made after a lookup failed: %s", db._path, exc)
+    jobs.clear()
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, results: list[_Done]) -> None:
+    def done() -> None:
+        for future, ok, value in results:
+            if not future.done():  # the caller may have been cancelled meanwhile
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits any more
+        loop.call_soon_threadsafe(done)
 
 
 class _SqliteThread:
-    """One connection, used only from its own thread.
+    """One connection, used only from its worker's thread (its own, or one shared with another database).
 
-    A round trip is a queue put and one ``call_soon_threadsafe`` back: lighter on the event loop than
-    ``run_in_executor`` (which adds a concurrent future, its lock and the chaining of two futures), which was a
-    sixth of the loop's time with every policy on.
+    A round trip is a queue put and a share of one ``call_soon_threadsafe`` back: lighter on the event loop
+    than ``run_in_executor`` (which adds a concurrent future, its lock and the chaining of two futures), which
+    was a sixth of the loop's time with every policy on.
     """
 
     def __init__(self, path: Path, schema: str) -> None:
         self._path = path
         self._schema = schema
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._worker = _Worker(f"aigw-sqlite-{path.name}")
+        self._worker.databases.append(self)
+
+    def share(self, other: _SqliteThread) -> None:
+        """Run this database's jobs on ``other``'s thread from now on (call before either runs a job), so that
+        one job there may use both connections (see ``connection``)."""
+        if self._worker.started or other._worker.started:
+            raise RuntimeError("SQLite stores share a thread only before their first job")
+        self._worker.databases.remove(self)
+        self._worker = other._worker
+        self._worker.databases.append(self)
+
+    def shares_thread_with(self, other: _SqliteThread) -> bool:
+        return self._worker is other._worker
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection, opened on first use: only on the worker's thread (inside a job of this database or
+        of one that shares its thread)."""
+        return self._conn if self._conn is not None else self._open()
+
+    def close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _open(self) -> sqlite3.Connection:
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -89,50 +213,37 @@ class _SqliteThread:
         return conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.result(self.submit(fn))
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` now; its result (or error) comes back on the future (await it with ``result``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=f"aigw-sqlite-{self._path.name}", daemon=True)
-            self._thread.start()
-        self._jobs.put((fn, loop, future))
+        self._worker.submit((self, fn, loop, future))
+        return future
+
+    async def result(self, future: asyncio.Future[T]) -> T:
         try:
             return await future
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"SQLite store {self._path}: {exc}") from exc
 
-    def _serve(self) -> None:
-        """The store's thread: run each job on the connection, hand its result back to the job's loop."""
-        while (job := self._jobs.get()) is not None:
-            fn, loop, future = job
-            try:
-                conn = self._conn if self._conn is not None else self._open()
-                result = _retry_busy(lambda: fn(conn))  # noqa: B023 - called at once, in this iteration
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-                _hand_back(loop, future.set_exception, future, exc)
-            else:
-                _hand_back(loop, future.set_result, future, result)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def run_after(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``fn`` on the thread after the jobs queued with it have handed their results back, with none
+        of its own (a failure is logged): work that rides on another job's round trip, off its latency."""
+        self._worker.submit((self, fn, None, None))
 
     async def close(self) -> None:
-        thread = self._thread
-        if thread is None:
+        """Close the connection after every job queued before; stop the thread once no database on it is open."""
+        worker = self._worker
+        if not worker.started:
             return
-        self._jobs.put(None)  # after every job queued before: they finish first
-        await asyncio.get_running_loop().run_in_executor(None, thread.join)
-        self._thread = None
-
-
-def _hand_back(
-    loop: asyncio.AbstractEventLoop, settle: Callable[[Any], None], future: asyncio.Future[Any], value: Any
-) -> None:
-    def done() -> None:
-        if not future.done():  # the caller may have been cancelled meanwhile
-            settle(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits any more
-        loop.call_soon_threadsafe(done)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        worker.submit((self, _CLOSE, loop, future))
+        await future
+        if all(db._conn is None for db in worker.databases):
+            await worker.stop()
 
 
 _COUNTERS_SCHEMA = """
@@ -167,6 +278,10 @@ class SqliteCounters:
     async def add_many(self, adds: Sequence[CounterAdd]) -> list[int]:
         if not adds:
             return []
+        return await self._db.run(self.adding(adds))
+
+    def adding(self, adds: Sequence[CounterAdd]) -> Callable[[sqlite3.Connection], list[int]]:
+        """The job that makes ``adds`` (at least one) on this store's connection and returns their totals."""
         self._adds += len(adds)
         prune = self._adds >= _PRUNE_EVERY
         if prune:
@@ -189,7 +304,7 @@ class SqliteCounters:
                 raise
             return totals
 
-        return await self._db.run(add_many)
+        return add_many
 
     async def get(self, key: str, window: int) -> int:
         def get(conn: sqlite3.Connection) -> int:

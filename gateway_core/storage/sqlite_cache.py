@@ -8,18 +8,19 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..cache.vectors import pack, unpack
-from .ports import CacheEntry, StorageError
-from .sqlite import _SqliteThread
+from .ports import CacheEntry, CacheStore, CounterAdd, CounterStore, LookupThenAdd, StorageError
+from .sqlite import SqliteCounters, _SqliteThread
 
 if TYPE_CHECKING:
     from ..cache.vector_index import VectorIndex
 
 log = logging.getLogger("aigw")
+T = TypeVar("T")
 
 _CACHE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (
@@ -57,6 +58,9 @@ _LOAD_BATCH = 1024  # rows read into the index at a time
 _IDLE_S = 600.0  # a bucket's index not searched this long is dropped (rebuilt from the file when needed)
 _MAX_PENDING_PUTS = 1024  # puts waiting for the store's thread; past this a put is dropped, never waited for
 _PUT_BATCH = 256  # puts written per transaction
+# A put waits this long for a lookup to carry it to the store's thread (written first, in the lookup's job),
+# before it makes a round trip of its own: one request at a time, a miss's put then rides on the next lookup.
+_PUT_DEFER_S = 0.01
 _DELETE_BATCH = 256  # expired or evicted rows deleted per transaction at most: no long write lock
 _EXPIRE_EVERY = 100  # puts between deletions of expired rows
 _ENTRY_COLUMNS = "id, bucket, key, body, vector, created_s, expires_s, prompt_tokens, completion_tokens"
@@ -75,6 +79,7 @@ class SqliteCache:
 
     def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024, max_pending: int = _MAX_PENDING_PUTS) -> None:
         self._db = _SqliteThread(path, _CACHE_SCHEMA)
+        self._path = path
         self._max_bytes = max_bytes
         self._index: dict[str, VectorIndex] = {}  # touched only on the store's thread
         self._swept_s = 0.0
@@ -82,27 +87,68 @@ class SqliteCache:
         self._queue: list[tuple[CacheEntry, asyncio.Future[None]]] = []
         self._waiting = 0  # puts queued or being written
         self._writer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # the writer's wait for a lookup to carry the puts
+        self._queued: dict[tuple[str, str], CacheEntry] = {}  # the entries of self._queue, for lookups
         self._since_expiry = _EXPIRE_EVERY  # the first write drops what expired while no one wrote
         self.dropped_puts = 0
+        self._closing = False
 
     async def start(self) -> None:
         await self._db.run(lambda conn: None)
 
     async def get(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
-        def get(conn: sqlite3.Connection) -> CacheEntry | None:
-            row = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS}, last_used_s FROM cache WHERE bucket = ? AND key = ? AND expires_s > ?",
-                (bucket, key, now_s),
-            ).fetchone()
-            if row is None:
-                return None
-            # Recency to the minute is enough for LRU; a write on every hit would contend for the write lock
-            # across workers (measured: c32 hits fell from ~7,000 to 3,551 req/s with it).
-            if now_s - row[-1] > _TOUCH_EVERY_S:
-                conn.execute("UPDATE cache SET last_used_s = ? WHERE id = ?", (now_s, row[0]))
-            return _entry(row)
+        queued = self._queued_entry(bucket, key, now_s)
+        if queued is not None:
+            return queued
+        return await self._carrying_puts(lambda conn: _get(conn, bucket, key, now_s))
 
-        return await self._db.run(get)
+    async def get_then_add(
+        self, counters: SqliteCounters, bucket: str, key: str, now_s: float, adds: Sequence[CounterAdd]
+    ) -> tuple[CacheEntry | None, list[int] | None]:
+        """``get``; on a miss, ``counters.add_many(adds)`` in the same job (see ``lookup_then_add``)."""
+        queued = self._queued_entry(bucket, key, now_s)
+        if queued is not None:
+            return queued, None
+        add = counters.adding(adds)
+        counters_db = counters._db
+
+        def get_then_add(conn: sqlite3.Connection) -> tuple[CacheEntry | None, list[int] | None]:
+            entry = _get(conn, bucket, key, now_s)
+            if entry is not None:
+                return entry, None  # a hit admits nothing
+            return None, add(counters_db.connection())
+
+        return await self._carrying_puts(get_then_add)
+
+    def _queued_entry(self, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+        """A put still waiting for a trip answers a lookup of its key: a client's next identical request hits."""
+        if not self._queued:
+            return None
+        entry = self._queued.get((bucket, key))
+        return entry if entry is not None and entry.expires_s > now_s else None
+
+    def _take(self) -> list[tuple[CacheEntry, asyncio.Future[None]]]:
+        """The next batch of queued puts, for a write."""
+        batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+        for entry, _ in batch:
+            if self._queued.get((entry.bucket, entry.key)) is entry:
+                del self._queued[(entry.bucket, entry.key)]
+        return batch
+
+    async def _carrying_puts(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the store's thread; the puts queued meanwhile ride on its round trip, written right
+        after its result is handed back (one transaction, as the writer would), so they make no trip of their
+        own and add nothing to the lookup's latency. A lookup queued with them may not see them yet."""
+        if not self._queue:
+            return await self._db.run(fn)
+        batch = self._take()
+        lookup = self._db.submit(fn)  # queued first: it runs, and answers, before the write
+        entries = [entry for entry, _ in batch]
+        self._db.run_after(functools.partial(self._write, entries=entries))
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)  # handed to the thread, which writes it before any later job, or logs
+        return await self._db.result(lookup)
 
     async def put(self, entry: CacheEntry) -> None:
         """Queue ``entry`` for the next write (one transaction for every put queued meanwhile) and wait for it.
@@ -117,9 +163,12 @@ class SqliteCache:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, future))
+        self._queued[(entry.bucket, entry.key)] = entry
         self._waiting += 1
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        elif len(self._queue) >= _PUT_BATCH and self._wake is not None:
+            _wake_up(self._wake)  # a full batch goes now
         try:
             await future
         finally:
@@ -127,8 +176,17 @@ class SqliteCache:
 
     async def _write_queued(self) -> None:
         try:
+            if len(self._queue) < _PUT_BATCH and not self._closing:
+                loop = asyncio.get_running_loop()
+                self._wake = loop.create_future()
+                timer = loop.call_later(_PUT_DEFER_S, _wake_up, self._wake)
+                try:
+                    await self._wake  # a lookup may carry the queued puts meanwhile (see _carrying_puts)
+                finally:
+                    timer.cancel()
+                    self._wake = None
             while self._queue:
-                batch, self._queue = self._queue[:_PUT_BATCH], self._queue[_PUT_BATCH:]
+                batch = self._take()
                 entries = [entry for entry, _ in batch]
                 try:
                     await self._db.run(functools.partial(self._write, entries=entries))
@@ -221,7 +279,7 @@ class SqliteCache:
             self._index[bucket].remove(row_ids)
 
     async def nearest(self, bucket: str, vector: tuple[float, ...], now_s: float) -> tuple[CacheEntry, float] | None:
-        return await self._db.run(lambda conn: self._nearest(conn, bucket, vector, now_s))
+        return await self._carrying_puts(lambda conn: self._nearest(conn, bucket, vector, now_s))
 
     def _nearest(
         self, conn: sqlite3.Connection, bucket: str, vector: tuple[float, ...], now_s: float
@@ -271,9 +329,41 @@ class SqliteCache:
             del self._index[bucket]
 
     async def close(self) -> None:
+        self._closing = True
+        if self._wake is not None:
+            _wake_up(self._wake)
         if self._writer is not None:
             await asyncio.shield(self._writer)  # the puts already queued are written, not lost
         await self._db.close()
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def lookup_then_add(cache: CacheStore, counters: CounterStore | None) -> LookupThenAdd | None:
+    """A cache lookup and, on a miss, the limits' counter adds in one round trip, where both stores are SQLite
+    in this process: the cache's connection then runs on the counters' thread, one job after another, so one
+    job may use both. None otherwise: the stores keep a round trip each. Call before either store starts."""
+    if not isinstance(cache, SqliteCache) or not isinstance(counters, SqliteCounters):
+        return None
+    cache._db.share(counters._db)
+    return functools.partial(cache.get_then_add, counters)
+
+
+def _get(conn: sqlite3.Connection, bucket: str, key: str, now_s: float) -> CacheEntry | None:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS}, last_used_s FROM cache WHERE bucket = ? AND key = ? AND expires_s > ?",
+        (bucket, key, now_s),
+    ).fetchone()
+    if row is None:
+        return None
+    # Recency to the minute is enough for LRU; a write on every hit would contend for the write lock across
+    # workers (measured: c32 hits fell from ~7,000 to 3,551 req/s with it).
+    if now_s - row[-1] > _TOUCH_EVERY_S:
+        conn.execute("UPDATE cache SET last_used_s = ? WHERE id = ?", (now_s, row[0]))
+    return _entry(row)
 
 
 def _entry(row: tuple[Any, ...]) -> CacheEntry:
