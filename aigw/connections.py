@@ -69,7 +69,9 @@ class ConnectionCaps:
         self._refused += 1
         now = time.monotonic()
         if now - self._warned_s >= _LOG_EVERY_S:
-            log.warning("refused %d connection(s) since the last such warning; latest from %s: %s", self._refused, peer, why)
+            log.warning(
+                "refused %d connection(s) since the last such warning; latest from %s: %s", self._refused, peer, why
+            )
             self._warned_s = now
             self._refused = 0
         return False
