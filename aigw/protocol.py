@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import uvicorn
@@ -39,6 +40,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .connections import ConnectionCaps
 
+log = logging.getLogger("aigw")
 # After refusing a head, its remaining bytes are read and dropped this long, so the answer is not lost to a reset
 # (closing a socket with unread data sends RST), then the connection is closed.
 _LINGER_S = 1.0
@@ -121,6 +123,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         self.transport.close()
+        self._bound_unsent_output()
 
     def on_message_complete(self) -> None:
         if self._refused:
@@ -200,6 +203,13 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def _write_expired(self) -> None:
         self._write_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        log.info(
+            "closed a connection from %s: %d bytes unread for %g s (server.write_timeout_s)",
+            self._peer or "?",
+            unsent,
+            self._write_timeout_s,
+        )
         self.transport.abort()  # close() would wait for the unsent output; connection_lost tells the app
 
     def on_message_begin(self) -> None:
@@ -259,3 +269,4 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+            self._bound_unsent_output()  # a refusal (431, 414) its client does not read
