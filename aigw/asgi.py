@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from aigw.bodies import read_limited
+from aigw.bodies import BodyDeadline, read_limited
 from aigw.client_address import client_address, networks
 from gateway_core.app import Gateway
 from gateway_core.config import ConfigError, config_from_dict
@@ -38,6 +38,7 @@ class GatewayASGI:
         server = gateway.config.server
         self._max_body = server.max_body_bytes
         self._body_timeout_s = server.body_timeout_s
+        self._body_min_rate = server.body_min_rate
         self._trusted = networks(server.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,11 +104,13 @@ class GatewayASGI:
             too_large = PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body} bytes.")
             await _send_response(self.gateway.error_response(head, too_large), send, close=True)
             return
-        body_reader = _Body(receive, self._body_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = BodyDeadline(self._body_timeout_s, self._body_min_rate, loop.time())
+        body_reader = _Body(receive, deadline)
         try:
             body, size = await read_limited(body_reader.chunks(), headers.get("content-length", ""), self._max_body)
         except TimeoutError:
-            message = f"The request body stalled: nothing arrived for {self._body_timeout_s:g} s."
+            message = deadline.message(loop.time())
             await _send_response(self.gateway.error_response(head, RequestTimeout(message)), send, close=True)
             return
         if body_reader.disconnected:
@@ -139,21 +142,27 @@ def _with_body(head: GatewayRequest, body: bytes, size: int) -> GatewayRequest:
 
 
 class _Body:
-    """The request body as chunks; a wait longer than ``timeout_s`` for the next one raises ``TimeoutError``."""
+    """The request body as chunks; past ``deadline`` (no progress, or too slow) raises ``TimeoutError``."""
 
-    def __init__(self, receive: Receive, timeout_s: float) -> None:
+    def __init__(self, receive: Receive, deadline: BodyDeadline) -> None:
         self._receive = receive
-        self._timeout_s = timeout_s
+        self._deadline = deadline
         self.complete = False
         self.disconnected = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         while True:
-            message = await asyncio.wait_for(self._receive(), self._timeout_s)
+            wait_s = self._deadline.wait_s(loop.time())
+            if wait_s <= 0:
+                raise TimeoutError
+            message = await asyncio.wait_for(self._receive(), wait_s)
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 return
-            yield message.get("body", b"")
+            chunk = message.get("body", b"")
+            self._deadline.received(len(chunk))
+            yield chunk
             if not message.get("more_body", False):
                 self.complete = True
                 return

@@ -23,18 +23,31 @@ counted against ``max_head_bytes``. Each chunk costs parser callbacks, so past 1
 64 bytes a chunk. Past either bound the connection is closed (the answer to that request may already be out, so
 none is written). Their time is bounded by the body timeout: the adapter reads the whole body, trailers
 included, before it answers.
+
+Writes have a deadline too (``write_timeout_s``): a client that stops reading an answer (a stream above all)
+left the relay blocked in ``send()`` while the transport was paused, holding the socket and the upstream
+connection for good. Once the transport's buffer is over its high-water mark (paused), or the connection is
+closing with output still unsent, the client has ``write_timeout_s`` to take it (drain below the low-water
+mark); else the connection is aborted. uvicorn then reports a disconnect: the relay stops, and closing the
+stream closes the upstream connection and writes the usage record.
+
+Connections over a cap (``ConnectionCaps``, aigw/connections.py) are aborted as they are accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .connections import ConnectionCaps
+
+log = logging.getLogger("aigw")
 # After refusing a head, its remaining bytes are read and dropped this long, so the answer is not lost to a reset
 # (closing a socket with unread data sends RST), then the connection is closed.
 _LINGER_S = 1.0
@@ -55,12 +68,22 @@ class GatewayServerConfig(uvicorn.Config):
     module to unpickle it before it starts answering the supervisor's health pings: keep the imports light."""
 
     def __init__(
-        self, app: Any, *, header_timeout_s: float, max_head_bytes: int, max_target_bytes: int, **kwargs: Any
+        self,
+        app: Any,
+        *,
+        header_timeout_s: float,
+        max_head_bytes: int,
+        max_target_bytes: int,
+        write_timeout_s: float = 30.0,
+        caps: ConnectionCaps | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.max_head_bytes = max_head_bytes
         self.max_target_bytes = max_target_bytes
+        self.write_timeout_s = write_timeout_s
+        self.caps = caps  # each worker unpickles its own, with nothing counted
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
@@ -79,6 +102,11 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._body_pieces: list[bytes] = []  # this read's body pieces, handed to uvicorn as one
         self._read_body_bytes = 0
         self._fields = 0  # this message's header fields (and trailers)
+        self._write_timeout_s: float = getattr(config, "write_timeout_s", 30.0)
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._caps: ConnectionCaps | None = getattr(config, "caps", None)
+        self._peer: str | None = None  # set once admitted under the caps (released when the connection ends)
+        self._accepted = False  # False: refused over a cap, never handed to uvicorn
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -144,6 +172,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         self.transport.close()
+        self._bound_unsent_output()
 
     def on_message_complete(self) -> None:
         if self._refused:
@@ -169,12 +198,68 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
                 super().on_body(body)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self._caps is not None:
+            peername = transport.get_extra_info("peername")
+            peer = str(peername[0]) if peername else ""
+            if not self._caps.admit(peer):
+                self._refused = True
+                transport.abort()  # uvicorn never sees it: connection_lost below skips uvicorn's bookkeeping
+                return
+            self._peer = peer
+        self._accepted = True
         super().connection_made(transport)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._accepted:
+            return
         self._disarm()
+        self._stop_write_timer()
+        if self._caps is not None and self._peer is not None:
+            self._caps.release(self._peer)
+            self._peer = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._start_write_timer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_write_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._bound_unsent_output()
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._bound_unsent_output()
+
+    def _bound_unsent_output(self) -> None:
+        # A closing transport waits for its unsent output however long the client takes to read it.
+        if self.transport.is_closing() and self.transport.get_write_buffer_size() > 0:
+            self._start_write_timer()
+
+    def _start_write_timer(self) -> None:
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self._write_timeout_s, self._write_expired)
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        log.info(
+            "closed a connection from %s: %d bytes unread for %g s (server.write_timeout_s)",
+            self._peer or "?",
+            unsent,
+            self._write_timeout_s,
+        )
+        self.transport.abort()  # close() would wait for the unsent output; connection_lost tells the app
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -225,6 +310,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+            self._bound_unsent_output()  # a refusal (431, 414) its client does not read
 
 
 def _error(status: int, code: str, message: str) -> bytes:

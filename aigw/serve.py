@@ -34,6 +34,8 @@ from gateway_core.app import Gateway
 from gateway_core.config import ServerSettings
 
 from .asgi import CONFIG_ENV, GatewayASGI
+from .client_address import networks
+from .connections import ConnectionCaps, default_max_connections
 from .protocol import GatewayServerConfig, HeadTimeoutProtocol
 from .worker import Worker
 
@@ -114,12 +116,22 @@ def _unmapped(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 def _uvicorn_config(
     app: Any, *, workers: int, log_level: str, factory: bool = False, server: ServerSettings | None = None
 ) -> uvicorn.Config:
+    # Connections are capped for the gateway only: the demo's simulated backends take all of its upstream
+    # connections from one address.
+    caps = None
+    if server is not None:
+        total = server.max_connections or default_max_connections()
+        caps = ConnectionCaps(
+            per_peer=server.max_connections_per_peer, total=total, trusted=networks(server.trusted_proxies)
+        )
     server = server or ServerSettings()
     return GatewayServerConfig(
         app,
         header_timeout_s=server.header_timeout_s,
         max_head_bytes=server.max_head_bytes,
         max_target_bytes=server.max_target_bytes,
+        write_timeout_s=server.write_timeout_s,
+        caps=caps,
         factory=factory,
         workers=workers,
         loop="uvloop",

@@ -48,6 +48,11 @@ class ServerSettings(Section):
     max_target_bytes: int = Field(default=8 * 1024, ge=256)  # the request target, path and query (else 414)
     body_timeout_s: float = Field(default=30.0, gt=0)  # longest wait for the next piece of a body (else 408)
     keep_alive_s: float = Field(default=5.0, gt=0)  # idle keep-alive connections are closed after this
+    # Bytes/s a body must average: its deadline is body_timeout_s plus 1 s per this many bytes (else 408).
+    body_min_rate: int = Field(default=500, ge=1)
+    write_timeout_s: float = Field(default=30.0, gt=0)  # longest a client may leave an answer unread (then closed)
+    max_connections_per_peer: int = Field(default=256, ge=1)  # per worker; trusted_proxies are not capped
+    max_connections: int | None = Field(default=None, ge=1)  # per worker; None: from the descriptor limit
     # Peers (addresses or CIDR networks) whose X-Forwarded-For is believed; empty: the peer is the client.
     trusted_proxies: tuple[str, ...] = ()
 
