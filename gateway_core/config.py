@@ -170,6 +170,15 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> GatewayCon
 
 
 def _validate(data: dict[str, Any], *, source: str, nodes: yaml.Node | None) -> GatewayConfig:
+    if isinstance(data, Mapping) and "no_auth" in data:
+        # A field of the model (set by `aigw serve --no-auth`), but never from a config: a file or app setting
+        # that could say it would open every endpoint to callers without a key.
+        line = _line_of(nodes, ("no_auth",))
+        where = f"{source}:{line}" if line else source
+        raise ConfigError(
+            f"invalid configuration:\n  {where}: no_auth: not a setting; authentication is turned off only by"
+            " `aigw serve --no-auth`, for local use"
+        )
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:

@@ -172,3 +172,15 @@ def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None
     bad.write_bytes(b"\xff\xfe backends: []\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(bad, env={})
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_no_auth_cannot_come_from_a_config_file(tmp_path: Path, value: str) -> None:
+    # A field of the model, set only by `aigw serve --no-auth`: a file (or an app setting with inline YAML) that
+    # says it would have opened every endpoint to callers without a key.
+    path = write(tmp_path, MINIMAL + f"no_auth: {value}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert f"{path}:5: no_auth: not a setting" in str(exc.value)
+    with pytest.raises(ConfigError):
+        config_from_dict({"backends": [{"name": "b1", "url": "http://127.0.0.1:1"}], "no_auth": True})
