@@ -32,7 +32,8 @@ from .json_body import parse_object, within_exact_caps
 
 LARGE_BODY_BYTES = 1024 * 1024
 # While the child is busy (one body at a time), a body this small that the byte counts show under the exact caps
-# is parsed on the loop instead (at most ~10 ms of its CPU), so it does not queue behind others' large bodies.
+# is parsed on the loop instead (up to ~30 ms of its CPU for a dense body near 2 MiB), so it does not queue behind
+# others' large bodies.
 BUSY_INLINE_BYTES = 2 * 1024 * 1024
 _HEAD = struct.Struct("!Q")  # each message is its length, then its bytes
 _SOCKET_BUFFER_BYTES = 1024 * 1024  # fewer wake-ups of the loop per body than the default ~200 KiB
