@@ -31,7 +31,9 @@ def test_1000_requests_with_azurite_restarted_mid_run_leave_1000_records(sim_url
         with run_aigw(["serve", "--config", str(config)], env={**GATEWAY_ENV, **env}, cwd=tmp_path) as gateway:
             with ThreadPoolExecutor(1) as traffic:
                 sending = traffic.submit(send, gateway.url, n)
-                eventually(lambda: len(stored(env)[0]) >= 200)  # part of the run is stored: restart now
+                # Part of the run is stored: restart now. Under load (two CPU hogs) this took ~20 s, close to
+                # eventually's default 30 s: each poll reads every record back through a new store client.
+                eventually(lambda: len(stored(env)[0]) >= 200, patience_s=120)
                 azurite.restart()  # the writer retries, then spills; the replay writes the rest
                 sending.result()
 
