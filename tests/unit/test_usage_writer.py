@@ -182,7 +182,9 @@ async def test_a_store_that_stays_down_gets_a_spill_file_replayed_when_it_answer
     assert stat.S_IMODE(own.parent.stat().st_mode) == 0o700
     assert len(own.read_bytes().splitlines()) == 2  # two batches of two
     store.down = False
-    await until(lambda: writer.replayed_records == 4)  # the writer tries again after spill_after_s
+    # The writer tries again after spill_after_s. The replay file is removed (in a thread) after its last batch
+    # is counted: wait for both, or the directory may still hold it when looked at.
+    await until(lambda: writer.replayed_records == 4 and not any(own.parent.iterdir()))
     assert sorted(r.record_id for r in await stored(store)) == sorted(r.record_id for r in records)
     assert list(own.parent.iterdir()) == []
     assert len(queue) == 2
@@ -221,7 +223,8 @@ async def test_spilled_batches_of_a_dead_process_are_replayed_at_start(tmp_path:
     store, queue = MemoryUsage(), MemoryQueue()
     writer = UsageWriter(store, queue, settings(tmp_path))
     writer.start()
-    await until(lambda: writer.replayed_records == 3)
+    # The replay file is removed (in a thread) after its last batch is counted: wait for both.
+    await until(lambda: writer.replayed_records == 3 and len(list(spill_dir.iterdir())) == 1)
     assert sorted(r.record_id for r in await stored(store)) == sorted(r.record_id for r in records)
     assert [p.name for p in spill_dir.iterdir()] == [alive.name]
     await writer.close()
