@@ -9,7 +9,6 @@ Waits poll for a condition with a generous deadline; nothing asserts how fast it
 from __future__ import annotations
 
 import contextlib
-
 import os
 import signal
 import time
