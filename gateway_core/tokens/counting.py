@@ -17,6 +17,7 @@ import orjson
 import tiktoken
 
 from .images import image_part_tokens
+from .long_runs import segmented_tokens
 from .memo import TokenCountMemo
 
 TOKENS_PER_MESSAGE = 3
@@ -31,31 +32,19 @@ _TOOL_FRAMING = {
 }
 
 
-# Bodies at least this large are counted in a worker thread, so the event loop goes on serving meanwhile.
-OFF_LOOP_BODY_BYTES = 256 * 1024
-# Texts at least this long are encoded to a token buffer: ``encode`` releases the GIL while it tokenizes but
-# then builds one Python int per token with the GIL held (hundreds of ms for a 16 MiB prompt).
-_BUFFER_TEXT_CHARS = 64 * 1024
-_TOKEN_BYTES = 4  # tiktoken's token buffer holds uint32 ranks
+# Bodies at least this large are counted in a worker thread, so the event loop goes on serving meanwhile. Below
+# it a count costs the loop at most ~5 ms (16 KiB of letters without spaces; ordinary text ~1 ms), and the
+# thread hop (~0.1-0.2 ms) would cost more than most counts it moves.
+OFF_LOOP_BODY_BYTES = 16 * 1024
 # Short texts that repeat (system prompts, few-shot messages, roles) are encoded once per process.
 MEMO = TokenCountMemo()
 
 
 def text_tokens(text: str, encoding: tiktoken.Encoding) -> int:
     # Special-token text in a prompt is ordinary text to the API; count it as such, never raise.
-    if len(text) >= _BUFFER_TEXT_CHARS:
-        return _buffer_tokens(text, encoding)
+    if len(text) > MEMO.max_text_chars:
+        return segmented_tokens(text, encoding)  # bounded tokenizer work, whatever the text's runs
     return MEMO.count(encoding, text)
-
-
-def _buffer_tokens(text: str, encoding: tiktoken.Encoding) -> int:
-    """What ``len(encoding.encode_to_numpy(text, disallowed_special=()))`` is, without numpy: its import, on the
-    first large prompt of each worker, held the GIL for 50-400 ms (the loop stalled) and cost ~15 MB."""
-    core = getattr(encoding, "_core_bpe", None)  # encode_to_numpy's own call; kept only while tiktoken has it
-    to_buffer = getattr(core, "encode_to_tiktoken_buffer", None)
-    if to_buffer is None:
-        return int(encoding.encode_to_numpy(text, disallowed_special=()).size)
-    return memoryview(to_buffer(text, set())).nbytes // _TOKEN_BYTES
 
 
 async def prompt_tokens(operation: str, body: dict[str, Any], encoding: tiktoken.Encoding, body_bytes: int) -> int:
