@@ -268,12 +268,14 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        self._in_head = False
         self._head_bytes = 0
         # A head that arrived in one piece is measured here (names, values, separators).
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if not self._refuse_if_too_large(len(self.url), size):
+            # Still in the head while uvicorn parses the target: a target it refuses (``http://a:99999/``,
+            # ``CONNECT x:443``) reaches send_400_response, which answers a head's refusal, not a body's.
             super().on_headers_complete()
+        self._in_head = False
 
     def _refuse_if_too_large(self, target_bytes: int, head_bytes: int) -> bool:
         if target_bytes > self._max_target:

@@ -6,10 +6,13 @@ same. A body of at least ``LARGE_BODY_BYTES``, or one whose shape needs an exact
 a child that runs the very same ``parse_object`` and sends back the object, or the 400's message and code,
 pickled: unpickling a 16 MiB string costs the loop ~3 ms, and the exact caps of ``json_body`` bound what any
 accepted body costs to unpickle (~25 ms at most). The child (Python and orjson, ~20 MB idle) is started on the
-first such body, one per gateway worker, and exits when its socket closes; if it cannot be started or dies, the
-body is parsed on the loop as before. It holds no descriptor but its socket: it is started with
-``subprocess.Popen`` (in a thread), which closes the others; uvloop's subprocess spawn ignores ``close_fds`` for
-inheritable ones, and handed the child the worker's listening socket and its supervisor's pipes.
+first such body, one per gateway worker, and exits when its socket closes. If it cannot be started (``EMFILE``
+when descriptors run short, ``ENOMEM``), a start is tried again after a back-off (1 s, doubling to 60 s); until then,
+or if it dies mid-parse, a body that is cheap to parse (the ``BUSY_INLINE_BYTES`` rule) is parsed on the loop and
+any other gets a 503 with ``retry-after``: parsing those on the loop costs it up to ~0.5 s each. It holds no
+descriptor but its socket: it is started with ``subprocess.Popen`` (in a thread), which closes the others; uvloop's
+subprocess spawn ignores ``close_fds`` for inheritable ones, and handed the child the worker's listening socket and
+its supervisor's pipes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import pickle
 import signal
@@ -27,17 +31,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest
+from ..clock import Clock, SystemClock
+from ..errors import BadRequest, ServiceUnavailable
 from .json_body import parse_object, within_exact_caps
 
 LARGE_BODY_BYTES = 1024 * 1024
-# While the child is busy (one body at a time), a body this small that the byte counts show under the exact caps
-# is parsed on the loop instead (up to ~30 ms of its CPU for a dense body near 2 MiB), so it does not queue behind
-# others' large bodies.
+# While the child is busy (one body at a time) or cannot be started, a body this small that the byte counts show
+# under the exact caps is parsed on the loop instead (up to ~30 ms of its CPU for a dense body near 2 MiB), so it
+# does not queue behind others' large bodies.
 BUSY_INLINE_BYTES = 2 * 1024 * 1024
 _HEAD = struct.Struct("!Q")  # each message is its length, then its bytes
 _SOCKET_BUFFER_BYTES = 1024 * 1024  # fewer wake-ups of the loop per body than the default ~200 KiB
 _CHILD_NICENESS = 10  # on a busy machine the event loop, not the parse, gets the CPU first
+# After a failed start, none is tried for this long, doubled after each further failure up to the most.
+_RETRY_FIRST_S = 1.0
+_RETRY_MOST_S = 60.0
 _ROOT = str(Path(__file__).resolve().parents[2])  # holds gateway_core, whatever the host's working directory
 log = logging.getLogger("aigw")
 
@@ -46,11 +54,13 @@ class ParserProcess:
     """``parse`` is ``parse_object`` run in the child; one body at a time, in arrival order (but for cheap ones
     while it is busy, parsed on the loop: ``BUSY_INLINE_BYTES``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self._child: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._lock: asyncio.Lock | None = None
-        self._unavailable = False
+        self._clock = clock or SystemClock()
+        self._retry_at = 0.0  # monotonic: a start failed, the next is not tried before this
+        self._retry_s = _RETRY_FIRST_S  # the back-off after the next failed start
 
     @property
     def pid(self) -> int | None:
@@ -58,8 +68,11 @@ class ParserProcess:
         return self._child.pid if self._child is not None and self._child.poll() is None else None
 
     async def parse(self, raw: bytes) -> dict[str, Any]:
-        if self._unavailable or (self.busy and len(raw) < BUSY_INLINE_BYTES and within_exact_caps(raw)):
+        waiting = self._clock.monotonic_s() < self._retry_at
+        if (self.busy or waiting) and _cheap(raw):
             return parse_object(raw)
+        if waiting:
+            raise self._unavailable()
         exchange = asyncio.ensure_future(self._exchange(raw))
         try:
             reply = await asyncio.shield(exchange)
@@ -67,9 +80,18 @@ class ParserProcess:
             # The client left: the child still answers, so the socket stays in step; that answer is dropped.
             exchange.add_done_callback(_drop)
             raise
-        if reply is None:
-            return parse_object(raw)  # the child could not answer: the same rules, on the loop
+        if reply is None:  # the child could not start, or died: a cheap body is parsed on the loop
+            if _cheap(raw):
+                return parse_object(raw)
+            raise self._unavailable()
         return _result(reply)
+
+    def _unavailable(self) -> ServiceUnavailable:
+        wait_s = max(1, math.ceil(self._retry_at - self._clock.monotonic_s()))
+        return ServiceUnavailable(
+            f"This gateway cannot parse large request bodies right now; retry in {wait_s} s.",
+            headers={"retry-after": str(wait_s)},
+        )
 
     @property
     def busy(self) -> bool:
@@ -111,31 +133,53 @@ class ParserProcess:
         if self._child is not None and self._child.poll() is None and self._socket is not None:
             return self._socket
         await self.close()
-        path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
-        # glibc would otherwise keep each freed 16 MiB buffer in the heap, and the child's RSS with it.
-        env = {**os.environ, "PYTHONPATH": path, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-        ours, theirs = socket.socketpair()
+        if self._clock.monotonic_s() < self._retry_at:
+            return None  # (a body that queued behind the failed start)
+        try:
+            self._child, self._socket = await _start()
+        except OSError as exc:
+            log.warning(
+                "the parser process cannot start (%r); large bodies get 503 for %g s, then a start is tried again",
+                exc,
+                self._retry_s,
+            )
+            self._retry_at = self._clock.monotonic_s() + self._retry_s
+            self._retry_s = min(2 * self._retry_s, _RETRY_MOST_S)
+            return None
+        self._retry_s = _RETRY_FIRST_S
+        return self._socket
+
+
+async def _start() -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """The child and the gateway's end of its socket pair (``OSError`` if either cannot be had)."""
+    path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+    # glibc would otherwise keep each freed 16 MiB buffer in the heap, and the child's RSS with it.
+    env = {**os.environ, "PYTHONPATH": path, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    ours, theirs = socket.socketpair()
+    try:
         for sock in (ours, theirs):
             for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
         ours.setblocking(False)
-        try:
-            child = await asyncio.to_thread(
-                subprocess.Popen,
-                [sys.executable, "-m", __name__, str(theirs.fileno())],
-                close_fds=True,
-                pass_fds=(theirs.fileno(),),
-                env=env,
-            )
-        except OSError as exc:
-            log.warning("the parser process cannot start (%r); large bodies are parsed on the event loop", exc)
-            self._unavailable = True
-            ours.close()
-            return None
-        finally:
-            theirs.close()
-        self._child, self._socket = child, ours
-        return ours
+        child = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", __name__, str(theirs.fileno())],
+            close_fds=True,
+            pass_fds=(theirs.fileno(),),
+            env=env,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return child, ours
+
+
+def _cheap(raw: bytes) -> bool:
+    """Parsed on the loop when the child is busy or away: its byte counts show it under the exact caps, and it is
+    small enough (up to ~30 ms of the loop's CPU)."""
+    return len(raw) < BUSY_INLINE_BYTES and within_exact_caps(raw)
 
 
 async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytearray:

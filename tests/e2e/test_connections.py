@@ -323,6 +323,19 @@ def test_a_head_the_parser_refuses_gets_an_openai_shaped_400(patient_gateway: Ru
         _assert_refused(sock, 400, "invalid_http_request")
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    ["GET http://a:99999/ HTTP/1.1", "GET http://[::1/ HTTP/1.1", "GET http://a:b/ HTTP/1.1", "CONNECT x:443 HTTP/1.1"],
+    ids=["port-out-of-range", "unclosed-ipv6", "port-not-a-number", "connect"],
+)
+def test_a_target_the_url_parser_refuses_gets_an_openai_shaped_400(patient_gateway: Running, request_line: str) -> None:
+    """The HTTP parser takes these targets but uvicorn's parse_url, run once the head is complete, does not: the
+    connection was closed without a byte (the refusal was taken for a malformed body's)."""
+    with _connect(patient_gateway.url) as sock:
+        sock.sendall(f"{request_line}\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        _assert_refused(sock, 400, "invalid_http_request")
+
+
 def test_a_head_under_the_caps_is_served(patient_gateway: Running) -> None:
     with _connect(patient_gateway.url) as sock:
         sock.sendall(_head("/healthz?q=" + "a" * 4000, {f"x-h{i}": "a" * 1000 for i in range(30)}, method="GET"))

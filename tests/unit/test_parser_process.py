@@ -4,14 +4,19 @@ parsing them on the event loop: the same object (so the same token counts), the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
 
-from gateway_core.errors import BadRequest
+from gateway_core.clock import ManualClock
+from gateway_core.errors import BadRequest, ServiceUnavailable
 from gateway_core.policies.json_body import (
     MAX_COMMA_BYTES,
     MAX_CONTAINER_BYTES,
@@ -130,6 +135,45 @@ async def test_a_killed_child_is_replaced_and_no_body_is_lost(parser: ParserProc
     assert (await parser.parse(raw))["n"] == 1  # parsed on the loop if the child was found dead mid-exchange
     assert (await parser.parse(raw))["n"] == 1
     assert parser.pid not in (None, first)
+
+
+@pytest.mark.parametrize("failing", [(subprocess, "Popen"), (socket, "socketpair")], ids=["popen", "socketpair"])
+async def test_a_failed_start_is_tried_again_after_a_back_off_and_large_bodies_are_not_parsed_on_the_loop_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, failing: tuple[object, str]
+) -> None:
+    """One EMFILE at the child's start turned it off for the worker's life: from then on a million-key body cost
+    the loop ~0.5 s before its 400 (and an EMFILE from socketpair() reached the client as a 500)."""
+    starts: list[str] = []
+    module, name = failing
+    real = getattr(module, name)
+
+    def emfile_twice(*args: Any, **kwargs: Any) -> Any:
+        starts.append("tried")
+        if len(starts) <= 2:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))  # the kernel's answer when descriptors run out
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, emfile_twice)
+    clock = ManualClock()
+    parser = ParserProcess(clock=clock)
+    hostile = _bad_bodies()["too many members"]  # its byte counts need the child's exact count
+    cheap = orjson.dumps({"n": 1, "pad": PAD})
+    try:
+        for back_off_s in (1, 2):  # doubled after the second failure
+            with pytest.raises(ServiceUnavailable) as refused:
+                await parser.parse(hostile)
+            assert refused.value.headers == {"retry-after": str(back_off_s)}
+            with pytest.raises(ServiceUnavailable):  # not tried again within the back-off
+                await parser.parse(hostile)
+            assert (await parser.parse(cheap))["n"] == 1  # a cheap body is parsed on the loop meanwhile
+            assert len(starts) == back_off_s and parser.pid is None
+            clock.advance(back_off_s)
+        with pytest.raises(BadRequest) as answered:
+            await parser.parse(hostile)
+        assert answered.value.code == "too_many_members"
+        assert len(starts) == 3 and parser.pid not in (None, os.getpid())  # the child answered
+    finally:
+        await parser.close()
 
 
 async def test_close_stops_the_child() -> None:
