@@ -207,20 +207,26 @@ def test_forwarded_for_from_an_untrusted_peer_does_not_change_the_ip_counter(sim
     path = write_yaml(tmp_path / "gateway.yaml", config)
     body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 80})
     with run_aigw(["serve", "--config", str(path)], env=GATEWAY_ENV) as running:
-        statuses = []
-        for forwarded in ("198.51.100.1", "198.51.100.2"):
-            with _connect(running.url) as sock:
-                headers = {
-                    "api-key": CLIENT_KEY,
-                    "content-type": "application/json",
-                    "content-length": str(len(body)),
-                    "x-forwarded-for": forwarded,
-                    "x-aigw-sim-completion-tokens": "80",
-                }
-                sock.sendall(_head(CHAT, headers) + body)
-                statuses.append(_read_response(sock)[0])
+        statuses = _forwarded_statuses(lambda: _connect(running.url), body)
         # Both requests come from 127.0.0.1: one bucket of 100 tokens, the second (~90 more) is refused.
         assert statuses == [200, 429]
+
+
+def _forwarded_statuses(connect: Callable[[], socket.socket], body: bytes) -> list[int]:
+    """The statuses of two chats, each on its own connection, claiming two different clients in X-Forwarded-For."""
+    statuses = []
+    for forwarded in ("198.51.100.1", "198.51.100.2"):
+        with connect() as sock:
+            headers = {
+                "api-key": CLIENT_KEY,
+                "content-type": "application/json",
+                "content-length": str(len(body)),
+                "x-forwarded-for": forwarded,
+                "x-aigw-sim-completion-tokens": "80",
+            }
+            sock.sendall(_head(CHAT, headers) + body)
+            statuses.append(_read_response(sock)[0])
+    return statuses
 
 
 def test_a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_socket(sim_url: str, tmp_path: Path) -> None:
@@ -236,18 +242,8 @@ def test_a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_socket(sim_url: str,
     body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 80})
     with run_aigw(["serve", "--config", str(path), "--host", "::"], env=GATEWAY_ENV) as running:
         port = int(running.url.rsplit(":", 1)[1])
-        statuses = []
-        for forwarded in ("198.51.100.1", "198.51.100.2"):
-            with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:  # IPv4, to the v6 socket
-                headers = {
-                    "api-key": CLIENT_KEY,
-                    "content-type": "application/json",
-                    "content-length": str(len(body)),
-                    "x-forwarded-for": forwarded,
-                    "x-aigw-sim-completion-tokens": "80",
-                }
-                sock.sendall(_head(CHAT, headers) + body)
-                statuses.append(_read_response(sock)[0])
+        # IPv4, to the v6 socket
+        statuses = _forwarded_statuses(lambda: socket.create_connection(("127.0.0.1", port), timeout=WAIT_S), body)
         assert statuses == [200, 200]  # two clients behind the proxy: a bucket of 100 tokens each
 
 
