@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,12 +102,22 @@ def sdk_errors(target: TablesTarget, what: str) -> Iterator[None]:
 async def bounded(calls: Iterable[Awaitable[Any]]) -> list[Any]:
     """Every call's result, ``_PARALLEL`` at a time; the first failure is raised once all have ended."""
     gate = asyncio.Semaphore(_PARALLEL)
+    waiting = list(calls)
+    started: set[int] = set()
 
-    async def one(call: Awaitable[Any]) -> Any:
+    async def one(index: int, call: Awaitable[Any]) -> Any:
         async with gate:
+            started.add(index)
             return await call
 
-    results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    try:
+        results = await asyncio.gather(*(one(n, c) for n, c in enumerate(waiting)), return_exceptions=True)
+    finally:
+        # Cancelled (a writer closing, an outage's deadline): calls still queued at the gate never ran. Close
+        # them, or each is garbage-collected as a "coroutine was never awaited" warning.
+        for index, call in enumerate(waiting):
+            if index not in started and inspect.iscoroutine(call):
+                call.close()
     for result in results:
         if isinstance(result, BaseException):
             raise result
