@@ -55,8 +55,11 @@ class UpstreamClient:
     async def start(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
-            # auto_decompress: the client gets plain bytes whatever the backend compressed.
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+            # auto_decompress: the client gets plain bytes whatever the backend compressed. No cookie jar: a
+            # backend's Set-Cookie (ARRAffinity) would go upstream with every later request of every user.
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
 
     async def close(self) -> None:
         if self._session is not None:
