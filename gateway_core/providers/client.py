@@ -93,10 +93,11 @@ class UpstreamClient:
         """
         session = self._started()
         limit_s = min(backend.timeout_s, budget_s) if budget_s is not None else backend.timeout_s
+        # Not streamed: ``total`` bounds every read already, and a ``sock_read`` would reset a timer on each one.
         timeout = aiohttp.ClientTimeout(
             total=None if stream else limit_s,
             connect=min(backend.connect_timeout_s, limit_s),
-            sock_read=limit_s,
+            sock_read=limit_s if stream else None,
         )
         try:
             response = await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
