@@ -156,7 +156,8 @@ class _Body:
             wait_s = self._deadline.wait_s(loop.time())
             if wait_s <= 0:
                 raise TimeoutError
-            message = await asyncio.wait_for(self._receive(), wait_s)
+            async with asyncio.timeout(wait_s):  # not wait_for: that makes a task of each receive()
+                message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 return

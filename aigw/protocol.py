@@ -32,6 +32,10 @@ mark); else the connection is aborted. uvicorn then reports a disconnect: the re
 stream closes the upstream connection and writes the usage record.
 
 Connections over a cap (``ConnectionCaps``, aigw/connections.py) are aborted as they are accepted.
+
+An answer with a ``content-length`` goes out in one transport write: uvicorn writes the head on
+``http.response.start`` and the body on ``http.response.body``, two ``send()`` syscalls and two TCP segments per
+answer. Each request's cycle writes through ``_OneWrite``, which holds that head until the body joins it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ import uuid
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from .connections import ConnectionCaps
 
@@ -261,6 +266,10 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         )
         self.transport.abort()  # close() would wait for the unsent output; connection_lost tells the app
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        cycle.transport = _OneWrite(cycle)
+        super()._start_asgi_task(cycle, app)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._head_timer is None:  # armed since the connection opened: the first head has the rest of it
@@ -313,6 +322,45 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
             self._bound_unsent_output()  # a refusal (431, 414) its client does not read
+
+
+class _OneWrite(asyncio.Transport):
+    """The transport as one request's cycle sees it: the head of an answer with a ``content-length`` is held
+    and written with the body (uvicorn writes the body right after it, or closes the transport)."""
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        super().__init__()
+        self._cycle = cycle
+        self._transport = cycle.transport
+        self._head_seen = False  # the cycle's first write once its response started is the head
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+            return
+        cycle = self._cycle
+        if not self._head_seen and cycle.response_started:
+            self._head_seen = True
+            # content-length given and a body write to come (none for HEAD: uvicorn writes no body then)
+            if cycle.chunked_encoding is False and cycle.scope["method"] != "HEAD":
+                self._held = bytes(data)
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held is not None:  # the body never came (the app failed): the head goes, as it did
+            self._transport.write(self._held)
+            self._held = None
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
 
 
 def _error(status: int, code: str, message: str) -> bytes:

@@ -12,6 +12,7 @@ H="$HERE/harness"
 WORKERS=${WORKERS:-2}
 VARIANTS=${VARIANTS:-"direct plain sqlite cosmos cache all"}  # which runs; e.g. VARIANTS=sqlite bench/run.sh --quick
 # VARIANTS="direct plain all portkey" adds the Portkey gateway (npm, installed on first use) as a peer in the same run.
+# USAGE=off turns usage recording off in every aigw variant (on by default, as in the product).
 want() { [[ " $VARIANTS " == *" $1 "* ]]; }
 # The server comparison: VARIANTS="plain granian uvicorn" REPEAT_C32=5 bench/run.sh --quick runs the plain
 # pipeline on `aigw serve` (uvicorn, a socket per worker), granian and stock uvicorn (one shared socket) back to
@@ -101,6 +102,8 @@ stores:
   counters: "$1"
 YAML
   fi
+  # USAGE=off: no usage records (the foundation path's own cost, without the usage writer's)
+  if [ "${USAGE:-on}" = off ]; then echo "usage: {enabled: false}"; fi
 }
 start_gateway() {
   gateway_config "${1:-}" > "$WORK/gateway.yaml"

@@ -55,8 +55,11 @@ class UpstreamClient:
     async def start(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
-            # auto_decompress: the client gets plain bytes whatever the backend compressed.
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+            # auto_decompress: the client gets plain bytes whatever the backend compressed. No cookie jar: a
+            # backend's Set-Cookie (ARRAffinity) would go upstream with every later request of every user.
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -90,10 +93,11 @@ class UpstreamClient:
         """
         session = self._started()
         limit_s = min(backend.timeout_s, budget_s) if budget_s is not None else backend.timeout_s
+        # Not streamed: ``total`` bounds every read already, and a ``sock_read`` would reset a timer on each one.
         timeout = aiohttp.ClientTimeout(
             total=None if stream else limit_s,
             connect=min(backend.connect_timeout_s, limit_s),
-            sock_read=limit_s,
+            sock_read=limit_s if stream else None,
         )
         try:
             response = await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)

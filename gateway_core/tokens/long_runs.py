@@ -35,6 +35,6 @@ def segmented_tokens(text: str, encoding: tiktoken.Encoding) -> int:
         # Only the window's second half is searched, so every segment is at least half full.
         found = _LAST_PIECE_END.match(text, start + SEGMENT_CHARS // 2, limit)
         end = found.end() if found is not None else limit
-        total += len(encoding.encode(text[start:end], disallowed_special=()))
+        total += len(encoding.encode_ordinary(text[start:end]))
         start = end
-    return total + len(encoding.encode(text[start:], disallowed_special=()))
+    return total + len(encoding.encode_ordinary(text[start:]))

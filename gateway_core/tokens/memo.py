@@ -42,12 +42,13 @@ class TokenCountMemo:
     def count(self, encoding: tiktoken.Encoding, text: str) -> int:
         """The number of tokens ``encoding`` makes of ``text`` (special-token text counted as ordinary text)."""
         if len(text) > self.max_text_chars:
-            return len(encoding.encode(text, disallowed_special=()))
+            return len(encoding.encode_ordinary(text))
         key = (encoding.name, text)
         found = self._counts.get(key)
         if found is not None:
             return found
-        counted = len(encoding.encode(text, disallowed_special=()))  # not under the lock: it may take a while
+        # encode_ordinary: encode(text, disallowed_special=()) without its scan for special-token text (~10-20%)
+        counted = len(encoding.encode_ordinary(text))  # not under the lock: it may take a while
         with self._lock:
             if key not in self._counts:
                 self._counts[key] = counted

@@ -36,6 +36,11 @@ class RecordingEncoding:
         self.lengths.append(len(text))
         return self._real.encode(text, **kwargs)
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.threads.add(threading.get_ident())
+        self.lengths.append(len(text))
+        return self._real.encode_ordinary(text)
+
     def encode_to_numpy(self, text: str, **kwargs: Any) -> Any:
         self.threads.add(threading.get_ident())
         self.lengths.append(len(text))
