@@ -2,7 +2,7 @@
 # bench/profile.sh -> py-spy profile of one worker of `aigw serve --workers 2` with every policy on (the `all`
 # variant of run.sh: TPM rule + daily quota + exact cache on SQLite, unique bodies) under wrk at c32; prints
 # the event-loop thread's time by what it is for (profile_split.py). Raw profile: bench/results/profile-*.raw.
-# VARIANT=plain profiles the foundation pipeline instead (no limits, no cache).
+# VARIANT=plain profiles the foundation pipeline instead (no limits, no cache). USAGE=off: usage recording off.
 # DURATION (s, default 35) of load; py-spy samples PROFILE_S (default 20) of it, from the 5th second.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
