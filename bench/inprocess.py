@@ -3,6 +3,7 @@ in front of one upstream, and a chat completion sent straight to ``Gateway.handl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ ENV = {"BACKEND_KEY": "backend", "CLIENT_KEY": "client"}
 
 def gateway_config(upstream_port: int, stores: dict[str, str], every_policy: bool) -> GatewayConfig:
     """One backend at ``upstream_port``, one client key (``CLIENT_KEY``); with ``every_policy``, run.sh's `all`:
-    a TPM rule and a daily quota too high to refuse anything, and the exact cache."""
+    a TPM rule and a daily quota too high to refuse anything, and the exact cache. USAGE=off in the environment
+    turns usage recording off (in both)."""
     raw: dict[str, Any] = {
         "backends": [
             {
@@ -32,6 +34,8 @@ def gateway_config(upstream_port: int, stores: dict[str, str], every_policy: boo
         "keys": [{"name": "bench", "key_env": "CLIENT_KEY", "user": "bench", "tenant": "bench"}],
         "stores": stores,
     }
+    if os.environ.get("USAGE") == "off":  # usage recording is on by default; USAGE=off measures without it
+        raw["usage"] = {"enabled": False}
     if every_policy:
         raw["limits"] = {
             "rules": [

@@ -5,18 +5,21 @@ shared machine disturb far less than req/s.
 limits, no cache) and `all` (TPM rule + daily quota + exact cache on SQLite, as run.sh's `all`), in front of
 an upstream in another process (aiohttp, the harness's fixed answer), and sends each N requests with unique
 bodies, C at a time (defaults 2,000, 1, 5), alternating; prints the median over REPEATS of this process's CPU
-(all its threads: the event loop and the stores') and wall time per request. Compare code with
+(all its threads: the event loop and the stores') and wall time per request, and that CPU split by thread
+(the event loop, each store's). USAGE=off turns usage recording off in both. Compare code with
 PYTHONPATH=<export of it>.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,12 +50,27 @@ def config(port: int, directory: Path | None) -> GatewayConfig:
     return gateway_config(port, stores | {"cache": f"sqlite:///{directory}/cache.db"}, every_policy=True)
 
 
-async def measure(gateway: Gateway, n: int, concurrency: int, tag: str) -> tuple[float, float]:
-    cpu, wall = time.process_time(), time.perf_counter()
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by the thread's Python name (the loop: MainThread)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = names.get(int(task.name), "other")
+            cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+async def measure(gateway: Gateway, n: int, concurrency: int, tag: str) -> tuple[float, float, dict[str, float]]:
+    cpu, wall, threads = time.process_time(), time.perf_counter(), thread_cpu()
     for start in range(0, n, concurrency):
         await asyncio.gather(*(send_chat(gateway, f"{tag}-{i}") for i in range(start, min(n, start + concurrency))))
     await gateway.tasks.drain()  # the background settlements and cache puts are part of the cost
-    return (time.process_time() - cpu) / n * 1000, (time.perf_counter() - wall) / n * 1000
+    after = thread_cpu()
+    per_thread = {name: (after[name] - threads.get(name, 0.0)) / n * 1000 for name in after}
+    return (time.process_time() - cpu) / n * 1000, (time.perf_counter() - wall) / n * 1000, per_thread
 
 
 async def main(n: int, concurrency: int, repeats: int, port: int, directory: Path) -> None:
@@ -60,14 +78,17 @@ async def main(n: int, concurrency: int, repeats: int, port: int, directory: Pat
     for gateway in gateways.values():
         await gateway.start()
         await measure(gateway, 200, concurrency, "warm")
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in gateways}
+    results: dict[str, list[tuple[float, float, dict[str, float]]]] = {name: [] for name in gateways}
     for r in range(repeats):
         for name, gateway in gateways.items():
             results[name].append(await measure(gateway, n, concurrency, f"{r}"))
     for name, runs in results.items():
-        cpu = statistics.median(c for c, _ in runs)
-        wall = statistics.median(w for _, w in runs)
+        cpu = statistics.median(c for c, _, _ in runs)
+        wall = statistics.median(w for _, w, _ in runs)
         print(f"{name:5} c{concurrency}: CPU {cpu:.3f} ms/request, wall {wall:.3f} ms/request (median of {repeats})")
+        threads = sorted({t for _, _, per in runs for t in per})
+        split = {t: statistics.median(per.get(t, 0.0) for _, _, per in runs) for t in threads}
+        print("      by thread (ms/request):", ", ".join(f"{t} {v:.3f}" for t, v in split.items() if v >= 0.005))
     for gateway in gateways.values():
         await gateway.close()
 

@@ -2,7 +2,7 @@
 # bench/profile.sh -> py-spy profile of one worker of `aigw serve --workers 2` with every policy on (the `all`
 # variant of run.sh: TPM rule + daily quota + exact cache on SQLite, unique bodies) under wrk at c32; prints
 # the event-loop thread's time by what it is for (profile_split.py). Raw profile: bench/results/profile-*.raw.
-# VARIANT=plain profiles the foundation pipeline instead (no limits, no cache). USAGE=off: no usage records.
+# VARIANT=plain profiles the foundation pipeline instead (no limits, no cache). USAGE=off: usage recording off.
 # DURATION (s, default 35) of load; py-spy samples PROFILE_S (default 20) of it, from the 5th second.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,7 +13,6 @@ H="$HERE/harness"
 . "$HERE/serving.sh"
 serve_setup profile
 gateway_yaml "${VARIANT:-all}" "cache: {enabled: true}" > "$WORK/gateway.yaml"
-if [ "${USAGE:-on}" = off ]; then echo "usage: {enabled: false}" >> "$WORK/gateway.yaml"; fi
 start_gateway 2
 PROCESSES="$(python3 "$HERE/memory.py" profile "$GW_PID")"
 WORKER=$(sed -n 's/.* pid=\([0-9]*\) role=worker .*/\1/p' <<< "$PROCESSES" | sed -n 1p)

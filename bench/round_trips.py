@@ -91,7 +91,11 @@ async def main(n: int, concurrency: int, directory: Path, cosmos: str | None) ->
     port = runner.addresses[0][1]
     stores = {"health": f"sqlite:///{directory / 'health.db'}"}
     for port_name in ("counters", "cache"):
-        url = f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY" if cosmos else f"sqlite:///{directory / port_name}.db"
+        url = (
+            f"cosmos://{cosmos}/bench?key_env=COSMOS_KEY&create_if_missing=true"
+            if cosmos
+            else f"sqlite:///{directory / port_name}.db"
+        )
         stores[port_name] = url
     config = gateway_config(port, stores, every_policy=True)
     gateway = Gateway(config, env={**ENV, "COSMOS_KEY": COSMOS_KEY})

@@ -21,6 +21,7 @@ serve_cleanup() {
 
 # gateway_yaml VARIANT CACHE_LINE: one backend on the upstream and the bench key; VARIANT `all` adds run.sh's
 # TPM rule and daily quota (too high to refuse anything) and CACHE_LINE; counters and cache on SQLite in $WORK.
+# USAGE=off turns usage recording off (it is on by default).
 gateway_yaml() {
   cat <<YAML
 backends:
@@ -39,6 +40,7 @@ limits:
 $2
 YAML
   fi
+  if [ "${USAGE:-on}" = off ]; then echo "usage: {enabled: false}"; fi
   cat <<YAML
 stores:
   counters: "sqlite:///$WORK/counters.db"

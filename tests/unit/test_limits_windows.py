@@ -32,6 +32,21 @@ def test_quota_periods_are_utc_calendar_periods(period: str, now: str, start: st
     assert quota_period(ts(now), period) == (int(ts(start)), int(ts(end)))
 
 
+def test_quota_periods_stay_exact_across_boundaries_and_back() -> None:
+    # The last period of each kind is remembered; a time outside it (later, or earlier: a clock set back) is
+    # computed afresh, to the second at each edge.
+    day = ts("2026-11-25T00:00:00"), ts("2026-11-26T00:00:00")
+    for now, expected in [
+        (ts("2026-11-25T12:00:00"), day),
+        (ts("2026-11-25T23:59:59.999"), day),
+        (ts("2026-11-26T00:00:00"), (day[1], day[1] + 86400)),
+        (ts("2026-11-25T00:00:00"), day),
+        (ts("2026-11-24T23:59:59.5"), (day[0] - 86400, day[0])),
+    ]:
+        assert quota_period(now, "daily") == expected
+        assert quota_period(now, "hourly") == (int(now // 3600 * 3600), int(now // 3600 * 3600) + 3600)
+
+
 def test_retry_after_within_the_window_from_previous_decay() -> None:
     # 600 from the previous minute, 30 s in: weight 0.5 → 300 + current 600 = 900 of 1000; need 200 → 100 over.
     wait = tpm_retry_after_s(previous=600, current=600, elapsed_s=30, need=200, limit=1000)

@@ -4,6 +4,7 @@ with every policy on (counted, not timed)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway_core.storage import sqlite
+from gateway_core.storage import sqlite, sqlite_cache
 from gateway_core.storage.ports import CacheEntry
 from gateway_core.storage.sqlite import SqliteCounters
 from gateway_core.storage.sqlite_cache import SqliteCache
@@ -50,6 +51,7 @@ ENTRY = CacheEntry("key", "bucket", b'{"id": "x"}', NOW, NOW + 60, 5, 7)
 
 
 async def test_a_put_rides_on_the_next_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_cache, "_PUT_RIDE_AFTER_S", 0.0)  # due at once (see the test below)
     cache = SqliteCache(tmp_path / "cache.db")
     await cache.start()
     trips = 0
@@ -70,6 +72,41 @@ async def test_a_put_rides_on_the_next_lookup(tmp_path: Path, monkeypatch: pytes
         assert await cache.get("bucket", "key", NOW + 1) == ENTRY  # written before any later job
     finally:
         await cache.close()
+
+
+async def test_puts_of_requests_one_at_a_time_share_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One request at a time, each lookup carried the one put before it: a write transaction per request. A put
+    # now rides only once the oldest queued has waited _PUT_RIDE_AFTER_S (long here: none is due meanwhile).
+    monkeypatch.setattr(sqlite_cache, "_PUT_RIDE_AFTER_S", 60.0, raising=False)
+    monkeypatch.setattr(sqlite_cache, "_PUT_DEFER_S", 60.0)
+    cache = SqliteCache(tmp_path / "cache.db")
+    await cache.start()
+    writes: list[int] = []
+    real = SqliteCache._write
+
+    def write(self: SqliteCache, conn: Any, *, entries: list[CacheEntry]) -> None:
+        writes.append(len(entries))
+        real(self, conn, entries=entries)
+
+    monkeypatch.setattr(SqliteCache, "_write", write)
+    entries = [dataclasses.replace(ENTRY, key=f"key-{i}") for i in range(3)]
+    puts = []
+    try:
+        for entry in entries:
+            puts.append(asyncio.ensure_future(cache.put(entry)))
+            await asyncio.sleep(0)  # queued
+            assert await cache.get("bucket", f"other-{entry.key}", NOW + 1) is None  # the next request's lookup
+            assert await cache.get("bucket", entry.key, NOW + 1) == entry  # answered from the queue
+    finally:
+        await cache.close()  # writes what is queued
+    await asyncio.gather(*puts)
+    assert writes == [3]  # was [1, 1, 1]
+    again = SqliteCache(tmp_path / "cache.db")
+    try:
+        for entry in entries:
+            assert await again.get("bucket", entry.key, NOW + 1) == entry
+    finally:
+        await again.close()
 
 
 async def test_a_put_waiting_for_a_lookup_is_written_at_close(tmp_path: Path) -> None:
