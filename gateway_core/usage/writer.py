@@ -45,7 +45,7 @@ class UsageWriter:
     def __init__(self, store: UsageStore, queue: UsageQueue, settings: UsageSettings) -> None:
         self._store = store
         self._queue = queue
-        # Summarised as written, in one transaction: the store's thread does a fifth of the queue path's work.
+        # Summarised as written, in one transaction: half the CPU per record of the queue path (bench/README.md).
         self._summarising = store if isinstance(store, SummarisingUsageStore) else None
         self._settings = settings
         self.spill = SpillFile(Path(settings.spill_dir), settings.spill_max_bytes)
