@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..usage.record import QueueMessage, RecordQuery, SummaryKey, SummaryQuery, SummaryTotals, UsageBatch, UsageRecord
 
@@ -193,6 +193,18 @@ class UsageStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SummarisingUsageStore(UsageStore, Protocol):
+    """A usage store that holds the records and the summaries in one database (SQLite): it can store a batch and
+    absorb it in one transaction, with no queue message and no read-back."""
+
+    async def write_summarised(self, batch: UsageBatch) -> None:
+        """``write_batch``, ``absorb`` of each day of ``batch`` and ``finish_batch``, in one transaction: all of
+        it or none. Idempotent like ``write_batch``; a day already absorbed (a retry, or a batch the queue path
+        absorbed in part before a crash) is not added again."""
+        ...
 
 
 class UsageQueue(Protocol):

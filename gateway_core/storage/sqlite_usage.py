@@ -19,6 +19,7 @@ from ..usage.record import (
     UsageBatch,
     UsageRecord,
     record_from_dict,
+    summarise,
 )
 from .sqlite import _SqliteThread
 
@@ -93,32 +94,27 @@ class SqliteUsage:
         await self._db.run(lambda conn: None)
 
     async def write_batch(self, batch: UsageBatch) -> None:
-        rows = [
-            (
-                r.day,
-                r.tenant,
-                r.record_id,
-                r.time_s,
-                r.request_id,
-                r.user,
-                batch.batch_id,
-                orjson.dumps(r),  # a dataclass: the bytes of orjson.dumps(record_to_dict(r)), half the work
-            )
-            for r in batch.records
-        ]
-        written_s = time.time()
+        rows, written_s = _record_rows(batch), time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            _transaction(conn, lambda: _insert_batch(conn, batch.batch_id, rows, written_s, finished=False))
+
+        await self._db.run(write)
+
+    async def write_summarised(self, batch: UsageBatch) -> None:
+        """The records, the summary rows of each of their days and the finished batch in one transaction: the
+        queue path's five trips (write, receive, read back, absorb, finish) in one, exactly once all the same
+        (the absorbed markers are written with the rows, as ``absorb`` writes them)."""
+        rows, written_s = _record_rows(batch), time.time()
+        by_day: dict[str, list[tuple[object, ...]]] = {}
+        for key, totals in summarise(batch.records).items():
+            by_day.setdefault(key.day, []).append(_summary_row(key, totals))
 
         def write(conn: sqlite3.Connection) -> None:
             def body() -> None:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO usage_records (day, tenant, record_id, time_s, request_id, user, batch_id, "
-                    "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                conn.execute(
-                    "INSERT OR IGNORE INTO usage_batches (batch_id, written_s) VALUES (?, ?)",
-                    (batch.batch_id, written_s),
-                )
+                _insert_batch(conn, batch.batch_id, rows, written_s, finished=True)
+                for day, values in by_day.items():
+                    _absorb(conn, batch.batch_id, day, values)
 
             _transaction(conn, body)
 
@@ -134,24 +130,8 @@ class SqliteUsage:
         return await self._db.run(read)
 
     async def absorb(self, batch_id: str, day: str, rows: dict[SummaryKey, SummaryTotals]) -> bool:
-        values = [
-            (k.day, k.tenant, k.user, k.deployment, k.model, *(getattr(t, name) for name in _TOTALS))
-            for k, t in rows.items()
-        ]
-
-        def absorb(conn: sqlite3.Connection) -> bool:
-            def body() -> bool:
-                marked = conn.execute(
-                    "INSERT OR IGNORE INTO usage_absorbed (batch_id, day) VALUES (?, ?)", (batch_id, day)
-                ).rowcount
-                if not marked:
-                    return False  # absorbed before: the marker and the rows were committed together
-                conn.executemany(_UPSERT_SUMMARY, values)
-                return True
-
-            return _transaction(conn, body)
-
-        return await self._db.run(absorb)
+        values = [_summary_row(k, t) for k, t in rows.items()]
+        return await self._db.run(lambda conn: _transaction(conn, lambda: _absorb(conn, batch_id, day, values)))
 
     async def finish_batch(self, batch_id: str) -> None:
         await self._db.run(
@@ -197,6 +177,50 @@ class SqliteUsage:
 
     async def close(self) -> None:
         await self._db.close()
+
+
+def _record_rows(batch: UsageBatch) -> list[tuple[object, ...]]:
+    return [
+        (
+            r.day,
+            r.tenant,
+            r.record_id,
+            r.time_s,
+            r.request_id,
+            r.user,
+            batch.batch_id,
+            orjson.dumps(r),  # a dataclass: the bytes of orjson.dumps(record_to_dict(r)), half the work
+        )
+        for r in batch.records
+    ]
+
+
+def _insert_batch(
+    conn: sqlite3.Connection, batch_id: str, rows: list[tuple[object, ...]], written_s: float, *, finished: bool
+) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO usage_records (day, tenant, record_id, time_s, request_id, user, batch_id, data) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    # A batch written again finished (its summaries absorbed with it) is finished, whatever it was before.
+    conn.execute(
+        "INSERT INTO usage_batches (batch_id, written_s, finished) VALUES (?, ?, ?) "
+        "ON CONFLICT (batch_id) DO UPDATE SET finished = max(finished, excluded.finished)",
+        (batch_id, written_s, int(finished)),
+    )
+
+
+def _summary_row(key: SummaryKey, totals: SummaryTotals) -> tuple[object, ...]:
+    return (key.day, key.tenant, key.user, key.deployment, key.model, *(getattr(totals, n) for n in _TOTALS))
+
+
+def _absorb(conn: sqlite3.Connection, batch_id: str, day: str, values: list[tuple[object, ...]]) -> bool:
+    """Inside a transaction: add ``values`` to the summaries unless ``batch_id`` was absorbed into ``day``."""
+    if not conn.execute("INSERT OR IGNORE INTO usage_absorbed (batch_id, day) VALUES (?, ?)", (batch_id, day)).rowcount:
+        return False  # absorbed before: the marker and the rows were committed together
+    conn.executemany(_UPSERT_SUMMARY, values)
+    return True
 
 
 def _usage_filters(from_day: str, to_day: str, tenant: str | None, user: str | None) -> tuple[str, list[object]]:

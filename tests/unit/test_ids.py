@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 from gateway_core.ids import new_id
 
@@ -78,7 +79,16 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
 
 def test_consecutive_ids_share_nothing_a_client_could_count_with() -> None:
     # With a per-process prefix and a counter, two request ids a client got told it how many requests the
-    # worker served in between. Random ids share no prefix and no order.
+    # worker served in between. Beyond the millisecond they were made in, ids share no prefix and no order.
     made = [new_id() for _ in range(1000)]
-    assert len({m[:12] for m in made}) == len(made)  # 48 bits: a chance collision ~1e-9
-    assert made != sorted(made)
+    assert len({m[12:24] for m in made}) == len(made)  # 48 random bits: a chance collision ~1e-9
+    assert [m[12:] for m in made] != sorted(m[12:] for m in made)
+
+
+def test_ids_grow_with_the_millisecond_they_were_made_in() -> None:
+    # The usage store keys records by these ids: growing ids append to its b-trees (see gateway_core/ids.py).
+    first = new_id()
+    time.sleep(0.002)  # a later millisecond, not synchronisation
+    second = new_id()
+    assert first[:12] < second[:12] and first < second
+    assert abs(int(second[:12], 16) - time.time_ns() // 1_000_000) < 60_000
