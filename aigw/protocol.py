@@ -15,7 +15,8 @@ in the ASGI adapter, and a 64 KiB head holds 13,000 empty ones.
 
 These refusals, and uvicorn's own 400 for a head it cannot parse (Content-Length with Transfer-Encoding, a repeated
 or out-of-range Content-Length), answer like the gateway's other errors: an OpenAI-shaped JSON body, a fresh
-``x-request-id`` (the head's own is not trusted) and ``x-aigw-attempts: 0``.
+``x-request-id`` (from ``gateway_core.ids.new_id``, like every other; the head's own is not trusted) and
+``x-aigw-attempts: 0``.
 
 A chunked body's trailer section (after the ``0`` chunk) is parsed like a head, by the same concatenation, but
 after ``on_headers_complete``: bytes that arrive after the head without moving the body on (no body bytes) are
@@ -43,12 +44,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from typing import Any
 
 import uvicorn
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from gateway_core.ids import new_id
 
 from .connections import ConnectionCaps
 
@@ -371,7 +373,7 @@ def _error(status: int, code: str, message: str) -> bytes:
         STATUS_LINE[status],
         b"content-type: application/json\r\n",
         b"content-length: " + str(len(body)).encode() + b"\r\n",
-        b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
+        b"x-request-id: " + new_id().encode() + b"\r\n",
         b"x-aigw-attempts: 0\r\n",  # no backend was tried, as for the gateway's other refusals
         b"connection: close\r\n\r\n",
     ]

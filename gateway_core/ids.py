@@ -1,4 +1,5 @@
-"""Unique ids (request ids, usage record and batch ids): 32 lowercase hex characters, as ``uuid4().hex``.
+"""Unique ids (request ids, usage record and batch ids): 32 lowercase hex characters, the shape of
+``uuid4().hex``.
 
 Laid out as UUIDv7 is: the time in milliseconds (12 hex digits), then 80 bits from the OS's random source. The
 usage store keys and indexes records by these ids: ids that grow with time land at the end of its b-trees

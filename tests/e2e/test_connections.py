@@ -264,6 +264,8 @@ def _assert_refused(sock: socket.socket, status: int, code: str) -> None:
     assert headers["content-type"] == "application/json"
     assert headers["x-aigw-attempts"] == "0"
     assert len(headers["x-request-id"]) == 32
+    # Made by new_id like every other request id: the first 12 hex digits are the millisecond (not uuid4's random).
+    assert abs(int(headers["x-request-id"][:12], 16) - time.time() * 1000) < 600_000
     error = orjson.loads(body)["error"]
     assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
     assert _closed_by_server(sock)
