@@ -1,4 +1,5 @@
-"""The usage record (one per request) and the summary rows the queue consumer builds from them.
+"""The usage record (one per request) and the summary rows built from them (by the queue consumer; on SQLite, by
+the writer in the transaction that stores each batch).
 
 Money is integer micro-dollars (1 USD = 1,000,000), never float: sums stay exact. ``None`` means "unknown"
 (a model without a price), which is never the same as 0.

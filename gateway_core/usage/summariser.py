@@ -5,6 +5,10 @@ the Functions app (the queue trigger calls ``process`` with one message's batch 
 ``sweep``). ``absorb`` is atomic per (batch, day) in the store, so a message delivered twice, out of order or
 concurrently with another never double-counts, and the sweep re-processing a batch a message also names is
 harmless.
+
+On SQLite none of this is on the path: the writer stores each batch with its summary rows in one transaction
+(``write_summarised``) and sends no message, so the consumer loop receives nothing and the sweep only finds
+batches an older version left pending.
 """
 
 from __future__ import annotations
