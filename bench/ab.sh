@@ -5,6 +5,8 @@
 #                                with this checkout's venv), then this checkout's code, on the same config
 # VARIANTS (default "plain"; "plain all" for both) as in run.sh; ROUNDS (default 2); per side: wrk c1 for 5 s, then
 # c32 for 10 s, against a fresh `aigw serve --workers 2` and fresh SQLite files. Prints one line per side and load.
+# USAGE=off (as in serving.sh) turns usage recording off on both sides of `code`; `usage` ignores it (its sides
+# decide: an inherited USAGE=off wrote a second `usage:` key into the off side's config).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -15,6 +17,7 @@ case "$MODE" in
   code) [ -n "${BASE:-}" ] || { echo "BASE=<git revision> is needed for 'code'" >&2; exit 2; }; SIDES="base head" ;;
   *) echo "usage: bench/ab.sh usage | BASE=<rev> bench/ab.sh code" >&2; exit 2 ;;
 esac
+if [ "$MODE" = usage ]; then unset USAGE; fi
 # shellcheck source=serving.sh
 . "$HERE/serving.sh"
 serve_setup ab

@@ -1,10 +1,10 @@
 """The gateway's CPU per request with every policy on against none, in-process: a measure the neighbours on a
 shared machine disturb far less than req/s.
 
-.venv/bin/python bench/policy_cpu.py [N] [C] [REPEATS]: one process builds two Gateways on uvloop, `plain` (no
+.venv/bin/python bench/policy_cpu.py [N] [C] [ROUNDS]: one process builds two Gateways on uvloop, `plain` (no
 limits, no cache) and `all` (TPM rule + daily quota + exact cache on SQLite, as run.sh's `all`), in front of
 an upstream in another process (aiohttp, the harness's fixed answer), and sends each N requests with unique
-bodies, C at a time (defaults 2,000, 1, 5), alternating; prints the median over REPEATS of this process's CPU
+bodies, C at a time (defaults 2,000, 1, 5), alternating; prints the median over ROUNDS of this process's CPU
 (all its threads: the event loop and the stores') and wall time per request, and that CPU split by thread
 (the event loop, each store's). USAGE=off turns usage recording off in both. Compare code with
 PYTHONPATH=<export of it>.

@@ -1,5 +1,6 @@
-# bench/serving.sh (sourced, not run) by profile.sh and soak.sh (after HERE, ROOT and H are set): the static nginx
-# upstream of run.sh and one `aigw serve` in front of it, on 127.0.0.1, removed on exit; wrk's chat.lua settings.
+# bench/serving.sh (sourced, not run) by profile.sh, soak.sh and ab.sh (after HERE, ROOT and H are set): the
+# static nginx upstream of run.sh and one `aigw serve` in front of it, on 127.0.0.1, removed on exit; wrk's
+# chat.lua settings.
 
 # serve_setup NAME: a work directory /tmp/aigw-NAME.*, the upstream started, cleanup on exit.
 serve_setup() {
