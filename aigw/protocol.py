@@ -34,7 +34,7 @@ stream closes the upstream connection and writes the usage record.
 
 Connections over a cap (``ConnectionCaps``, aigw/connections.py) are aborted as they are accepted.
 
-An answer with a ``content-length`` goes out in one transport write: uvicorn writes the head on
+An answer with a ``content-length`` (up to 64 KiB) goes out in one transport write: uvicorn writes the head on
 ``http.response.start`` and the body on ``http.response.body``, two ``send()`` syscalls and two TCP segments per
 answer. Each request's cycle writes through ``_OneWrite``, which holds that head until the body joins it.
 """
@@ -326,6 +326,11 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             self._bound_unsent_output()  # a refusal (431, 414) its client does not read
 
 
+# Bodies up to this size are joined with their head; a larger one follows the head in its own write: the join
+# copies the body, and one more syscall is nothing beside the copy of a large answer.
+_JOIN_MAX_BODY = 64 * 1024
+
+
 class _OneWrite(asyncio.Transport):
     """The transport as one request's cycle sees it: the head of an answer with a ``content-length`` is held
     and written with the body (uvicorn writes the body right after it, or closes the transport)."""
@@ -341,7 +346,11 @@ class _OneWrite(asyncio.Transport):
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held + data)
+            if len(data) <= _JOIN_MAX_BODY:
+                self._transport.write(held + data)
+            else:  # joining would copy a large answer once more on the loop (~75 ms per 60 MiB here)
+                self._transport.write(held)
+                self._transport.write(data)
             return
         cycle = self._cycle
         if not self._head_seen and cycle.response_started:

@@ -20,6 +20,7 @@ from aigw.serve import _uvicorn_config, bind
 from gateway_core.context import GatewayResponse
 
 BODY = b'{"object": "chat.completion", "choices": []}'
+BIG_BODY = b'{"data": "' + b"x" * (1024 * 1024) + b'"}'
 
 
 class _Counted:
@@ -50,7 +51,8 @@ class App:
             await self.release.wait()
             await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": False})
             return
-        await _send_response(GatewayResponse(200, [("content-type", "application/json")], BODY), send, close=False)
+        body = BIG_BODY if scope["path"] == "/big" else BODY
+        await _send_response(GatewayResponse(200, [("content-type", "application/json")], body), send, close=False)
 
 
 @pytest.fixture
@@ -111,5 +113,18 @@ async def test_a_heads_answer_and_a_streams_head_go_out_at_once(server: tuple[in
         assert b"transfer-encoding: chunked" in head
         app.release.set()
         assert await reader.readuntil(b"0\r\n\r\n") == b"9\r\ndata: x\n\n\r\n0\r\n\r\n"
+    finally:
+        writer.close()
+
+
+async def test_a_large_answer_is_not_copied_to_join_its_head(server: tuple[int, App]) -> None:
+    # Joining copies the body on the event loop: past 64 KiB the head goes first and the body is written as it is.
+    port, app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /big HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}")
+        head, body = await read_answer(reader)
+        assert body == BIG_BODY
+        assert app.writes == [head, BIG_BODY]
     finally:
         writer.close()
