@@ -10,6 +10,7 @@ connection) are the ``AfterSend`` kind: the backend may have generated, and bill
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -119,7 +120,11 @@ class UpstreamClient:
                 return GatewayResponse(response.status, out_headers, stream=_relay(backend, response, first))
             # One JSON body: the backend ignored "stream". Passed on as it is, so that its usage is read.
         try:
-            data = first + await response.read()
+            if stream:  # a stream's call has no total timeout (only per read): bound reading this whole answer
+                async with asyncio.timeout(limit_s):
+                    data = first + await response.read()
+            else:
+                data = first + await response.read()
         except TimeoutError:
             raise _slow(f"Backend '{backend.name}' did not finish its answer within {limit_s:g} s.") from None
         except aiohttp.ClientError as exc:
