@@ -19,7 +19,7 @@ from ..usage.record import (
     UsageBatch,
     UsageRecord,
     record_from_dict,
-    summarise,
+    summarise_by_day,
 )
 from .sqlite import _SqliteThread
 
@@ -106,9 +106,9 @@ class SqliteUsage:
         queue path's five trips (write, receive, read back, absorb, finish) in one, exactly once all the same
         (the absorbed markers are written with the rows, as ``absorb`` writes them)."""
         rows, written_s = _record_rows(batch), time.time()
-        by_day: dict[str, list[tuple[object, ...]]] = {}
-        for key, totals in summarise(batch.records).items():
-            by_day.setdefault(key.day, []).append(_summary_row(key, totals))
+        by_day = {
+            day: [_summary_row(k, t) for k, t in rows.items()] for day, rows in summarise_by_day(batch.records).items()
+        }
 
         def write(conn: sqlite3.Connection) -> None:
             def body() -> None:

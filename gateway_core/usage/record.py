@@ -162,6 +162,16 @@ def summarise(records: tuple[UsageRecord, ...] | list[UsageRecord]) -> dict[Summ
     return rows
 
 
+def summarise_by_day(
+    records: tuple[UsageRecord, ...] | list[UsageRecord],
+) -> dict[str, dict[SummaryKey, SummaryTotals]]:
+    """``summarise`` grouped by UTC day: each day of a batch is absorbed (and marked absorbed) on its own."""
+    by_day: dict[str, dict[SummaryKey, SummaryTotals]] = {}
+    for key, totals in summarise(records).items():
+        by_day.setdefault(key.day, {})[key] = totals
+    return by_day
+
+
 @dataclass(slots=True, frozen=True)
 class RecordQuery:
     """Which records to list: all filters optional; ``from_day``/``to_day`` inclusive UTC days."""

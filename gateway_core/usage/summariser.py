@@ -20,7 +20,7 @@ import time
 
 from ..config import UsageSettings
 from ..storage.ports import StorageError, UsageQueue, UsageStore
-from .record import QueueMessage, SummaryKey, SummaryTotals, summarise
+from .record import QueueMessage, summarise_by_day
 
 log = logging.getLogger("aigw")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -54,10 +54,7 @@ class Summariser:
         records = await self._store.batch_records(batch_id)
         if records is None:
             raise BatchNotFound(f"usage batch {batch_id!r} was not found in the usage store")
-        by_day: dict[str, dict[SummaryKey, SummaryTotals]] = {}
-        for key, totals in summarise(records).items():
-            by_day.setdefault(key.day, {})[key] = totals
-        for day, rows in sorted(by_day.items()):
+        for day, rows in sorted(summarise_by_day(records).items()):
             await self._store.absorb(batch_id, day, rows)
         await self._store.finish_batch(batch_id)
         self.processed += 1
