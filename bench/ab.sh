@@ -28,7 +28,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   for variant in ${VARIANTS:-plain}; do
     for side in $SIDES; do
       rm -rf "$WORK"/*.db* "$WORK/.aigw"
-      gateway_yaml "$variant" "cache: {enabled: true}" > "$WORK/gateway.yaml"
+      gateway_yaml "$variant" > "$WORK/gateway.yaml"
       [ "$side" = off ] && echo "usage: {enabled: false}" >> "$WORK/gateway.yaml"
       if [ "$side" = base ]; then export PYTHONPATH="$WORK/base"; else unset PYTHONPATH; fi
       start_gateway 2

@@ -12,7 +12,7 @@ H="$HERE/harness"
 # shellcheck source=serving.sh
 . "$HERE/serving.sh"
 serve_setup profile
-gateway_yaml "${VARIANT:-all}" "cache: {enabled: true}" > "$WORK/gateway.yaml"
+gateway_yaml "${VARIANT:-all}" > "$WORK/gateway.yaml"
 start_gateway 2
 PROCESSES="$(python3 "$HERE/memory.py" profile "$GW_PID")"
 WORKER=$(sed -n 's/.* pid=\([0-9]*\) role=worker .*/\1/p' <<< "$PROCESSES" | sed -n 1p)

@@ -56,57 +56,11 @@ COSMOS_PID=$!
 
 export BENCH_BACKEND_KEY=bench-backend-key BENCH_CLIENT_KEY=bench-client-key
 export BENCH_COSMOS_KEY="C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
-# gateway_config COUNTERS_URL: one Azure-type backend on the static upstream (JSON under /, SSE under /stream);
-# with a counters URL, one tokens-per-minute rule high enough never to refuse, so every request is counted.
-gateway_config() {
-  cat <<YAML
-backends:
-  - name: nginx
-    url: http://127.0.0.1:18000
-    auth: {type: api_key, key_env: BENCH_BACKEND_KEY}
-    deployments: [gpt-4o]
-  - name: nginx-stream
-    url: http://127.0.0.1:18000/stream
-    auth: {type: api_key, key_env: BENCH_BACKEND_KEY}
-    deployments: [gpt-4o-stream]
-keys:
-  - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
-YAML
-  if [ "${1:-}" = "all" ]; then
-    # What production turns on: a tokens-per-minute rule and a daily quota (both high enough never to refuse)
-    # and the exact cache, all on SQLite. Run with BENCH_UNIQUE=1 (every body differs): each request is a
-    # cache miss, admitted by both rules, forwarded, settled and then stored in the cache.
-    cat <<YAML
-limits:
-  rules:
-    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
-    - {name: bench-daily, key: tenant, token_quota: 1000000000000, quota_period: daily}
-cache: {enabled: true}
-stores:
-  counters: "sqlite:///$WORK/counters.db"
-  cache: "sqlite:///$WORK/cache.db"
-YAML
-  elif [ "${1:-}" = "cache" ]; then
-    # The harness's body is deterministic (temperature 0): after the first request every one is a hit.
-    cat <<YAML
-cache: {enabled: true}
-stores:
-  cache: "sqlite:///$WORK/cache.db"
-YAML
-  elif [ -n "${1:-}" ]; then
-    cat <<YAML
-limits:
-  rules:
-    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
-stores:
-  counters: "$1"
-YAML
-  fi
-  # USAGE=off: no usage records (the foundation path's own cost, without the usage writer's)
-  if [ "${USAGE:-on}" = off ]; then echo "usage: {enabled: false}"; fi
-}
-start_gateway() {
-  gateway_config "${1:-}" > "$WORK/gateway.yaml"
+# shellcheck source=serving.sh
+. "$HERE/serving.sh"  # gateway_yaml: the config every bench script uses (plain, all, cache, counters=URL)
+# run_gateway VARIANT: `aigw serve` of gateway_yaml VARIANT, $WORKERS workers, once the first answers.
+run_gateway() {
+  gateway_yaml "$1" > "$WORK/gateway.yaml"
   (cd "$WORK" && exec "$ROOT/.venv/bin/aigw" serve --config "$WORK/gateway.yaml" --port 18080 --workers "$WORKERS") > "$WORK/gw.log" 2>&1 &
   GW_PID=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
@@ -116,7 +70,7 @@ start_gateway() {
 # the config as `aigw serve` hands it over). `uvicorn` is stock uvicorn: its workers share one socket, as
 # `aigw serve` did before each worker got its own; granian is a Rust HTTP server with its own workers.
 start_server() {
-  gateway_config > "$WORK/gateway.yaml"
+  gateway_yaml plain > "$WORK/gateway.yaml"
   AIGW_SERVE_CONFIG_JSON="$(cd "$WORK" && "$ROOT/.venv/bin/python" -c 'import sys, orjson
 from gateway_core.config import load_config
 print(orjson.dumps(load_config(sys.argv[1]).model_dump(mode="json")).decode())' "$WORK/gateway.yaml")"
@@ -162,7 +116,7 @@ bench() { "$H/bench.sh" "$@" || true; }
     bench -l direct-stream -s -p "/stream/openai/deployments/gpt-4o/chat/completions" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18000
   fi
   if want plain; then
-    start_gateway
+    run_gateway plain
     memory_idle "aigw-w$WORKERS-idle"
     bench -l "aigw-w$WORKERS" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
@@ -189,7 +143,7 @@ bench() { "$H/bench.sh" "$@" || true; }
     stop_gateway
   done
   if want sqlite; then
-    start_gateway "sqlite:///$WORK/counters.db"
+    run_gateway "counters=sqlite:///$WORK/counters.db"
     bench -l "aigw-w$WORKERS-tpm-sqlite" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-tpm-sqlite-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     memory "aigw-w$WORKERS-tpm-sqlite"
@@ -197,13 +151,13 @@ bench() { "$H/bench.sh" "$@" || true; }
   fi
   if want cosmos; then
     # The emulator (Node) runs on the same 2 cores; its CPU is counted with the gateway's (-g).
-    start_gateway "cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY&create_if_missing=true"
+    run_gateway "counters=cosmos://127.0.0.1:18081/bench?key_env=BENCH_COSMOS_KEY&create_if_missing=true"
     bench -l "aigw-w$WORKERS-tpm-cosmos" -g "$GW_PID,$COSMOS_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     memory "aigw-w$WORKERS-tpm-cosmos"
     stop_gateway
   fi
   if want cache; then
-    start_gateway cache
+    run_gateway cache
     bench -l "aigw-w$WORKERS-cache-hit" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     bench -l "aigw-w$WORKERS-cache-hit-stream" -s -g "$GW_PID" -p "$AZS" -c "$STREAM_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     memory "aigw-w$WORKERS-cache-hit"
@@ -211,7 +165,7 @@ bench() { "$H/bench.sh" "$@" || true; }
   fi
   if want all; then
     # Every body different (harness/chat.lua, BENCH_UNIQUE=1): misses that are admitted, settled and stored.
-    start_gateway all
+    run_gateway all
     memory_idle "aigw-w$WORKERS-all-idle"
     BENCH_UNIQUE=1 bench -l "aigw-w$WORKERS-all" -g "$GW_PID" -p "$AZ" -c "$JSON_SC" -o "$CSV" http://127.0.0.1:18080 "$KEY"
     memory "aigw-w$WORKERS-all"

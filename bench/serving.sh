@@ -1,6 +1,6 @@
 # bench/serving.sh (sourced, not run) by profile.sh, soak.sh and ab.sh (after HERE, ROOT and H are set): the
 # static nginx upstream of run.sh and one `aigw serve` in front of it, on 127.0.0.1, removed on exit; wrk's
-# chat.lua settings.
+# chat.lua settings. run.sh sources it for gateway_yaml only (it starts its own upstream and servers).
 
 # serve_setup NAME: a work directory /tmp/aigw-NAME.*, the upstream started, cleanup on exit.
 serve_setup() {
@@ -20,33 +20,57 @@ serve_cleanup() {
   rm -rf "$WORK"
 }
 
-# gateway_yaml VARIANT CACHE_LINE: one backend on the upstream and the bench key; VARIANT `all` adds run.sh's
-# TPM rule and daily quota (too high to refuse anything) and CACHE_LINE; counters and cache on SQLite in $WORK.
+# gateway_yaml VARIANT [CACHE_LINE]: the one gateway config of every script here (run.sh's variants too): an
+# Azure-type backend on the upstream (JSON under /, SSE under /stream as deployment gpt-4o-stream) and the bench
+# key. VARIANT: `plain` (nothing more); `all` (a TPM rule and a daily quota, too high to refuse anything, and the
+# cache, counters and cache on SQLite in $WORK); `cache` (the cache alone on SQLite); `counters=URL` (the TPM
+# rule alone on the counters store at URL). CACHE_LINE (default `cache: {enabled: true}`) turns the cache on.
 # USAGE=off turns usage recording off (it is on by default).
 gateway_yaml() {
+  local cache_line="${2:-"cache: {enabled: true}"}"
   cat <<YAML
 backends:
   - name: nginx
     url: http://127.0.0.1:18000
     auth: {type: api_key, key_env: BENCH_BACKEND_KEY}
     deployments: [gpt-4o]
+  - name: nginx-stream
+    url: http://127.0.0.1:18000/stream
+    auth: {type: api_key, key_env: BENCH_BACKEND_KEY}
+    deployments: [gpt-4o-stream]
 keys:
   - {name: bench, key_env: BENCH_CLIENT_KEY, user: bench, tenant: bench}
 YAML
-  if [ "$1" = all ]; then cat <<YAML
+  case "$1" in
+    all) cat <<YAML
 limits:
   rules:
     - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
     - {name: bench-daily, key: tenant, token_quota: 1000000000000, quota_period: daily}
-$2
-YAML
-  fi
-  if [ "${USAGE:-on}" = off ]; then echo "usage: {enabled: false}"; fi
-  cat <<YAML
+$cache_line
 stores:
   counters: "sqlite:///$WORK/counters.db"
   cache: "sqlite:///$WORK/cache.db"
 YAML
+      ;;
+    cache) cat <<YAML
+$cache_line
+stores:
+  cache: "sqlite:///$WORK/cache.db"
+YAML
+      ;;
+    counters=*) cat <<YAML
+limits:
+  rules:
+    - {name: bench-tpm, key: user, tokens_per_minute: 1000000000000}
+stores:
+  counters: "${1#counters=}"
+YAML
+      ;;
+    plain) ;;
+    *) echo "gateway_yaml: unknown variant $1" >&2; return 2 ;;
+  esac
+  if [ "${USAGE:-on}" = off ]; then echo "usage: {enabled: false}"; fi
 }
 
 # start_gateway WORKERS: `aigw serve` of $WORK/gateway.yaml on 18080 (GW_PID), once every worker has started.
