@@ -10,7 +10,6 @@ tests), and closes the one it replaces (requests still running on that one may f
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,7 +24,7 @@ from aigw.client_address import client_address, host_of, networks
 from aigw.functions_settings import config_from_app_settings
 from gateway_core.app import Gateway
 from gateway_core.config import ServerSettings
-from gateway_core.context import GatewayRequest
+from gateway_core.context import GatewayRequest, GatewayResponse
 from gateway_core.usage.summariser import is_batch_id
 
 log = logging.getLogger("aigw")
@@ -111,13 +110,13 @@ class FunctionsHost:
             client_ip=functions_client_ip(headers, request.client.host if request.client else "", server),
             query_string=request.url.query,
         )
-        early = await gateway.check_head(head)  # 401/404 before the body is read
-        if early is not None:
+        checked = await gateway.check_head(head)  # 401/404 before the body is read
+        if isinstance(checked, GatewayResponse):
             await self._flush_usage(gateway)
-            return Response(early.body, status_code=early.status, headers=dict(early.headers))
+            return Response(checked.body, status_code=checked.status, headers=dict(checked.headers))
         try:
             body, size = await read_limited(request.stream(), headers.get("content-length", ""), server.max_body_bytes)
-            result = await gateway.handle(dataclasses.replace(head, body=body, body_size=size))
+            result = await gateway.handle_checked(checked, body, size)
         except Exception:
             await self._flush_usage(gateway)
             raise

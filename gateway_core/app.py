@@ -124,11 +124,12 @@ class Gateway:
         auth = self._auth = AuthPolicy(config, env)
         self._validate = ValidatePolicy(config, self.pools)
         # The same first policies, run on the request head before the body is read (see check_head).
-        self._check_head: Handler = build_chain([ErrorsPolicy(), *usage, _ResolveEndpoint(), auth], _continue)
+        resolve_endpoint = _ResolveEndpoint()
+        self._check_head: Handler = build_chain([ErrorsPolicy(), *usage, resolve_endpoint, auth], _continue)
         policies: list[Policy] = [
             ErrorsPolicy(),  # 1 errors (outermost)
             *usage,  # 2 usage: records every request that gets this far, refusals at every later step included
-            _ResolveEndpoint(),
+            resolve_endpoint,
             auth,  # 3 auth
             self._validate,  # 4 validate (request transforms will sit beside it)
             tokens,  # 5 tokens
@@ -155,6 +156,10 @@ class Gateway:
         if limits is not None:
             policies.append(limits)  # 7 limits
         self._handle: Handler = build_chain(policies, self._dispatch)
+        # A head check_head let through has its endpoint and caller already: the rest of the chain, run once.
+        self._after_head: Handler = build_chain(
+            [p for p in policies if p is not resolve_endpoint and p is not auth], self._dispatch
+        )
 
     async def start(self) -> None:
         """Open connections; call inside the event loop that will serve requests."""
@@ -208,17 +213,27 @@ class Gateway:
         for credential in self._credentials.values():
             await credential.close()
 
-    async def check_head(self, request: GatewayRequest) -> GatewayResponse | None:
-        """Resolve the path and authenticate from the head alone (``request`` without its body). None: go on
-        and read the body; otherwise the answer (401, 404) to send without reading it, so an unauthenticated
-        client never makes the gateway buffer a body."""
-        response = await self._check_head(self._context(request))
-        return None if response.status == CONTINUE else response
+    async def check_head(self, request: GatewayRequest) -> GatewayResponse | CheckedHead:
+        """Resolve the path and authenticate from the head alone (``request`` without its body). A
+        ``CheckedHead``: go on, read the body and hand both to ``handle_checked``; otherwise the answer (401,
+        404) to send without reading it, so an unauthenticated client never makes the gateway buffer a body."""
+        ctx = self._context(request)
+        response = await self._check_head(ctx)
+        return CheckedHead(ctx) if response.status == CONTINUE else response
+
+    async def handle_checked(self, checked: CheckedHead, body: bytes, size: int) -> GatewayResponse:
+        """``handle`` for a head ``check_head`` let through, with its body: the rest of the pipeline on the same
+        context (one request id; the head is not resolved and authenticated again)."""
+        ctx = checked.take()
+        ctx.request = ctx.request.with_body(body, size)
+        return await self._handle_context(ctx, self._after_head)
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run ``request`` through the pipeline; never raises, every failure is an error response."""
-        ctx = self._context(request)
-        response = await self._handle(ctx)
+        return await self._handle_context(self._context(request), self._handle)
+
+    async def _handle_context(self, ctx: RequestContext, chain: Handler) -> GatewayResponse:
+        response = await chain(ctx)
         if ctx.attempts:
             self._health_sync.maybe_sync()
         return response
@@ -347,6 +362,24 @@ class Gateway:
 
 
 CONTINUE = 100  # check_head's "the head is fine, read the body"
+
+
+class CheckedHead:
+    """A request head ``check_head`` let through: its context (endpoint named, caller authenticated), which
+    ``handle_checked`` runs the rest of the pipeline on, once. Only ``check_head`` makes one, so the pipeline
+    without its endpoint and auth steps is reached only by a context that went through them."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self._ctx: RequestContext | None = ctx
+
+    def take(self) -> RequestContext:
+        """The context, once: a second run would record and count the request twice."""
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            raise RuntimeError("a checked head is handled once")
+        return ctx
 
 
 async def _continue(ctx: RequestContext) -> GatewayResponse:

@@ -31,6 +31,20 @@ class GatewayRequest:
     client_ip: str = ""
     query_string: str = ""  # the raw query, for endpoints that refuse a repeated parameter (/usage/*)
 
+    def with_body(self, body: bytes, size: int) -> GatewayRequest:
+        """This head with its body: ``dataclasses.replace(self, body=body, body_size=size)`` at a third of its
+        cost (it inspects every field on each call); tests/unit/test_asgi_adapter.py checks the two agree."""
+        return GatewayRequest(
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            headers=self.headers,
+            body=body,
+            body_size=size,
+            client_ip=self.client_ip,
+            query_string=self.query_string,
+        )
+
 
 @dataclass(slots=True)
 class GatewayResponse:

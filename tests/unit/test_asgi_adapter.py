@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from aigw.asgi import _unless_disconnected, _with_body
-from gateway_core.context import GatewayRequest, GatewayResponse
+from aigw.asgi import _unless_disconnected
+from gateway_core.app import CheckedHead
+from gateway_core.context import GatewayRequest, GatewayResponse, RequestContext
 
 
 class Client:
@@ -87,4 +88,13 @@ def test_the_request_with_its_body_keeps_every_field_of_its_head() -> None:
     # Every field set to a value of its own, fields added later included: none may be dropped on the way.
     values: dict[str, Any] = {f.name: f"value of {f.name}" for f in dataclasses.fields(GatewayRequest)}
     head = GatewayRequest(**values)
-    assert _with_body(head, b"body", 4) == dataclasses.replace(head, body=b"body", body_size=4)
+    assert head.with_body(b"body", 4) == dataclasses.replace(head, body=b"body", body_size=4)
+
+
+def test_a_checked_head_is_handled_once() -> None:
+    # A second run on the same context would record and count the request twice.
+    ctx = RequestContext(request=GatewayRequest("POST", "/v1/chat/completions", {}, {}), request_id="r", started_s=0.0)
+    checked = CheckedHead(ctx)
+    assert checked.take() is ctx
+    with pytest.raises(RuntimeError, match="once"):
+        checked.take()

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 import httpx
 import openai
@@ -179,3 +180,24 @@ def test_a_body_refused_on_its_announced_length_is_recorded_for_the_caller(serve
         assert sock.recv(4096).startswith(b"HTTP/1.1 413")
     [record] = served.sink.wait_for(1)
     assert (record.status, record.error_code, record.user) == (413, "payload_too_large", "app-user")
+
+
+def test_a_request_is_authenticated_once_with_one_request_id(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head is checked before the body is read (401/404 without buffering a body); the rest of the pipeline
+    # then runs on that same context: the caller is not looked up again, and no second request id is made.
+    calls: list[str] = []
+    principal_for = served.gateway._auth.principal_for
+
+    def counted(headers: Any) -> Any:
+        calls.append(headers.get("api-key", ""))
+        return principal_for(headers)
+
+    monkeypatch.setattr(served.gateway._auth, "principal_for", counted)
+    raw = azure(served.url).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "once"}]
+    )
+    assert calls == [KEY]
+    [record] = served.sink.wait_for(1)
+    assert record.request_id == raw.headers["x-request-id"] and record.user == "app-user"
+    models = httpx.get(f"{served.url}/openai/models", headers={"api-key": KEY}, params={"api-version": API_VERSION})
+    assert models.status_code == 200 and calls == [KEY, KEY]
