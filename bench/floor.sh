@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# bench/floor.sh -> the floor under any gateway on aigw's stack, on this machine: wrk c1 and c32 (same harness and
+# request as run.sh) against stock uvicorn (--workers 2 --loop uvloop --http httptools) serving bench/floor_app.py,
+# which does no gateway work: `answer` (the HTTP server alone, the fixed answer) and `proxy` (plus one aiohttp call
+# to the static nginx upstream); then `aigw serve` plain for comparison. ROUNDS (default 2), alternating.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+H="$HERE/harness"
+# shellcheck source=serving.sh
+. "$HERE/serving.sh"
+serve_setup floor
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  for side in answer proxy aigw; do
+    if [ "$side" = aigw ]; then
+      gateway_yaml plain > "$WORK/gateway.yaml"
+      start_gateway 2
+    else
+      (cd "$HERE" && FLOOR="$side" exec "$ROOT/.venv/bin/uvicorn" --factory floor_app:create_app --host 127.0.0.1 \
+        --port 18080 --workers 2 --loop uvloop --http httptools --no-access-log --log-level warning) > "$WORK/gw.log" 2>&1 &
+      GW_PID=$!
+      for _ in $(seq 1 100); do curl -sf -X POST -d '{}' http://127.0.0.1:18080/ >/dev/null && break; sleep 0.1; done
+      sleep 2  # the second worker
+    fi
+    for c in 1 32; do
+      wrk -t1 -c"$c" -d"$([ "$c" = 1 ] && echo 5 || echo 10)s" --timeout 10s --latency -s "$H/chat.lua" \
+        http://127.0.0.1:18080 > "$WORK/wrk.out" 2>&1 || true
+      r="$(grep '^BENCH_RESULT' "$WORK/wrk.out" || echo 'failed')"
+      echo "$side round=$round c$c: $(grep -o 'rps=[^ ]* p50_ms=[^ ]* p90_ms=[^ ]* p99_ms=[^ ]*\|non2xx3xx=[^ ]*' <<< "$r" | paste -sd' ') load=$(cut -d' ' -f1 /proc/loadavg)"
+    done
+    kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=""
+  done
+done
