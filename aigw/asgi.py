@@ -103,7 +103,7 @@ class GatewayASGI:
             # Refused on the head alone, before receive() is ever called: uvicorn would answer a client's
             # "Expect: 100-continue" with "100 Continue" and invite the upload it is about to refuse.
             too_large = PayloadTooLarge(f"Request body is larger than this gateway's limit of {self._max_body} bytes.")
-            await _send_response(self.gateway.error_response(head, too_large), send, close=True)
+            await _send_response(self.gateway.refuse_checked(checked, too_large), send, close=True)
             return
         loop = asyncio.get_running_loop()
         deadline = BodyDeadline(self._body_timeout_s, self._body_min_rate, loop.time())
@@ -112,9 +112,10 @@ class GatewayASGI:
             body, size = await read_limited(body_reader.chunks(), headers.get("content-length", ""), self._max_body)
         except TimeoutError:
             message = deadline.message(loop.time())
-            await _send_response(self.gateway.error_response(head, RequestTimeout(message)), send, close=True)
+            await _send_response(self.gateway.refuse_checked(checked, RequestTimeout(message)), send, close=True)
             return
         if body_reader.disconnected:
+            self.gateway.client_left(checked)  # recorded (499), as a client that leaves later is
             return
         response = await _unless_disconnected(self.gateway.handle_checked(checked, body, size), receive)
         if response is None:

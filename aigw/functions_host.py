@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from aigw.bodies import read_limited
@@ -115,7 +115,13 @@ class FunctionsHost:
             await self._flush_usage(gateway)
             return Response(checked.body, status_code=checked.status, headers=dict(checked.headers))
         try:
-            body, size = await read_limited(request.stream(), headers.get("content-length", ""), server.max_body_bytes)
+            try:
+                body, size = await read_limited(
+                    request.stream(), headers.get("content-length", ""), server.max_body_bytes
+                )
+            except ClientDisconnect:
+                gateway.client_left(checked)  # recorded (499), as in aigw serve
+                raise
             result = await gateway.handle_checked(checked, body, size)
         except Exception:
             await self._flush_usage(gateway)

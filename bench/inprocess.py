@@ -11,7 +11,7 @@ import orjson
 
 from gateway_core.app import Gateway
 from gateway_core.config import GatewayConfig, config_from_dict
-from gateway_core.context import GatewayRequest
+from gateway_core.context import GatewayRequest, GatewayResponse
 
 BODY = (Path(__file__).parent / "harness" / "chat_body.json").read_bytes()  # the harness's fixed answer
 PATH = "/openai/deployments/gpt-4o/chat/completions"
@@ -48,11 +48,15 @@ def gateway_config(upstream_port: int, stores: dict[str, str], every_policy: boo
 
 
 async def send_chat(gateway: Gateway, tag: str) -> None:
-    """One chat completion whose body is unique by ``tag``; anything but a 200 stops the benchmark."""
+    """One chat completion whose body is unique by ``tag``, the way the host adapters hand it over (the head
+    checked first, then the rest of the pipeline with the body); anything but a 200 stops the benchmark."""
     message = {"role": "user", "content": f"Why does low overhead matter? ({tag})"}
     body = orjson.dumps({"model": "gpt-4o", "messages": [message], "temperature": 0, "max_tokens": 100})
     headers = {"api-key": "client", "content-type": "application/json"}
-    request = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, body, len(body), "127.0.0.1")
-    response = await gateway.handle(request)
+    head = GatewayRequest("POST", PATH, {"api-version": "2024-10-21"}, headers, client_ip="127.0.0.1")
+    checked = await gateway.check_head(head)
+    if isinstance(checked, GatewayResponse):
+        raise SystemExit(f"request {tag}: status {checked.status} on its head")
+    response = await gateway.handle_checked(checked, body, len(body))
     if response.status != 200:
         raise SystemExit(f"request {tag}: status {response.status}")

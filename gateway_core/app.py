@@ -20,7 +20,7 @@ from .catalogue import PoolTable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
-from .errors import AuthenticationFailed, GatewayError, NotFound, error_body
+from .errors import GatewayError, error_body
 from .ids import new_id
 from .pipeline import Handler, Policy, build_chain
 from .policies.accounting import AccountingPolicy
@@ -224,7 +224,7 @@ class Gateway:
     async def handle_checked(self, checked: CheckedHead, body: bytes, size: int) -> GatewayResponse:
         """``handle`` for a head ``check_head`` let through, with its body: the rest of the pipeline on the same
         context (one request id; the head is not resolved and authenticated again)."""
-        ctx = checked.take()
+        ctx = self._checked_context(checked)
         ctx.request = ctx.request.with_body(body, size)
         return await self._handle_context(ctx, self._after_head)
 
@@ -238,25 +238,29 @@ class Gateway:
             self._health_sync.maybe_sync()
         return response
 
-    def error_response(self, request: GatewayRequest, error: GatewayError) -> GatewayResponse:
-        """``error`` as the pipeline would answer it, for failures a host adapter detects itself (a stalled body)."""
-        ctx = self._context(request)
-        request_id = ctx.request_id
-        self._record_refusal(ctx, error)
-        status, body, extra = error_body(error, request_id)
-        headers = [*_JSON, *((k.lower(), v) for k, v in extra.items()), ("x-request-id", request_id)]
+    def refuse_checked(self, checked: CheckedHead, error: GatewayError) -> GatewayResponse:
+        """``error`` as the pipeline would answer it, for a refusal the host adapter makes itself after
+        ``check_head`` let the head through (413 on the announced length, 408 stalled body); recorded on the head's
+        context, for its caller (no second key lookup)."""
+        ctx = self._checked_context(checked)
+        if self.usage is not None:
+            self.usage.refused(ctx, error)
+        status, body, extra = error_body(error, ctx.request_id)
+        headers = [*_JSON, *((k.lower(), v) for k, v in extra.items()), ("x-request-id", ctx.request_id)]
         headers.append(("x-aigw-attempts", "0"))  # no backend was tried, as for any refusal before routing
         return GatewayResponse(status, headers, body)
 
-    def _record_refusal(self, ctx: RequestContext, error: GatewayError) -> None:
-        """Record a refusal the host adapter made itself (after ``check_head`` passed the same head)."""
-        if self.usage is None:
-            return
-        with contextlib.suppress(NotFound):
-            ctx.endpoint = resolve(ctx.request.method, ctx.request.path)
-        with contextlib.suppress(AuthenticationFailed):
-            ctx.principal = self._auth.principal_for(ctx.request.headers)
-        self.usage.refused(ctx, error)
+    def client_left(self, checked: CheckedHead) -> None:
+        """Record (499, client_disconnected) a client that left before its body was read in full."""
+        ctx = self._checked_context(checked)
+        if self.usage is not None:
+            self.usage.left(ctx)
+
+    def _checked_context(self, checked: CheckedHead) -> RequestContext:
+        ctx = checked.take()
+        # The record's time is when the pipeline goes on past the head, as for a request handled in one call.
+        ctx.started_s = self.clock.now_s()
+        return ctx
 
     async def flush_usage(self) -> None:
         """Hand the aggregated refusals of ended minutes to the usage sink and flush it (a host that may be

@@ -74,6 +74,11 @@ class UsageRecorder:
         except Exception:
             log.exception("usage: request %s could not be recorded", ctx.request_id)
 
+    def left(self, ctx: RequestContext) -> None:
+        """Record a client that left before the pipeline ran (the host adapter saw it go mid-body): 499."""
+        now = self.now_s()
+        self.finish(ctx, _End(CLIENT_CLOSED, now, now, internal=False, error=_ClientGone()))
+
     def refused(self, ctx: RequestContext, error: BaseException) -> None:
         """Record a refusal made outside the pipeline (the host adapter's 413 on the head, 408 stalled body)."""
         now = self.now_s()

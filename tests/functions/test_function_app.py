@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway_core.simulator.records import fingerprint
@@ -363,3 +363,33 @@ async def test_a_stream_its_reader_leaves_is_recorded_before_the_invocation_ends
     assert gateway.usage_runtime is not None and gateway.usage_runtime.writer.buffered_records == 0
     (record,) = await gateway.usage_runtime.store.records(RecordQuery("2000-01-01", "2100-01-01"))
     assert record.error_code == "client_disconnected" and record.stream
+
+
+async def test_a_caller_that_leaves_mid_body_is_recorded(
+    functions: dict[str, Any], app_host: Any, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Authenticated on its head, then gone before its body ended: one record (499), as aigw serve makes.
+    config = gateway_config(sim_url, usage={"enabled": True})
+    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    gateway = await app_host.host.gateway()
+    runtime = gateway.usage_runtime
+    assert runtime is not None
+    parts: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"model": "gp', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    scope = starlette_request("POST", "/v1/chat/completions", headers={"api-key": CLIENT_KEY}).scope
+    scope["headers"].append((b"x-request-id", b"left-mid-body"))
+    with pytest.raises(ClientDisconnect):
+        await functions["gateway"].get_user_function()(Request(scope, receive))
+    from gateway_core.usage.api import utc_today
+    from gateway_core.usage.record import RecordQuery
+
+    day = utc_today(time.time()).isoformat()
+    (record,) = await runtime.store.records(RecordQuery(day, day, request_id="left-mid-body"))
+    assert (record.status, record.error_code, record.user) == (499, "client_disconnected", "alice")

@@ -201,3 +201,39 @@ def test_a_request_is_authenticated_once_with_one_request_id(served: Served, mon
     assert record.request_id == raw.headers["x-request-id"] and record.user == "app-user"
     models = httpx.get(f"{served.url}/openai/models", headers={"api-key": KEY}, params={"api-version": API_VERSION})
     assert models.status_code == 200 and calls == [KEY, KEY]
+
+
+def test_a_refusal_after_the_head_is_recorded_on_its_checked_context(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 413 on the announced length: the key was looked up once, on the head, and the record is the caller's.
+    calls: list[str] = []
+    principal_for = served.gateway._auth.principal_for
+
+    def counted(headers: Any) -> Any:
+        calls.append(headers.get("api-key", ""))
+        return principal_for(headers)
+
+    monkeypatch.setattr(served.gateway._auth, "principal_for", counted)
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: big-one\r\n"
+            + f"api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    [record] = served.sink.wait_for(1)
+    assert (record.status, record.request_id, record.user) == (413, "big-one", "app-user") and calls == [KEY]
+
+
+def test_a_caller_that_leaves_mid_body_is_recorded(served: Served) -> None:
+    # Authenticated on its head, then gone before its body ended: one record (499), never silence.
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            + f"api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 46\r\n\r\n".encode()
+            + b'{"messages"'
+        )
+    [record] = served.sink.wait_for(1)
+    assert (record.status, record.error_code, record.user) == (499, "client_disconnected", "app-user")

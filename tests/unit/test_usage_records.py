@@ -14,7 +14,7 @@ import pytest
 
 from aigw.serve import BackgroundServers
 from aigw.usage_cli import render
-from gateway_core.app import Gateway
+from gateway_core.app import CheckedHead, Gateway
 from gateway_core.clock import ManualClock
 from gateway_core.config import GatewayConfig, config_from_dict, sha256_hex
 from gateway_core.context import GatewayRequest, GatewayResponse, TokenUsage
@@ -388,7 +388,9 @@ async def test_a_host_adapters_own_refusal_is_recorded_for_the_caller(sim: str) 
 
     async with running(make_config(sim), usage_sink=sink) as gateway:
         head = GatewayRequest("POST", "/openai/deployments/gpt-4o/chat/completions", {}, ALICE, client_ip="203.0.113.9")
-        response = gateway.error_response(head, PayloadTooLarge("too big"))
+        checked = await gateway.check_head(head)
+        assert isinstance(checked, CheckedHead)
+        response = gateway.refuse_checked(checked, PayloadTooLarge("too big"))
     assert response.status == 413
     record = only(sink)
     assert (record.user, record.status, record.error_code) == ("alice", 413, "payload_too_large")
