@@ -30,17 +30,23 @@ _unread: list[str] = []
 os.register_at_fork(after_in_child=_unread.clear)
 
 
-def _random_part() -> str:
+def _refill() -> str:
+    """A random part when none is left unread: read a new block (other threads may take it first: then another)."""
     while True:
+        block = os.urandom(_BLOCK_BYTES).hex()
+        width = 2 * _RANDOM_BYTES
+        _unread.extend([block[i : i + width] for i in range(0, len(block), width)])
         try:
             return _unread.pop()
-        except IndexError:  # used up (other threads may take the new ones first: then read another block)
-            block = os.urandom(_BLOCK_BYTES).hex()
-            width = 2 * _RANDOM_BYTES
-            _unread.extend([block[i : i + width] for i in range(0, len(block), width)])
+        except IndexError:
+            continue
 
 
 def new_id() -> str:
     """A new id, unique across processes, restarts, forks and threads: 32 hex characters, ordered by the
     millisecond it was made in (random within one)."""
-    return (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big").hex() + _random_part()
+    try:
+        random_part = _unread.pop()
+    except IndexError:
+        random_part = _refill()
+    return (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big").hex() + random_part
