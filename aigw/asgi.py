@@ -17,6 +17,7 @@ import orjson
 
 from aigw.bodies import BodyDeadline, read_limited
 from aigw.client_address import client_address, networks
+from aigw.gc_freeze import freeze_startup_objects
 from gateway_core.app import Gateway
 from gateway_core.config import ConfigError, config_from_dict
 from gateway_core.context import GatewayRequest, GatewayResponse
@@ -56,6 +57,7 @@ class GatewayASGI:
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which refuses to start
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                freeze_startup_objects()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.close()

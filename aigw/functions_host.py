@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from aigw.bodies import read_limited
 from aigw.client_address import client_address, host_of, networks
 from aigw.functions_settings import config_from_app_settings
+from aigw.gc_freeze import freeze_startup_objects
 from gateway_core.app import Gateway
 from gateway_core.config import ServerSettings
 from gateway_core.context import GatewayRequest, GatewayResponse
@@ -73,6 +74,7 @@ class FunctionsHost:
         # Adopt what other instances (and their timer triggers) learned before routing anything: a new instance
         # would otherwise try a backend every other one knows is down (a store outage is logged, not raised).
         await gateway.sync_health()
+        freeze_startup_objects()
         old, old_loop = self._gateway, self._loop
         self._gateway, self._loop, self._source = gateway, loop, source
         if old is not None:

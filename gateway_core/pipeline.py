@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -25,7 +26,6 @@ def build_chain(policies: Sequence[Policy], terminal: Handler) -> Handler:
 
 
 def _bind(policy: Policy, call_next: Handler) -> Handler:
-    async def handler(ctx: RequestContext) -> GatewayResponse:
-        return await policy(ctx, call_next)
-
-    return handler
+    # A partial, not a wrapping ``async def``: calling it returns the policy's own coroutine, so a request makes
+    # one coroutine per policy instead of two (the wrappers were 75,000 calls per 3,000 requests, cProfile).
+    return functools.partial(policy, call_next=call_next)

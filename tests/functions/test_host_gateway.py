@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,30 @@ async def test_a_bad_config_on_reload_keeps_the_running_gateway(app_root: Path) 
         assert not first.closed and await host.gateway() is first
     finally:
         await host.close()
+
+
+FIRST_GATEWAY = """
+import asyncio, gc, sys
+import subprocess
+import sys
+from pathlib import Path
+from aigw.functions_host import FunctionsHost
+
+async def main() -> None:
+    host = FunctionsHost(Path(sys.argv[1]))
+    before = gc.get_freeze_count()
+    await host.gateway()
+    print(before, gc.get_freeze_count())
+    await host.close()
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_gateway_of_a_process_freezes_its_startup_objects(app_root: Path) -> None:
+    """In a fresh interpreter, as a Functions worker is: the pytest process may have frozen its objects already."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_GATEWAY, str(app_root)], capture_output=True, text=True, timeout=120, check=True
+    )
+    before, after = (int(n) for n in done.stdout.split())
+    assert before == 0 and after > 0

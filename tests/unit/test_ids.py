@@ -75,6 +75,9 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     out = subprocess.run([sys.executable, "-c", _FORKING], capture_output=True, text=True, check=True, timeout=60)
     every = out.stdout.split()
     assert len(every) == 3000 and len(set(every)) == len(every)
+    # Nor their random parts: random bits are read in blocks, and a child that kept its parent's unread ones
+    # would make the parent's next ids in another millisecond (a different id, the same 80 bits).
+    assert len({made[12:] for made in every}) == len(every)
 
 
 def test_consecutive_ids_share_nothing_a_client_could_count_with() -> None:

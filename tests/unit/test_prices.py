@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import random
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from gateway_core.usage.prices import PriceError, load_prices
+from gateway_core.usage.prices import Price, PriceError, load_prices
 from gateway_core.usage.record import SummaryKey, UsageRecord, summarise
 
 
@@ -31,6 +32,39 @@ def test_cost_is_exact_micro_dollars() -> None:
     assert mini.cost_micro_usd(prompt=7, completion=0, cached_prompt=7) == 1
     # Cached tokens beyond the prompt are capped at the prompt
     assert mini.cost_micro_usd(prompt=10, completion=0, cached_prompt=50) == 1
+
+
+def _decimal_cost(price: Price, prompt: int, completion: int, cached_prompt: int) -> int:
+    """The formula the integer sum replaced: exact Decimal, rounded once, half up."""
+    cached = min(max(cached_prompt, 0), prompt)
+    cached_rate = price.input if price.cached_input is None else price.cached_input
+    exact = (prompt - cached) * price.input + cached * cached_rate + completion * price.output
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _random_rate(rng: random.Random) -> Decimal:
+    places = rng.choice([0, 1, 2, 3, 4, 6, 9])
+    return Decimal(rng.randrange(0, 10_000 * 10**places + 1)).scaleb(-places)
+
+
+def test_cost_equals_the_decimal_formula_for_every_price_and_token_count() -> None:
+    rng = random.Random(11)
+    prices = list(load_prices().prices.values())
+    # Rates whose costs land on .5 exactly (0.5 x odd, 0.25 x 2 mod 4, ...), trailing zeros, 28 digits, 0
+    for text in ("0.5", "0.25", "0.125", "0.0005", "2.50", "1E+1", "0", "1234.567890123456789012345678"):
+        prices.append(Price("edge", Decimal(text), Decimal(text), None))
+        prices.append(Price("edge-cached", Decimal(text), Decimal("0.075"), Decimal(text)))
+    prices += [
+        Price("random", _random_rate(rng), _random_rate(rng), rng.choice([None, _random_rate(rng)])) for _ in range(300)
+    ]
+    counts = [0, 1, 2, 3, 4, 5, 7, 999, 1000, 1001, 2000, 10**6 + 1, 10**12 + 3, 10**24 + 7]
+    for price in prices:
+        cases = [(p, c, k) for p in counts for c in counts[:6] for k in (0, 1, p // 2, p)]
+        cases += [(rng.randrange(10**7), rng.randrange(10**5), rng.randrange(10**7)) for _ in range(40)]
+        cases += [(-5, 3, 0), (5, -3, 0), (-5, -3, -1), (10, 0, -4), (3, 0, 50)]  # careless counts: as before
+        for prompt, completion, cached in cases:
+            expected = _decimal_cost(price, prompt, completion, cached)
+            assert price.cost_micro_usd(prompt, completion, cached) == expected, (price, prompt, completion, cached)
 
 
 def test_no_cached_price_means_the_input_price() -> None:
