@@ -26,7 +26,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
       wrk -t1 -c"$c" -d"$([ "$c" = 1 ] && echo 5 || echo 10)s" --timeout 10s --latency -s "$H/chat.lua" \
         http://127.0.0.1:18080 > "$WORK/wrk.out" 2>&1 || true
       r="$(grep '^BENCH_RESULT' "$WORK/wrk.out" || echo 'failed')"
-      echo "$side round=$round c$c: $(grep -o 'rps=[^ ]* p50_ms=[^ ]* p90_ms=[^ ]* p99_ms=[^ ]*\|non2xx3xx=[^ ]*' <<< "$r" | paste -sd' ') load=$(cut -d' ' -f1 /proc/loadavg)"
+      echo "$side round=$round c$c: $(grep -o 'rps=[^ ]* p50_ms=[^ ]* p90_ms=[^ ]* p99_ms=[^ ]* max_ms=[^ ]*\|non2xx3xx=[^ ]*' <<< "$r" | paste -sd' ') load=$(cut -d' ' -f1 /proc/loadavg)"
     done
     kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=""
   done
