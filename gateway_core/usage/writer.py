@@ -93,10 +93,11 @@ class UsageWriter:
     async def close(self) -> None:
         """Stop the background task, then write what is left; what cannot be written is spilled."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            # Waits for the task's end without taking its CancelledError for ours: a caller that cancels close()
+            # (a shutdown deadline) still cancels it.
+            await asyncio.wait([task])
         self._closed = True  # from here on a late record goes straight to the spill file
         # A replay the cancel cut short left its claimed file on disk: the last flush takes it again.
         self._replay_due = True
@@ -123,8 +124,12 @@ class UsageWriter:
         timeout = self._next_due_s()
         if timeout is None or timeout > 0:
             self.idle = timeout is None
+            # asyncio.timeout, not wait_for: on Python 3.11 a cancel that lands as the wake-up completes was taken
+            # by wait_for for a wake-up, so close() waited for a task that went on writing (for ever, with a store
+            # that stays down: every spill_after_s it replayed the spill file and spilled it again).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self.idle = False
         self._wake.clear()
         now_s = time.monotonic()

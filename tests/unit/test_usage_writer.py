@@ -442,3 +442,36 @@ def test_every_record_field_has_a_spill_check() -> None:
     from gateway_core.usage import spill
 
     assert set(spill._FIELDS) == set(UsageRecord.__dataclass_fields__)
+
+
+async def test_close_ends_the_writer_even_when_a_record_wakes_it_at_that_moment(tmp_path: Path) -> None:
+    # The writer waits for its buffer's deadline; a record fills the buffer (waking it) and close() cancels it in
+    # the same turn of the loop. On Python 3.11 asyncio.wait_for took that cancel for the wake-up, so the writer
+    # went on for ever and close() waited for it.
+    store = MemoryUsage()
+    writer = UsageWriter(store, MemoryQueue(), settings(tmp_path, flush_interval_s=60, flush_max_records=2))
+    writer.start()
+    await until(lambda: writer.idle)
+    writer.record(rec(1))  # wakes the writer, which then waits up to 60 s for the buffer's age
+    await until(lambda: not writer._wake.is_set())
+    task = writer._task
+    writer.record(rec(2))  # a full buffer: wakes it again
+    closing = asyncio.ensure_future(writer.close())
+    done, _ = await asyncio.wait([closing], timeout=10)
+    closing.cancel()  # a no-op once it is done
+    assert closing in done and task is not None and task.done()
+    assert writer.written_records == 2 and len(await stored(store)) == 2
+
+
+async def test_a_cancelled_close_is_cancelled(tmp_path: Path) -> None:
+    # A shutdown deadline that cancels close() while it waits for the writer's end is not swallowed by it (close()
+    # suppressed every CancelledError from that wait, its caller's included).
+    writer = UsageWriter(MemoryUsage(), MemoryQueue(), settings(tmp_path, flush_interval_s=60))
+    writer.start()
+    await until(lambda: writer.idle)
+    writer.record(rec())
+    closing = asyncio.ensure_future(writer.close())
+    await asyncio.sleep(0)  # close() has cancelled the writer's task and waits for its end
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
