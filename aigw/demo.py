@@ -131,7 +131,7 @@ aigw demo gateway: {url}
   usage:  every request recorded with its cost (./.aigw/usage.db), summarised in the background
 
 Try it:
-  curl -si {url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
+  curl -si '{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21' \\
     -H 'api-key: {key}' -H 'content-type: application/json' \\
     -d '{{"messages": [{{"role": "user", "content": "Hello"}}], "temperature": 0}}'
 

@@ -4,6 +4,10 @@
 
 # serve_setup NAME: a work directory /tmp/aigw-NAME.*, the upstream started, cleanup on exit.
 serve_setup() {
+  if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then  # as run.sh: Debian's, on first use (root)
+    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+  fi
+  [ -x "$ROOT/.venv/bin/aigw" ] || "$ROOT/scripts/bootstrap"
   WORK="$(mktemp -d "/tmp/aigw-$1.XXXXXX")"
   export NGINX_PREFIX="$WORK/nginx" BENCH_BACKEND_KEY=bench-backend-key BENCH_CLIENT_KEY=bench-client-key
   mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp" "$HERE/results"
@@ -79,4 +83,6 @@ start_gateway() {
   GW_PID=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
   sleep 3  # healthz answers once the first worker has started
+  # Not another process's answers on 18080: the gateway started here must still be running.
+  kill -0 "$GW_PID" 2>/dev/null || { echo "aigw serve did not start (port 18080 taken?): $WORK/gw.log" >&2; cat "$WORK/gw.log" >&2; exit 1; }
 }

@@ -223,7 +223,9 @@ class Gateway:
 
     async def handle_checked(self, checked: CheckedHead, body: bytes, size: int) -> GatewayResponse:
         """``handle`` for a head ``check_head`` let through, with its body: the rest of the pipeline on the same
-        context (one request id; the head is not resolved and authenticated again)."""
+        context (one request id; the head is not resolved and authenticated again). ``size``: the body bytes the
+        client sent as far as they were read (``GatewayRequest.body_size``: more than ``len(body)`` when reading
+        stopped at the limit)."""
         ctx = self._checked_context(checked)
         ctx.request = ctx.request.with_body(body, size)
         return await self._handle_context(ctx, self._after_head)
@@ -365,7 +367,9 @@ class Gateway:
         return {"object": "list", "data": data}
 
 
-CONTINUE = 100  # check_head's "the head is fine, read the body"
+# The head chain's answer for "the head is fine, read the body", which check_head turns into a CheckedHead; the
+# usage policy knows it as _CHECKED_HEAD (policies/usage.py) and records nothing for it.
+CONTINUE = 100
 
 
 class CheckedHead:

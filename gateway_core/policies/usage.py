@@ -35,7 +35,7 @@ CLIENT_CLOSED = 499  # the client left before the response head (nginx's code; n
 _CLIENT_GONE = "client_disconnected"
 _PATH_MAX = 512  # a record keeps at most this much of the path
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # decoded from %XX in a client's path; kept escaped, not raw
-_CHECKED_HEAD = 100  # Gateway.check_head's "go on and read the body": the request is recorded later
+_CHECKED_HEAD = 100  # app.CONTINUE, the head chain's "go on and read the body": the request is recorded later
 
 
 class UsageRecorder:
