@@ -308,6 +308,14 @@ async def test_cosmos_app_settings_hold_limits_cache_and_health(
             await store.close()
 
 
+async def usage_on_sqlite(app_host: Any, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The Functions app's gateway with usage recording on, to a SQLite usage store in ``tmp_path``."""
+    config = gateway_config(sim_url, usage={"enabled": True})
+    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
+    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
+    return await app_host.host.gateway()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_each_invocation_writes_its_usage_record_before_it_ends(
     functions: dict[str, Any],
@@ -320,10 +328,7 @@ async def test_each_invocation_writes_its_usage_record_before_it_ends(
     from gateway_core.usage.api import utc_today
     from gateway_core.usage.record import RecordQuery, SummaryQuery
 
-    config = gateway_config(sim_url, usage={"enabled": True})
-    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
-    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
-    gateway = await app_host.host.gateway()
+    gateway = await usage_on_sqlite(app_host, sim_url, tmp_path, monkeypatch)
     runtime = gateway.usage_runtime
     assert runtime is not None and runtime._consumer is None  # no background work on Functions
     body = orjson.dumps({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
@@ -349,10 +354,7 @@ async def test_a_stream_its_reader_leaves_is_recorded_before_the_invocation_ends
 ) -> None:
     from gateway_core.usage.record import RecordQuery
 
-    config = gateway_config(sim_url, usage={"enabled": True})
-    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
-    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
-    gateway = await app_host.host.gateway()
+    gateway = await usage_on_sqlite(app_host, sim_url, tmp_path, monkeypatch)
     body = orjson.dumps({"model": "slow-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     response = await functions["gateway"].get_user_function()(
         starlette_request("POST", "/v1/chat/completions", body, {"api-key": CLIENT_KEY})
@@ -369,10 +371,7 @@ async def test_a_caller_that_leaves_mid_body_is_recorded(
     functions: dict[str, Any], app_host: Any, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Authenticated on its head, then gone before its body ended: one record (499), as aigw serve makes.
-    config = gateway_config(sim_url, usage={"enabled": True})
-    config["stores"] = {"health": "memory://", "usage": f"sqlite:///{tmp_path}/usage.db"}
-    use_config(monkeypatch, tmp_path / "gateway.yaml", config)
-    gateway = await app_host.host.gateway()
+    gateway = await usage_on_sqlite(app_host, sim_url, tmp_path, monkeypatch)
     runtime = gateway.usage_runtime
     assert runtime is not None
     parts: list[dict[str, Any]] = [

@@ -89,6 +89,30 @@ def gpt_4o_micro_usd(prompt: int, completion: int, cached: int) -> int:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def send_head(served: Served, *headers: str, body: bytes = b"", answer: bool = True) -> bytes:
+    """A chat POST's head with the caller's key and ``headers`` (then ``body``) on a raw socket; the first bytes of
+    the answer (none if ``answer`` is False: the socket is closed at once, the client gone)."""
+    host, port = served.url.removeprefix("http://").split(":")
+    lines = ["POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1", "host: x", f"api-key: {KEY}"]
+    head = "\r\n".join([*lines, "content-type: application/json", *headers]) + "\r\n\r\n"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + body)
+        return sock.recv(4096) if answer else b""
+
+
+def key_lookups(served: Served, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys the gateway looks up from now on, one entry per lookup."""
+    calls: list[str] = []
+    principal_for = served.gateway._auth.principal_for
+
+    def counted(headers: Any) -> Any:
+        calls.append(headers.get("api-key", ""))
+        return principal_for(headers)
+
+    monkeypatch.setattr(served.gateway._auth, "principal_for", counted)
+    return calls
+
+
 def test_sdk_chat_with_cached_input_is_recorded_at_its_exact_cost(served: Served) -> None:
     raw = azure(served.url).chat.completions.with_raw_response.create(
         model="gpt-4o",
@@ -171,13 +195,7 @@ def test_sdk_errors_are_recorded_and_unauthenticated_ones_aggregated(served: Ser
 
 def test_a_body_refused_on_its_announced_length_is_recorded_for_the_caller(served: Served) -> None:
     # The adapter refuses it from the head (Content-Length over max_body_bytes) without reading the body.
-    host, port = served.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nhost: x\r\n"
-            + f"api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n".encode()
-        )
-        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    assert send_head(served, "content-length: 1000000").startswith(b"HTTP/1.1 413")
     [record] = served.sink.wait_for(1)
     assert (record.status, record.error_code, record.user) == (413, "payload_too_large", "app-user")
 
@@ -185,14 +203,7 @@ def test_a_body_refused_on_its_announced_length_is_recorded_for_the_caller(serve
 def test_a_request_is_authenticated_once_with_one_request_id(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     # The head is checked before the body is read (401/404 without buffering a body); the rest of the pipeline
     # then runs on that same context: the caller is not looked up again, and no second request id is made.
-    calls: list[str] = []
-    principal_for = served.gateway._auth.principal_for
-
-    def counted(headers: Any) -> Any:
-        calls.append(headers.get("api-key", ""))
-        return principal_for(headers)
-
-    monkeypatch.setattr(served.gateway._auth, "principal_for", counted)
+    calls = key_lookups(served, monkeypatch)
     raw = azure(served.url).chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "once"}]
     )
@@ -207,33 +218,14 @@ def test_a_refusal_after_the_head_is_recorded_on_its_checked_context(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A 413 on the announced length: the key was looked up once, on the head, and the record is the caller's.
-    calls: list[str] = []
-    principal_for = served.gateway._auth.principal_for
-
-    def counted(headers: Any) -> Any:
-        calls.append(headers.get("api-key", ""))
-        return principal_for(headers)
-
-    monkeypatch.setattr(served.gateway._auth, "principal_for", counted)
-    host, port = served.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: big-one\r\n"
-            + f"api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n".encode()
-        )
-        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    calls = key_lookups(served, monkeypatch)
+    assert send_head(served, "content-length: 1000000", "x-request-id: big-one").startswith(b"HTTP/1.1 413")
     [record] = served.sink.wait_for(1)
     assert (record.status, record.request_id, record.user) == (413, "big-one", "app-user") and calls == [KEY]
 
 
 def test_a_caller_that_leaves_mid_body_is_recorded(served: Served) -> None:
     # Authenticated on its head, then gone before its body ended: one record (499), never silence.
-    host, port = served.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nhost: x\r\n"
-            + f"api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 46\r\n\r\n".encode()
-            + b'{"messages"'
-        )
+    send_head(served, "content-length: 46", body=b'{"messages"', answer=False)
     [record] = served.sink.wait_for(1)
     assert (record.status, record.error_code, record.user) == (499, "client_disconnected", "app-user")
