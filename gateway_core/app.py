@@ -19,7 +19,16 @@ from .background import BackgroundTasks
 from .catalogue import PoolTable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
-from .context import Endpoint, EndpointKind, GatewayRequest, GatewayResponse, Principal, RequestContext, Surface
+from .context import (
+    HEAD_CHECKED,
+    Endpoint,
+    EndpointKind,
+    GatewayRequest,
+    GatewayResponse,
+    Principal,
+    RequestContext,
+    Surface,
+)
 from .errors import GatewayError, error_body
 from .ids import new_id
 from .pipeline import Handler, Policy, build_chain
@@ -219,7 +228,7 @@ class Gateway:
         404) to send without reading it, so an unauthenticated client never makes the gateway buffer a body."""
         ctx = self._context(request)
         response = await self._check_head(ctx)
-        return CheckedHead(ctx) if response.status == CONTINUE else response
+        return CheckedHead(ctx) if response.status == HEAD_CHECKED else response
 
     async def handle_checked(self, checked: CheckedHead, body: bytes, size: int) -> GatewayResponse:
         """``handle`` for a head ``check_head`` let through, with its body: the rest of the pipeline on the same
@@ -367,11 +376,6 @@ class Gateway:
         return {"object": "list", "data": data}
 
 
-# The head chain's answer for "the head is fine, read the body", which check_head turns into a CheckedHead; the
-# usage policy knows it as _CHECKED_HEAD (policies/usage.py) and records nothing for it.
-CONTINUE = 100
-
-
 class CheckedHead:
     """A request head ``check_head`` let through: its context (endpoint named, caller authenticated), which
     ``handle_checked`` runs the rest of the pipeline on, once. Only ``check_head`` makes one, so the pipeline
@@ -391,7 +395,7 @@ class CheckedHead:
 
 
 async def _continue(ctx: RequestContext) -> GatewayResponse:
-    return GatewayResponse(CONTINUE)
+    return GatewayResponse(HEAD_CHECKED)
 
 
 class _ResolveEndpoint:

@@ -46,6 +46,11 @@ class GatewayRequest:
         )
 
 
+# The head chain's answer for "the head is fine, read the body" (Gateway.check_head turns it into a CheckedHead);
+# the usage policy records nothing for it: the request is recorded once its body has gone through the pipeline.
+HEAD_CHECKED = 100
+
+
 @dataclass(slots=True)
 class GatewayResponse:
     """A response: either a complete ``body`` or a ``stream`` of byte chunks (SSE), never both."""

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from ..catalogue import PoolTable
 from ..clock import Clock
 from ..config import GatewayConfig
-from ..context import GatewayResponse, RequestContext, UsageSource
+from ..context import HEAD_CHECKED, GatewayResponse, RequestContext, UsageSource
 from ..errors import TokenLimitExceeded, error_payload
 from ..ids import new_id
 from ..names import is_deployment_name
@@ -35,7 +35,6 @@ CLIENT_CLOSED = 499  # the client left before the response head (nginx's code; n
 _CLIENT_GONE = "client_disconnected"
 _PATH_MAX = 512  # a record keeps at most this much of the path
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # decoded from %XX in a client's path; kept escaped, not raw
-_CHECKED_HEAD = 100  # app.CONTINUE, the head chain's "go on and read the body": the request is recorded later
 
 
 class UsageRecorder:
@@ -194,7 +193,7 @@ class UsagePolicy:
             status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else error_payload(exc, "")[0]
             recorder.finish(ctx, _End(status, started, recorder.now_s(), internal=self._internal, error=exc))
             raise
-        if response.status == _CHECKED_HEAD or (ctx.endpoint is not None and ctx.endpoint.public):
+        if response.status == HEAD_CHECKED or (ctx.endpoint is not None and ctx.endpoint.public):
             return response
         if response.stream is None:
             now = recorder.now_s()
